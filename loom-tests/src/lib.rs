@@ -1,0 +1,1 @@
+//! Loom models of tiermap live in tests/.

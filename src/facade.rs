@@ -1,0 +1,91 @@
+//! The one place where std and loom primitives are switched.
+//!
+//! Every atomic, lock and epoch pin the crate uses comes from here. A normal build uses `std`
+//! and crossbeam-epoch's global collector; a model-checking build (`--cfg tiermap_loom` with the
+//! `loom` feature and `--cfg crossbeam_loom`) uses loom's types and a per-map
+//! [`crossbeam_epoch::Collector`], so that loom sees every atomic access of the real algorithm,
+//! crossbeam-epoch's own included, and so that a model can observe garbage being freed when the
+//! map is dropped. The algorithm above this module is the same in both builds.
+
+#[cfg(not(tiermap_loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize};
+#[cfg(not(tiermap_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
+#[cfg(tiermap_loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize};
+#[cfg(tiermap_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+
+pub(crate) use crossbeam_epoch::Guard;
+
+/// Slots per table chunk. A chunk of 256 slots of 16 bytes is one 4 KiB page; loom models use
+/// tiny chunks so that a model's tables hold a handful of loom atomics.
+#[cfg(not(tiermap_loom))]
+pub(crate) const CHUNK_SLOTS: usize = 256;
+#[cfg(tiermap_loom)]
+pub(crate) const CHUNK_SLOTS: usize = 4;
+
+/// Locks `mutex`, ignoring poisoning.
+///
+/// Every critical section of the crate leaves the dirty tier consistent at each point where user
+/// code (`Eq`) can panic, so a poisoned lock carries no broken invariant and must not make later
+/// calls fail.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The source of epoch guards for one map.
+///
+/// Normal builds pin crossbeam-epoch's global collector: a pin is a thread-local counter update
+/// and allocates nothing. Loom builds own a collector per map (crossbeam's global one would
+/// outlive a model execution), register a participant per pin, and free all remaining garbage
+/// when the map is dropped.
+pub(crate) struct Reclaimer {
+    #[cfg(tiermap_loom)]
+    collector: crossbeam_epoch::Collector,
+}
+
+impl Reclaimer {
+    pub(crate) fn new() -> Self {
+        Reclaimer {
+            #[cfg(tiermap_loom)]
+            collector: crossbeam_epoch::Collector::new(),
+        }
+    }
+
+    /// Pins the current thread.
+    #[inline]
+    pub(crate) fn pin(&self) -> Guard {
+        #[cfg(not(tiermap_loom))]
+        {
+            crossbeam_epoch::pin()
+        }
+        #[cfg(tiermap_loom)]
+        {
+            self.collector.register().pin()
+        }
+    }
+
+    /// Moves this thread's deferred frees to the global queue and runs a collection, `rounds`
+    /// times, each with a fresh pin so that the epoch can advance between rounds.
+    ///
+    /// Three rounds are enough for garbage retired by this thread to become reclaimable when no
+    /// other participant is pinned in an older epoch (an object is freed two epoch advances after
+    /// it was sealed); more rounds let a collection work through a longer global queue.
+    pub(crate) fn collect(&self, rounds: usize) {
+        for _ in 0..rounds {
+            let guard = self.pin();
+            guard.flush();
+        }
+    }
+}
+
+impl std::fmt::Debug for Reclaimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reclaimer")
+    }
+}

@@ -1,0 +1,98 @@
+//! # tiermap
+//!
+//! A concurrent hash map with the design of Go's `sync.Map` (an immutable read tier that
+//! readers use without locks, and a mutex-guarded dirty tier that takes new keys and is promoted
+//! after enough misses) that fixes where Go keeps memory: deleted entries are purged by the map
+//! itself, the first new key after a read-only phase costs microseconds instead of a copy of the
+//! whole map, [`SyncMap::clear_and_release`] gives the memory back, and [`SyncMap::stats`] tells
+//! where it is.
+//!
+//! ```
+//! use tiermap::SyncMap;
+//!
+//! let sessions: SyncMap<u64, String> = SyncMap::new();
+//! sessions.insert(7, "alice".to_string());
+//!
+//! // Lock-free reads, zero-copy through a pinned handle...
+//! let m = sessions.pin();
+//! assert_eq!(m.get(&7).map(String::as_str), Some("alice"));
+//! // ...or one call at a time, with a `Ref` that holds an epoch pin, never a lock.
+//! assert_eq!(sessions.get(&7).unwrap().as_str(), "alice");
+//!
+//! sessions.remove(&7);
+//! let released = sessions.clear_and_release();
+//! println!("{}", sessions.stats()); // len=0 deleted=0 held=... retired=0 B ...
+//! # let _ = released;
+//! ```
+//!
+//! ## Go's `sync.Map`, method by method
+//!
+//! | Go                                   | tiermap                                                      |
+//! |--------------------------------------|--------------------------------------------------------------|
+//! | `Load(k) (v, ok)`                    | [`SyncMap::get`], [`SyncMap::get_cloned`], [`Pinned::get`]    |
+//! | `Store(k, v)`                        | [`SyncMap::insert`] (ignore the result)                      |
+//! | `Swap(k, v) (prev, loaded)`          | [`SyncMap::insert`] (returns the previous value)             |
+//! | `LoadOrStore(k, v) (actual, loaded)` | [`SyncMap::get_or_insert`], [`SyncMap::get_or_insert_with`]  |
+//! | `LoadAndDelete(k) (v, loaded)`       | [`SyncMap::remove`]                                          |
+//! | `Delete(k)`                          | [`SyncMap::remove`] (ignore the result)                      |
+//! | `CompareAndSwap(k, old, new) bool`   | [`SyncMap::compare_exchange`] (`is_ok()`)                     |
+//! | `CompareAndDelete(k, old) bool`      | [`SyncMap::compare_remove`], [`SyncMap::remove_if`]          |
+//! | `Range(f)`                           | [`SyncMap::range`], [`SyncMap::for_each`], [`Pinned::iter`]  |
+//! | `Clear()`                            | [`SyncMap::clear`]                                           |
+//! | —                                    | [`SyncMap::clear_and_release`], [`SyncMap::shrink_to_fit`], [`SyncMap::reclaim`] |
+//! | —                                    | [`SyncMap::len`], [`SyncMap::is_empty`], [`SyncMap::contains_key`], [`SyncMap::retain`], [`SyncMap::stats`] |
+//!
+//! ## Consistency
+//!
+//! As Go documents for `sync.Map`: a write synchronizes-before any read that observes it. The
+//! writes are `insert`, `remove` of a present key, `get_or_insert*` when it inserted,
+//! `compare_exchange` when it swapped, `compare_remove`/`remove_if` when they removed, `clear`
+//! and `retain`; every operation that returns a value is a read. Each single-key operation is
+//! atomic. [`SyncMap::len`] is exact when no write is in flight. Iteration sees each key at most
+//! once and never blocks writers (see [`Pinned::iter`]).
+//!
+//! ## Guards, not locks
+//!
+//! Nothing this crate hands out holds a lock. [`Ref`] and [`Pinned`] hold a crossbeam-epoch
+//! pin: while one is alive, values and tables retired after it was pinned are not freed. Keep
+//! them short-lived in long loops; holding one while calling any method of the same map is
+//! always fine.
+//!
+//! ## Memory
+//!
+//! * A read hit takes no lock, allocates nothing and writes only the epoch pin's thread-local
+//!   state.
+//! * Tables never grow in place: a full dirty tier is promoted and the next dirty tier is filled
+//!   from the read tier a few dozen slots per slow-path operation, so no single operation copies
+//!   the map. Table chunks are allocated as keys land in them.
+//! * Deleted entries are counted; when they pass half the live entries plus 64, or the read
+//!   table holds more than eight slots per live entry plus 1024, the map rebuilds itself, again
+//!   a few slots per operation. At every point, once no guard pinned earlier is alive and a
+//!   collection has run, the map holds O(live entries) bytes (the bound is in `docs/DESIGN.md`).
+//! * [`SyncMap::clear_and_release`] frees everything before returning (see its docs for when a
+//!   guard delays that); [`SyncMap::stats`] reports live and deleted entries, table capacities,
+//!   held and retired bytes.
+//!
+//! `K` and `V` must be `Send + 'static` for the mutating methods: replaced and removed values are
+//! dropped later, possibly on another thread, by the epoch collector.
+//!
+//! ## Panics in user code
+//!
+//! A panicking `Hash`, `Eq`, `PartialEq`, `Clone`, `get_or_insert_with` closure, `retain`
+//! predicate or iteration body leaves the map consistent and usable: no entry is lost, nothing
+//! leaks, and the internal lock is never left poisoned in a way later calls notice.
+//!
+//! ## Loom
+//!
+//! Built with `--cfg tiermap_loom --cfg crossbeam_loom` and the `loom` feature, every atomic,
+//! the dirty lock and the epoch collector come from loom (see `loom-tests/`).
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod facade;
+mod map;
+mod raw;
+mod stats;
+
+pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
+pub use stats::{MapStats, Released};

@@ -1,0 +1,1141 @@
+//! The safe API: [`SyncMap`], its pinned handle [`Pinned`], and the types they return.
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::iter::FusedIterator;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::facade::Guard;
+use crate::raw::entry::Entry;
+use crate::raw::{table::mix, RawIter, RawMap, Replace, Tier};
+use crate::stats::{MapStats, Released};
+
+/// A concurrent hash map with Go's `sync.Map` design (a lock-free read tier and a locked dirty
+/// tier) whose memory stays proportional to its live entries.
+///
+/// See the [crate documentation](crate) for the design, the Go-to-Rust method table and the
+/// memory promises.
+///
+/// ```
+/// use tiermap::SyncMap;
+///
+/// let map = SyncMap::new();
+/// map.insert("a", 1);
+/// assert_eq!(map.get_cloned("a"), Some(1));
+/// assert_eq!(*map.get("a").unwrap(), 1);
+/// assert_eq!(map.remove("a").as_deref(), Some(&1));
+/// assert!(map.is_empty());
+/// ```
+pub struct SyncMap<K, V, S = RandomState> {
+    raw: RawMap<K, V>,
+    hasher: S,
+}
+
+/// A value reference that keeps an epoch guard, not a lock.
+///
+/// Holding a `Ref` never blocks another operation on the map and never deadlocks, even if you
+/// call [`SyncMap::insert`] on the same key while holding it; it only delays the freeing of
+/// values retired while it is alive. It is not `Send`: drop it on the thread that made it.
+///
+/// ```
+/// let map = tiermap::SyncMap::new();
+/// map.insert(1, String::from("one"));
+/// let r = map.get(&1).unwrap();
+/// map.insert(1, String::from("uno")); // no deadlock; `r` still sees the old value
+/// assert_eq!(*r, "one");
+/// assert_eq!(map.get_cloned(&1).unwrap(), "uno");
+/// ```
+pub struct Ref<'m, V> {
+    // Declared before `_guard`: the pointer is only valid while the guard is pinned.
+    value: *const V,
+    _guard: Guard,
+    _map: PhantomData<&'m V>,
+}
+
+impl<V> Deref for Ref<'_, V> {
+    type Target = V;
+    fn deref(&self) -> &V {
+        // SAFETY: `value` was loaded under `_guard`, which this `Ref` keeps pinned; values are
+        // retired through the epoch, so it stays allocated while the `Ref` lives, and the map
+        // (borrowed for `'m`) cannot be dropped meanwhile.
+        unsafe { &*self.value }
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for Ref<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl<V: fmt::Display> fmt::Display for Ref<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}
+
+impl<V: PartialEq> PartialEq<V> for Ref<'_, V> {
+    fn eq(&self, other: &V) -> bool {
+        **self == *other
+    }
+}
+
+/// The result of [`SyncMap::get_or_insert`] and friends: the value, and whether it was already
+/// there (Go's `loaded`).
+///
+/// ```
+/// use tiermap::{GetOrInsert, SyncMap};
+///
+/// let map = SyncMap::new();
+/// assert!(map.get_or_insert(1, 'a').is_inserted());
+/// match map.get_or_insert(1, 'b') {
+///     GetOrInsert::Loaded(v) => assert_eq!(*v, 'a'),
+///     GetOrInsert::Inserted(_) => unreachable!(),
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetOrInsert<R> {
+    /// The key was present; this is its value (the offered one was dropped).
+    Loaded(R),
+    /// The key was absent; this is the value just inserted.
+    Inserted(R),
+}
+
+impl<R> GetOrInsert<R> {
+    /// Whether the value was already present (Go's `loaded`).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert!(!map.get_or_insert(1, 1).is_loaded());
+    /// assert!(map.get_or_insert(1, 2).is_loaded());
+    /// ```
+    pub fn is_loaded(&self) -> bool {
+        matches!(self, GetOrInsert::Loaded(_))
+    }
+
+    /// Whether the offered value was inserted.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert!(map.get_or_insert(1, 1).is_inserted());
+    /// ```
+    pub fn is_inserted(&self) -> bool {
+        matches!(self, GetOrInsert::Inserted(_))
+    }
+
+    /// The value, either way.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert_eq!(*map.get_or_insert(1, 7).into_inner(), 7);
+    /// ```
+    pub fn into_inner(self) -> R {
+        match self {
+            GetOrInsert::Loaded(r) | GetOrInsert::Inserted(r) => r,
+        }
+    }
+
+    /// Maps the value, keeping the variant.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let r = map.get_or_insert(1, 7).map(|v| *v * 2);
+    /// assert_eq!(r, tiermap::GetOrInsert::Inserted(14));
+    /// ```
+    pub fn map<U>(self, f: impl FnOnce(R) -> U) -> GetOrInsert<U> {
+        match self {
+            GetOrInsert::Loaded(r) => GetOrInsert::Loaded(f(r)),
+            GetOrInsert::Inserted(r) => GetOrInsert::Inserted(f(r)),
+        }
+    }
+}
+
+/// Why [`SyncMap::compare_exchange`] did not swap: the current value (`None` if the key is
+/// absent) and the value that was offered, handed back.
+///
+/// ```
+/// let map = tiermap::SyncMap::new();
+/// map.insert(1, 10);
+/// let err = map.compare_exchange(&1, &11, 12).unwrap_err();
+/// assert_eq!(err.current.as_deref(), Some(&10));
+/// assert_eq!(err.new, 12);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompareExchangeError<R, V> {
+    /// The value found, or `None` if the key was absent (Go's `CompareAndSwap` returns false
+    /// and inserts nothing).
+    pub current: Option<R>,
+    /// The value that was not stored.
+    pub new: V,
+}
+
+impl<R: fmt::Debug, V: fmt::Debug> fmt::Display for CompareExchangeError<R, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.current {
+            Some(c) => write!(f, "current value {c:?} does not match"),
+            None => f.write_str("key is absent"),
+        }
+    }
+}
+
+impl<R: fmt::Debug, V: fmt::Debug> std::error::Error for CompareExchangeError<R, V> {}
+
+impl<K, V> SyncMap<K, V, RandomState> {
+    /// An empty map. Allocates only a small header.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_capacity_and_hasher(0, RandomState::new())
+    }
+
+    /// An empty map whose first table has room for `capacity` keys before it is promoted.
+    ///
+    /// The table's chunks are allocated as keys land in them, and the map still shrinks if it
+    /// stays far emptier than `capacity` (see [`SyncMap::stats`]).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_capacity(1000);
+    /// assert!(map.stats().dirty_capacity >= 1000);
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacity_and_hasher(capacity, RandomState::new())
+    }
+}
+
+impl<K, V, S> SyncMap<K, V, S> {
+    /// An empty map using `hasher`.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_hasher(RandomState::new());
+    /// map.insert(1, 1);
+    /// ```
+    pub fn with_hasher(hasher: S) -> Self {
+        Self::with_capacity_and_hasher(0, hasher)
+    }
+
+    /// An empty map with room for `capacity` keys, using `hasher`.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// let map: tiermap::SyncMap<u32, u32> =
+    ///     tiermap::SyncMap::with_capacity_and_hasher(16, RandomState::new());
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
+        SyncMap {
+            raw: RawMap::new(capacity),
+            hasher,
+        }
+    }
+
+    /// The map's hasher.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::new();
+    /// let _ = map.hasher();
+    /// ```
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// Pins the current thread and returns a handle whose reads borrow from the pin.
+    ///
+    /// This is the zero-copy API: `get` returns `&V` with no clone and no lock. Keep a handle
+    /// short-lived in long-running loops: values retired while it is alive are not freed until
+    /// it is dropped. The handle holds no lock, so any method of the map may be called while it
+    /// is alive.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, "one".to_string());
+    /// let m = map.pin();
+    /// let v: &String = m.get(&1).unwrap();
+    /// assert_eq!(v, "one");
+    /// ```
+    pub fn pin(&self) -> Pinned<'_, K, V, S> {
+        Pinned {
+            map: self,
+            guard: self.raw.reclaimer.pin(),
+        }
+    }
+
+    /// Number of keys present.
+    ///
+    /// Exact when no write is in flight; under concurrent writes it is some value the count
+    /// took recently (an insert and a remove racing may be counted in either order, briefly).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 1);
+    /// map.insert(2, 2);
+    /// assert_eq!(map.len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        let guard = self.raw.reclaimer.pin();
+        self.raw.read(&guard).gen.live()
+    }
+
+    /// Whether no key is present (with the same caveat as [`SyncMap::len`]).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the map's memory is. Takes the dirty lock briefly.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..100).map(|i| (i, i)).collect();
+    /// for i in 0..100 {
+    ///     map.remove(&i);
+    /// }
+    /// let s = map.stats();
+    /// assert_eq!(s.len, 0);
+    /// assert!(s.deleted <= 64, "deleted entries are purged, not kept: {s}");
+    /// ```
+    pub fn stats(&self) -> MapStats {
+        let guard = self.raw.reclaimer.pin();
+        let st = self.raw.dirty();
+        let read = self.raw.read(&guard);
+        let dirty = st.tier.as_deref();
+        let live = read.gen.live();
+        let entries = read.gen.entries.load(Relaxed).max(0) as usize;
+        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
+        let held_bytes = tier_bytes(read)
+            + dirty.map_or(0, tier_bytes)
+            + entries * size_of::<Entry<K, V>>()
+            + live * size_of::<V>().max(1);
+        MapStats {
+            len: live,
+            deleted: entries.saturating_sub(live),
+            read_capacity: read.table.capacity(),
+            dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
+            migrating: dirty.is_some() && st.cursor < read.table.capacity(),
+            misses: st.misses,
+            held_bytes,
+            retired_bytes: self.raw.shared.retired_bytes.load(Relaxed),
+            promotions: self.raw.shared.promotions.load(Relaxed),
+            migrations: self.raw.shared.migrations.load(Relaxed),
+            compactions: self.raw.shared.compactions.load(Relaxed),
+        }
+    }
+
+    /// Frees retired memory that no guard can see any more, now, instead of at the next
+    /// collection. Returns this map's retired bytes still waiting (because a guard pinned
+    /// before they were retired is alive, on some thread).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// map.clear();
+    /// assert_eq!(map.reclaim(), 0);
+    /// ```
+    pub fn reclaim(&self) -> usize {
+        for _ in 0..64 {
+            if self.raw.shared.retired_bytes.load(Relaxed) == 0 {
+                break;
+            }
+            self.raw.reclaimer.collect(1);
+        }
+        self.raw.shared.retired_bytes.load(Relaxed)
+    }
+}
+
+impl<K, V, S> SyncMap<K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher,
+{
+    #[inline]
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        mix(self.hasher.hash_one(key))
+    }
+
+    /// Runs `f` under a fresh pin and keeps the pin in the returned [`Ref`].
+    #[inline]
+    fn with_ref<'m>(
+        &'m self,
+        f: impl for<'g> FnOnce(&'g Guard) -> Option<&'g V>,
+    ) -> Option<Ref<'m, V>> {
+        let guard = self.raw.reclaimer.pin();
+        let value: *const V = f(&guard)?;
+        Some(Ref {
+            value,
+            _guard: guard,
+            _map: PhantomData,
+        })
+    }
+
+    /// The value for `key` (Go's `Load`), as a lock-free [`Ref`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert("k", vec![1, 2]);
+    /// assert_eq!(map.get("k").unwrap().len(), 2);
+    /// assert!(map.get("missing").is_none());
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.with_ref(|g| self.raw.get(hash, key, g))
+    }
+
+    /// A clone of the value for `key`.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, "x".to_string());
+    /// assert_eq!(map.get_cloned(&1).as_deref(), Some("x"));
+    /// ```
+    pub fn get_cloned<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        self.pin().get(key).cloned()
+    }
+
+    /// Whether `key` is present.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, ());
+    /// assert!(map.contains_key(&1));
+    /// assert!(!map.contains_key(&2));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.pin().contains_key(key)
+    }
+
+    /// Sets the value for `key` (Go's `Store` and `Swap`), returning the previous one.
+    ///
+    /// Replacing the value of a key already in the read tier is lock-free; a new key takes the
+    /// dirty lock.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert!(map.insert(1, 'a').is_none());
+    /// assert_eq!(map.insert(1, 'b').as_deref(), Some(&'a'));
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Option<Ref<'_, V>> {
+        let hash = self.hash(&key);
+        self.with_ref(|g| self.raw.insert(hash, key, value, g))
+    }
+
+    /// The value for `key`, inserting `value` if absent (Go's `LoadOrStore`). A deleted key
+    /// counts as absent.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert_eq!(*map.get_or_insert(1, 10).into_inner(), 10);
+    /// assert_eq!(*map.get_or_insert(1, 20).into_inner(), 10);
+    /// ```
+    pub fn get_or_insert(&self, key: K, value: V) -> GetOrInsert<Ref<'_, V>> {
+        self.get_or_insert_with(key, || value)
+    }
+
+    /// The value for `key`, inserting `make()` if absent.
+    ///
+    /// `make` runs at most once, only after the key was seen absent, and outside every lock (it
+    /// may use the map). If another thread inserts the key meanwhile, that value wins and
+    /// `make`'s is dropped. If `make` panics, the map is unchanged.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let mut calls = 0;
+    /// map.get_or_insert_with(1, || { calls += 1; "one" });
+    /// map.get_or_insert_with(1, || { calls += 1; "uno" });
+    /// assert_eq!(calls, 1);
+    /// ```
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> GetOrInsert<Ref<'_, V>> {
+        let guard = self.raw.reclaimer.pin();
+        let hash = self.hash(&key);
+        let r = self
+            .raw
+            .get_or_insert_with(hash, key, make, &guard)
+            .map(|v| v as *const V);
+        r.map(|value| Ref {
+            value,
+            _guard: guard,
+            _map: PhantomData,
+        })
+    }
+
+    /// Removes `key`, returning its value (Go's `LoadAndDelete`; `Delete` ignores the result).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 1);
+    /// assert_eq!(map.remove(&1).as_deref(), Some(&1));
+    /// assert!(map.remove(&1).is_none());
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.with_ref(|g| self.raw.remove(hash, key, g))
+    }
+
+    /// Removes `key` if `pred` accepts its value, returning the removed value.
+    ///
+    /// `pred` runs outside every lock; if the value changes concurrently it is called again
+    /// with the new value.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 5);
+    /// assert!(map.remove_if(&1, |v| *v > 10).is_none());
+    /// assert_eq!(map.remove_if(&1, |v| *v == 5).as_deref(), Some(&5));
+    /// ```
+    pub fn remove_if<Q>(&self, key: &Q, pred: impl FnMut(&V) -> bool) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.with_ref(|g| self.raw.remove_if(hash, key, pred, g))
+    }
+
+    /// Removes `key` if its value equals `current` (Go's `CompareAndDelete`). A missing key
+    /// gives `false`.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 5);
+    /// assert!(!map.compare_remove(&1, &6));
+    /// assert!(map.compare_remove(&1, &5));
+    /// assert!(!map.compare_remove(&1, &5));
+    /// ```
+    pub fn compare_remove<Q>(&self, key: &Q, current: &V) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: PartialEq,
+    {
+        self.remove_if(key, |v| v == current).is_some()
+    }
+
+    /// Replaces the value of `key` with `new` if it equals `current` (Go's `CompareAndSwap`),
+    /// returning the replaced value. A missing or deleted key fails and inserts nothing.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert!(map.compare_exchange(&1, &0, 1).is_err()); // absent: nothing inserted
+    /// assert!(map.get(&1).is_none());
+    /// map.insert(1, 0);
+    /// assert_eq!(*map.compare_exchange(&1, &0, 1).unwrap(), 0);
+    /// assert_eq!(map.get_cloned(&1), Some(1));
+    /// ```
+    pub fn compare_exchange<Q>(
+        &self,
+        key: &Q,
+        current: &V,
+        new: V,
+    ) -> Result<Ref<'_, V>, CompareExchangeError<Ref<'_, V>, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: PartialEq,
+    {
+        let guard = self.raw.reclaimer.pin();
+        let hash = self.hash(key);
+        let r = self
+            .raw
+            .replace_if(hash, key, |v| v == current, new, &guard);
+        let wrap = |v: &V, guard| Ref {
+            value: v as *const V,
+            _guard: guard,
+            _map: PhantomData,
+        };
+        match r {
+            Replace::Done(v) => {
+                let v: *const V = v;
+                // SAFETY: `v` was loaded under `guard`, which moves into the `Ref`.
+                Ok(wrap(unsafe { &*v }, guard))
+            }
+            Replace::Absent(new) => Err(CompareExchangeError { current: None, new }),
+            Replace::Mismatch(v, new) => {
+                let v: *const V = v;
+                Err(CompareExchangeError {
+                    // SAFETY: as above.
+                    current: Some(wrap(unsafe { &*v }, guard)),
+                    new,
+                })
+            }
+        }
+    }
+
+    /// Calls `f` on every present key and value (Go's `Range` without early exit).
+    ///
+    /// `f` may call any method of the map, including `insert`, `remove`, `clear` and nested
+    /// iteration: no lock is held while it runs. Each key is visited at most once; see
+    /// [`Pinned::iter`] for what concurrent changes may be seen.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+    /// let mut sum = 0;
+    /// map.for_each(|_, v| sum += v);
+    /// assert_eq!(sum, 45);
+    /// ```
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for (k, v) in self.pin().iter() {
+            f(k, v);
+        }
+    }
+
+    /// Go's `Range`: calls `f` on each key and value until it returns `false`.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+    /// let mut seen = 0;
+    /// map.range(|_, _| { seen += 1; seen < 3 });
+    /// assert_eq!(seen, 3);
+    /// ```
+    pub fn range(&self, mut f: impl FnMut(&K, &V) -> bool) {
+        for (k, v) in self.pin().iter() {
+            if !f(k, v) {
+                break;
+            }
+        }
+    }
+
+    /// Keeps only the entries for which `f` returns `true`.
+    ///
+    /// `f` runs outside every lock. An entry whose value changes while `f` looks at it is kept
+    /// (the new value was not judged).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+    /// map.retain(|_, v| v % 2 == 0);
+    /// assert_eq!(map.len(), 5);
+    /// ```
+    pub fn retain(&self, mut f: impl FnMut(&K, &V) -> bool) {
+        let guard = self.raw.reclaimer.pin();
+        let tier = self.raw.snapshot(&guard);
+        for (e, p) in RawIter::new(tier) {
+            if !self.raw.generation_is(tier.gen.id) {
+                break;
+            }
+            // SAFETY: `p` was loaded live under `guard`.
+            if !f(&e.key, unsafe { &*p }) {
+                self.raw.remove_exact(e, p, tier, &guard);
+            }
+        }
+        self.raw.settle(&guard);
+    }
+
+    /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and
+    /// values are retired as one unit and freed by a later epoch collection (use
+    /// [`SyncMap::clear_and_release`] to free them before returning).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+    /// map.clear();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn clear(&self) {
+        let guard = self.raw.reclaimer.pin();
+        self.raw.clear(&guard);
+    }
+
+    /// Removes every key and gives the memory back before returning.
+    ///
+    /// The map is cleared as by [`SyncMap::clear`]; then this thread's deferred frees are
+    /// flushed and collections run until the map's retired memory is freed. When the call
+    /// returns, the map holds what a new map holds, and [`Released::pending_bytes`] is 0 unless
+    /// a guard pinned before the call is still alive (a [`Ref`], [`Pinned`] or iteration on any
+    /// thread, including the caller's own): that memory is freed by the first collection after
+    /// the last such guard is dropped (any later operation on any map of this crate collects
+    /// every 128 pins per thread; [`SyncMap::reclaim`] collects at once).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// let released = map.clear_and_release();
+    /// assert_eq!(released.pending_bytes, 0);
+    /// assert!(map.stats().held_bytes < 1024);
+    /// ```
+    pub fn clear_and_release(&self) -> Released {
+        let released_bytes = self.stats().held_bytes;
+        self.clear();
+        let pending_bytes = self.reclaim();
+        Released {
+            released_bytes,
+            pending_bytes,
+        }
+    }
+
+    /// Rebuilds the tables now so that they hold only live entries, dropping every deleted
+    /// entry, and frees what it can before returning.
+    ///
+    /// The map does this by itself, a few slots per operation, when deleted entries pass half
+    /// the live ones or the tables grow far larger than the live set; call this after a bulk
+    /// removal to get the memory back at once. It costs O(n), done in steps of about a thousand
+    /// slots with the lock released between steps.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// for i in 0..9_990 {
+    ///     map.remove(&i);
+    /// }
+    /// map.shrink_to_fit();
+    /// let s = map.stats();
+    /// assert_eq!(s.deleted, 0);
+    /// assert!(s.read_capacity < 100, "{s}");
+    /// ```
+    pub fn shrink_to_fit(&self) {
+        {
+            let guard = self.raw.reclaimer.pin();
+            self.raw.compact(&guard);
+        }
+        self.reclaim();
+    }
+}
+
+impl<K, V> Default for SyncMap<K, V, RandomState> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V, S> fmt::Debug for SyncMap<K, V, S>
+where
+    K: Hash + Eq + Send + 'static + fmt::Debug,
+    V: Send + 'static + fmt::Debug,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.pin().iter()).finish()
+    }
+}
+
+impl<K, V, S> Clone for SyncMap<K, V, S>
+where
+    K: Hash + Eq + Send + 'static + Clone,
+    V: Send + 'static + Clone,
+    S: BuildHasher + Clone,
+{
+    /// A deep copy: the two maps share no table, entry or value.
+    fn clone(&self) -> Self {
+        let map = SyncMap::with_capacity_and_hasher(self.len(), self.hasher.clone());
+        {
+            let pinned = map.pin();
+            for (k, v) in self.pin().iter() {
+                pinned.insert(k.clone(), v.clone());
+            }
+        }
+        map
+    }
+}
+
+impl<K, V, S> FromIterator<(K, V)> for SyncMap<K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher + Default,
+{
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut map = SyncMap::with_capacity_and_hasher(iter.size_hint().0, S::default());
+        map.extend(iter);
+        map
+    }
+}
+
+impl<K, V, S> Extend<(K, V)> for SyncMap<K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher,
+{
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        let pinned = self.pin();
+        for (k, v) in iter {
+            pinned.insert(k, v);
+        }
+    }
+}
+
+impl<K, V, S> IntoIterator for SyncMap<K, V, S> {
+    type Item = (K, V);
+    type IntoIter = IntoIter<K, V>;
+
+    /// Moves every key and value out of the map.
+    fn into_iter(mut self) -> IntoIter<K, V> {
+        let mut out = Vec::new();
+        self.raw.drain_into(&mut out);
+        IntoIter {
+            inner: out.into_iter(),
+        }
+    }
+}
+
+/// An owning iterator over a [`SyncMap`]'s entries (from `into_iter`).
+///
+/// ```
+/// let map: tiermap::SyncMap<u32, String> = (0..3).map(|i| (i, i.to_string())).collect();
+/// let mut all: Vec<(u32, String)> = map.into_iter().collect();
+/// all.sort();
+/// assert_eq!(all[2], (2, "2".to_string()));
+/// ```
+pub struct IntoIter<K, V> {
+    inner: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for IntoIter<K, V> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        self.inner.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for IntoIter<K, V> {}
+impl<K, V> FusedIterator for IntoIter<K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for IntoIter<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.inner.as_slice()).finish()
+    }
+}
+
+/// A map handle with the current thread pinned: the zero-copy API (from [`SyncMap::pin`]).
+///
+/// Every method mirrors the [`SyncMap`] method of the same name, returning `&V` that borrows
+/// from the handle instead of a [`Ref`].
+///
+/// ```
+/// let map = tiermap::SyncMap::new();
+/// let m = map.pin();
+/// m.insert(1, 10);
+/// m.insert(2, 20);
+/// let total: i32 = m.values().sum();
+/// assert_eq!(total, 30);
+/// ```
+pub struct Pinned<'m, K, V, S = RandomState> {
+    map: &'m SyncMap<K, V, S>,
+    guard: Guard,
+}
+
+impl<'m, K, V, S> Pinned<'m, K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher,
+{
+    /// The value for `key`.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 1);
+    /// assert_eq!(map.pin().get(&1), Some(&1));
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.raw.get(self.map.hash(key), key, &self.guard)
+    }
+
+    /// Whether `key` is present.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 1);
+    /// assert!(map.pin().contains_key(&1));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Sets the value, returning the previous one. See [`SyncMap::insert`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert_eq!(m.insert(1, 1), None);
+    /// assert_eq!(m.insert(1, 2), Some(&1));
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Option<&V> {
+        self.map
+            .raw
+            .insert(self.map.hash(&key), key, value, &self.guard)
+    }
+
+    /// See [`SyncMap::get_or_insert`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert_eq!(m.get_or_insert(1, 1).into_inner(), &1);
+    /// ```
+    pub fn get_or_insert(&self, key: K, value: V) -> GetOrInsert<&V> {
+        self.get_or_insert_with(key, || value)
+    }
+
+    /// See [`SyncMap::get_or_insert_with`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert!(m.get_or_insert_with(1, || 1).is_inserted());
+    /// ```
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> GetOrInsert<&V> {
+        let hash = self.map.hash(&key);
+        self.map
+            .raw
+            .get_or_insert_with(hash, key, make, &self.guard)
+    }
+
+    /// See [`SyncMap::remove`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// m.insert(1, 1);
+    /// assert_eq!(m.remove(&1), Some(&1));
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.raw.remove(self.map.hash(key), key, &self.guard)
+    }
+
+    /// See [`SyncMap::remove_if`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// m.insert(1, 1);
+    /// assert_eq!(m.remove_if(&1, |v| *v == 1), Some(&1));
+    /// ```
+    pub fn remove_if<Q>(&self, key: &Q, pred: impl FnMut(&V) -> bool) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map
+            .raw
+            .remove_if(self.map.hash(key), key, pred, &self.guard)
+    }
+
+    /// See [`SyncMap::compare_exchange`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// m.insert(1, 1);
+    /// assert_eq!(m.compare_exchange(&1, &1, 2), Ok(&1));
+    /// ```
+    pub fn compare_exchange<Q>(
+        &self,
+        key: &Q,
+        current: &V,
+        new: V,
+    ) -> Result<&V, CompareExchangeError<&V, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: PartialEq,
+    {
+        match self
+            .map
+            .raw
+            .replace_if(self.map.hash(key), key, |v| v == current, new, &self.guard)
+        {
+            Replace::Done(v) => Ok(v),
+            Replace::Absent(new) => Err(CompareExchangeError { current: None, new }),
+            Replace::Mismatch(v, new) => Err(CompareExchangeError {
+                current: Some(v),
+                new,
+            }),
+        }
+    }
+
+    /// See [`SyncMap::compare_remove`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// m.insert(1, 1);
+    /// assert!(m.compare_remove(&1, &1));
+    /// ```
+    pub fn compare_remove<Q>(&self, key: &Q, current: &V) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: PartialEq,
+    {
+        self.remove_if(key, |v| v == current).is_some()
+    }
+
+    /// Iterates the present keys and values.
+    ///
+    /// Each key is yielded at most once. Keys inserted after the iteration started may or may
+    /// not be seen; a key removed before the iteration reaches it is not; a key whose value
+    /// changes concurrently shows one of the values it held during the iteration. A `clear`
+    /// ends the iteration. If the dirty tier holds keys the read tier lacks, starting the
+    /// iteration first finishes the running migration and promotes (as Go's `Range` does), in
+    /// steps with the lock released between them; the iteration itself holds no lock, so the
+    /// loop body may call any method of the map.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..4).map(|i| (i, i * 10)).collect();
+    /// let m = map.pin();
+    /// let mut keys: Vec<u32> = m.iter().map(|(k, _)| *k).collect();
+    /// keys.sort();
+    /// assert_eq!(keys, [0, 1, 2, 3]);
+    /// for (k, _) in m.iter() {
+    ///     map.remove(k); // calling back into the map is fine
+    /// }
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        let tier = self.map.raw.snapshot(&self.guard);
+        Iter {
+            raw: &self.map.raw,
+            gen: tier.gen.id,
+            inner: RawIter::new(tier),
+        }
+    }
+
+    /// Iterates the present keys.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..3).map(|i| (i, i)).collect();
+    /// assert_eq!(map.pin().keys().count(), 3);
+    /// ```
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Iterates the present values.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = (0..3).map(|i| (i, i)).collect();
+    /// assert_eq!(map.pin().values().sum::<u32>(), 3);
+    /// ```
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// Number of keys present (see [`SyncMap::len`]).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 1);
+    /// assert_eq!(map.pin().len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.map.raw.read(&self.guard).gen.live()
+    }
+
+    /// Whether no key is present.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// assert!(map.pin().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The map this handle pins.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert!(std::ptr::eq(m.map(), &map));
+    /// ```
+    pub fn map(&self) -> &'m SyncMap<K, V, S> {
+        self.map
+    }
+}
+
+impl<'a, K, V, S> IntoIterator for &'a Pinned<'_, K, V, S>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    S: BuildHasher,
+{
+    type Item = (&'a K, &'a V);
+    type IntoIter = Iter<'a, K, V>;
+    fn into_iter(self) -> Iter<'a, K, V> {
+        self.iter()
+    }
+}
+
+impl<K, V, S> fmt::Debug for Pinned<'_, K, V, S>
+where
+    K: Hash + Eq + Send + 'static + fmt::Debug,
+    V: Send + 'static + fmt::Debug,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// An iterator over a pinned map's keys and values (from [`Pinned::iter`]).
+///
+/// ```
+/// let map: tiermap::SyncMap<u32, u32> = (0..3).map(|i| (i, i)).collect();
+/// let m = map.pin();
+/// let it: tiermap::Iter<'_, u32, u32> = m.iter();
+/// assert_eq!(it.count(), 3);
+/// ```
+pub struct Iter<'p, K, V> {
+    raw: &'p RawMap<K, V>,
+    gen: u64,
+    inner: RawIter<'p, K, V>,
+}
+
+impl<'p, K, V> Iterator for Iter<'p, K, V> {
+    type Item = (&'p K, &'p V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.raw.generation_is(self.gen) {
+            return None;
+        }
+        let (e, p) = self.inner.next()?;
+        // SAFETY: `p` was loaded live under the guard that `'p` borrows.
+        Some((&e.key, unsafe { &*p }))
+    }
+}
+
+impl<K, V> FusedIterator for Iter<'_, K, V> {}
+
+impl<K, V> fmt::Debug for Iter<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Iter { .. }")
+    }
+}

@@ -1,0 +1,274 @@
+//! Entries and their value cells.
+//!
+//! An [`Entry`] holds one key and an atomic pointer to its current value. The pointer encodes the
+//! entry's state:
+//!
+//! | pointer            | state     | meaning                                                    |
+//! |--------------------|-----------|------------------------------------------------------------|
+//! | a value allocation | live      | the key is present with this value                         |
+//! | null               | deleted   | the key is absent; the entry may be revived in place       |
+//! | [`expunged()`]     | expunged  | absent, and the entry is in no dirty table; terminal       |
+//!
+//! Transitions: live -> live (store, CAS), live -> deleted (remove), deleted -> live (store,
+//! revive), deleted -> expunged (migration, under the dirty lock). Nothing leaves `expunged`: a
+//! key whose read-tier entry is expunged is re-inserted as a new entry in the dirty tier.
+//!
+//! Values live in their own allocation (at least one byte, so that two values never share an
+//! address and a compare-and-swap on the pointer cannot confuse them) and are retired through
+//! the epoch when replaced or removed.
+
+use std::alloc::{self, Layout};
+use std::ptr;
+
+use crate::facade::{AtomicPtr, Guard};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+
+/// The address used as the `expunged` marker. It is never dereferenced; a static's address is
+/// never returned by the allocator, so it cannot collide with a value.
+static EXPUNGED_MARKER: u8 = 0;
+
+/// The `expunged` marker as a value pointer.
+#[inline]
+pub(crate) fn expunged<V>() -> *mut V {
+    ptr::addr_of!(EXPUNGED_MARKER).cast_mut().cast()
+}
+
+/// The state read from an entry.
+pub(crate) enum State<V> {
+    Live(*mut V),
+    Deleted,
+    Expunged,
+}
+
+/// One key and its value cell. Shared by the read and the dirty table while both hold it.
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    // Invariant: null, `expunged()`, or a pointer from `alloc_value` that no other entry holds.
+    value: AtomicPtr<V>,
+}
+
+impl<K, V> Entry<K, V> {
+    /// Allocates an entry holding `value` (a pointer from [`alloc_value`]).
+    pub(crate) fn boxed(key: K, value: *mut V) -> *mut Entry<K, V> {
+        Box::into_raw(Box::new(Entry {
+            key,
+            value: AtomicPtr::new(value),
+        }))
+    }
+
+    #[inline]
+    fn decode(p: *mut V) -> State<V> {
+        if p.is_null() {
+            State::Deleted
+        } else if p == expunged() {
+            State::Expunged
+        } else {
+            State::Live(p)
+        }
+    }
+
+    /// Reads the entry's state.
+    ///
+    /// `Acquire` pairs with the `Release` half of the CAS that stored the pointer, so the value's
+    /// contents written before it was stored are visible to whoever dereferences it.
+    #[inline]
+    pub(crate) fn load(&self) -> State<V> {
+        #[cfg(tiermap_mutation = "relaxed_value_load")]
+        let p = self.value.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(tiermap_mutation = "relaxed_value_load"))]
+        let p = self.value.load(Acquire);
+        Self::decode(p)
+    }
+
+    /// Whether the entry is expunged. Stable under the dirty lock (only migration expunges, and
+    /// nothing leaves the state).
+    #[inline]
+    pub(crate) fn is_expunged(&self) -> bool {
+        matches!(self.load(), State::Expunged)
+    }
+
+    /// Replaces the value unless the entry is expunged. Returns `Err(())` if expunged, else the
+    /// previous state (`Some(old)` if it was live, `None` if it was deleted and is now revived).
+    ///
+    /// `AcqRel`: release publishes `new`'s contents; acquire makes `old`'s contents visible to
+    /// the caller, which may hand out a reference to it.
+    #[inline]
+    pub(crate) fn try_store(&self, new: *mut V) -> Result<Option<*mut V>, ()> {
+        let mut cur = self.value.load(Acquire);
+        loop {
+            if cur == expunged() {
+                return Err(());
+            }
+            match self.value.compare_exchange_weak(cur, new, AcqRel, Acquire) {
+                Ok(old) => return Ok(if old.is_null() { None } else { Some(old) }),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Stores `new` if the entry is deleted. Returns `Ok(())` if stored, `Err(state)` with the
+    /// live value or the expunged state otherwise.
+    #[inline]
+    pub(crate) fn try_revive(&self, new: *mut V) -> Result<(), State<V>> {
+        match self
+            .value
+            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(actual) => Err(Self::decode(actual)),
+        }
+    }
+
+    /// Replaces `current` (a live pointer read from this entry) by `new` (a value pointer or
+    /// null). Fails if the entry no longer holds `current`.
+    ///
+    /// Orderings as in [`Entry::try_store`].
+    #[inline]
+    pub(crate) fn replace_exact(&self, current: *mut V, new: *mut V) -> Result<(), State<V>> {
+        match self.value.compare_exchange(current, new, AcqRel, Acquire) {
+            Ok(_) => Ok(()),
+            Err(actual) => Err(Self::decode(actual)),
+        }
+    }
+
+    /// Deletes the value if live, returning it.
+    #[inline]
+    pub(crate) fn try_delete(&self) -> Option<*mut V> {
+        let mut cur = self.value.load(Acquire);
+        loop {
+            if cur.is_null() || cur == expunged() {
+                return None;
+            }
+            match self
+                .value
+                .compare_exchange_weak(cur, ptr::null_mut(), AcqRel, Acquire)
+            {
+                Ok(old) => return Some(old),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Migration step: turns a deleted entry into an expunged one. Returns `true` if the entry is
+    /// now expunged, `false` if it is live (and must be copied to the dirty table).
+    ///
+    /// Called only under the dirty lock. `AcqRel` on success orders the marker after every
+    /// earlier store to the cell; the failure load needs no ordering because the caller only
+    /// learns that the entry is live and copies the entry pointer, not the value.
+    pub(crate) fn expunge_if_deleted(&self) -> bool {
+        loop {
+            match self.value.compare_exchange(
+                ptr::null_mut(),
+                expunged(),
+                AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(p) if p == expunged() => return true,
+                Err(p) if !p.is_null() => return false,
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Moves the key out of an entry whose value was taken (see [`Entry::take_exclusive`]).
+    pub(crate) fn into_key(self: Box<Self>) -> K {
+        let mut this = std::mem::ManuallyDrop::new(*self);
+        // SAFETY: `this` is never dropped, so `key` is moved out exactly once and `value` (null,
+        // owning nothing) is dropped in place exactly once.
+        unsafe {
+            ptr::drop_in_place(&mut this.value);
+            ptr::read(&this.key)
+        }
+    }
+
+    /// Takes the value out of an entry the caller owns exclusively.
+    pub(crate) fn take_exclusive(&mut self) -> Option<*mut V> {
+        let p = self.value.swap(ptr::null_mut(), AcqRel);
+        if p.is_null() || p == expunged() {
+            None
+        } else {
+            Some(p)
+        }
+    }
+}
+
+impl<K, V> Drop for Entry<K, V> {
+    fn drop(&mut self) {
+        if let Some(p) = self.take_exclusive() {
+            // SAFETY: the entry is being dropped, so it is its value's only owner (entry
+            // invariant: no other entry holds the pointer), and whoever drops an entry has
+            // established that no reader can still reach it.
+            unsafe { free_value(p) };
+        }
+    }
+}
+
+#[inline]
+fn value_layout<V>() -> Layout {
+    let layout = Layout::new::<V>();
+    // At least one byte, so that distinct values have distinct addresses even for zero-sized
+    // types; `from_size_align` cannot fail for a size of at most `size_of::<V>().max(1)`.
+    Layout::from_size_align(layout.size().max(1), layout.align()).expect("value layout")
+}
+
+/// Moves `value` to its own heap allocation.
+pub(crate) fn alloc_value<V>(value: V) -> *mut V {
+    let layout = value_layout::<V>();
+    // SAFETY: `layout` has a non-zero size.
+    let p = unsafe { alloc::alloc(layout) }.cast::<V>();
+    if p.is_null() {
+        alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` is a fresh allocation with `V`'s alignment and at least its size.
+    unsafe { p.write(value) };
+    p
+}
+
+/// Drops and frees a value allocation.
+///
+/// # Safety
+/// `p` came from [`alloc_value`], is not freed yet, and no reference to it is used afterwards.
+pub(crate) unsafe fn free_value<V>(p: *mut V) {
+    // SAFETY: per the caller, `p` is a live, initialized allocation made with `value_layout`.
+    unsafe {
+        ptr::drop_in_place(p);
+        alloc::dealloc(p.cast(), value_layout::<V>());
+    }
+}
+
+/// Moves the value out of its allocation and frees the allocation.
+///
+/// # Safety
+/// As for [`free_value`].
+pub(crate) unsafe fn take_value<V>(p: *mut V) -> V {
+    // SAFETY: per the caller, `p` is live and initialized; it is freed without dropping because
+    // the value was moved out.
+    unsafe {
+        let v = ptr::read(p);
+        alloc::dealloc(p.cast(), value_layout::<V>());
+        v
+    }
+}
+
+/// Retires a value that was unlinked from its entry: it is freed once no guard pinned before
+/// now is alive.
+///
+/// # Safety
+/// `p` came from [`alloc_value`], was unlinked by the caller (who won the CAS that removed it),
+/// and is retired exactly once. `V: Send + 'static` for maps whose values can be dropped on
+/// another thread (enforced by the public API bounds).
+pub(crate) unsafe fn retire_value<V>(guard: &Guard, p: *mut V) {
+    #[cfg(tiermap_mutation = "free_without_defer")]
+    {
+        let _ = guard;
+        // SAFETY: deliberately unsound mutation for the loom models; never built otherwise.
+        unsafe { free_value(p) };
+    }
+    #[cfg(not(tiermap_mutation = "free_without_defer"))]
+    {
+        // SAFETY: the closure frees `p` once every guard that could have loaded it is gone,
+        // which is the epoch's promise; `p` is unlinked so nobody new can load it.
+        unsafe { guard.defer_unchecked(move || free_value(p)) };
+    }
+}

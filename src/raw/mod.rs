@@ -1,0 +1,1047 @@
+//! The unsafe engine: two tiers, incremental migration, promotion, compaction and retirement.
+//!
+//! `docs/DESIGN.md` is the narrative version of this module; the invariants it names are the
+//! ones the `// SAFETY:` comments here rely on. In short:
+//!
+//! * **I1 (tiers).** `read` always points to a live, published [`Tier`]; it changes only under
+//!   the dirty lock. A published tier's slots never change except for the `OWNED` tag.
+//! * **I2 (one entry per key per table).** A table holds at most one entry per key. If the read
+//!   and dirty tables both hold an entry for a key, it is the same entry, or the read one is
+//!   expunged.
+//! * **I3 (ownership).** Every entry reachable from the current tiers is owned by exactly one
+//!   tier: the dirty tier owns all its entries; the read tier owns the entries it expunged
+//!   (tagged `OWNED`) and those in slots at or after the migration cursor (not yet looked at).
+//!   A retired tier frees exactly the entries it owns.
+//! * **I4 (migration).** While a dirty tier exists, `cursor` slots of the read tier have been
+//!   decided: each live entry there is also in the dirty tier, each deleted one is expunged and
+//!   tagged. A dirty tier is promoted only when `cursor == read.capacity()`, so it then holds
+//!   every key that is present.
+//! * **I5 (capacity).** A dirty tier is created with at least twice the slots needed for every
+//!   entry the read tier holds plus one fresh key per slow operation until the migration ends,
+//!   so it cannot fill up before it can be promoted.
+
+pub(crate) mod entry;
+pub(crate) mod table;
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::Arc;
+
+use crate::facade::{lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Guard, Mutex, Reclaimer};
+use crate::map::GetOrInsert;
+use entry::{alloc_value, free_value, retire_value, take_value, Entry, State};
+use table::Table;
+
+/// Least migration work (in slots) that each slow-path operation does while a dirty tier is
+/// being filled.
+const MIN_BUDGET: usize = 32;
+/// Deleted entries that may be held regardless of the live count before compaction starts.
+const DELETED_FLOOR: usize = 64;
+/// Table slots that may be held regardless of the live count before compaction starts.
+const SLOTS_FLOOR: usize = 1024;
+
+/// Counters of one generation of the map (a generation ends with `clear`). Operations that
+/// raced with a `clear` update the old generation's counters, never the new one's.
+pub(crate) struct Gen {
+    pub(crate) id: u64,
+    pub(crate) live: AtomicIsize,
+    pub(crate) entries: AtomicIsize,
+}
+
+impl Gen {
+    fn new(id: u64) -> Arc<Gen> {
+        Arc::new(Gen {
+            id,
+            live: AtomicIsize::new(0),
+            entries: AtomicIsize::new(0),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn live(&self) -> usize {
+        // Relaxed: a statistic; exact once the map is quiescent (every update happened before).
+        self.live.load(Relaxed).max(0) as usize
+    }
+
+    #[inline]
+    fn entries(&self) -> usize {
+        self.entries.load(Relaxed).max(0) as usize
+    }
+}
+
+/// A table plus what a reader needs to know about it.
+pub(crate) struct Tier<K, V> {
+    pub(crate) table: Table<K, V>,
+    /// Set (under the dirty lock) while this tier is the read tier and the dirty tier holds keys
+    /// that this one lacks. Readers that miss check it before taking the lock.
+    pub(crate) amended: AtomicBool,
+    pub(crate) gen: Arc<Gen>,
+}
+
+impl<K, V> Tier<K, V> {
+    fn boxed(slots: usize, gen: Arc<Gen>) -> Box<Self> {
+        Box::new(Tier {
+            table: Table::new(slots),
+            amended: AtomicBool::new(false),
+            gen,
+        })
+    }
+}
+
+/// Map-lifetime counters, shared with deferred destructors (which may outlive the map).
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) retired_bytes: std::sync::atomic::AtomicUsize,
+    pub(crate) promotions: std::sync::atomic::AtomicU64,
+    pub(crate) migrations: std::sync::atomic::AtomicU64,
+    pub(crate) compactions: std::sync::atomic::AtomicU64,
+}
+
+/// State under the dirty lock.
+pub(crate) struct Dirty<K, V> {
+    pub(crate) tier: Option<Box<Tier<K, V>>>,
+    /// Slots of the read tier decided by the migration (I4). 0 when there is no dirty tier.
+    pub(crate) cursor: usize,
+    /// Work units per slow operation for the running migration.
+    budget: usize,
+    /// Slow-path lookups since the last promotion (Go's promotion clock).
+    pub(crate) misses: usize,
+    /// Entries expunged (and tagged) in the read tier by the running migration.
+    expunged: usize,
+    /// A tier was retired in this critical section (flush the epoch bag after unlocking).
+    retired: bool,
+    /// The running migration was started to compact: promote as soon as it completes.
+    pub(crate) compacting: bool,
+}
+
+/// Where a key was found under the lock. The pointers stay valid while the caller's guard is
+/// pinned: removing an entry from a tier retires it through the epoch.
+enum Place<K, V> {
+    Read(*const Entry<K, V>),
+    Dirty(*const Entry<K, V>, usize),
+    Absent,
+}
+
+impl<K, V> Place<K, V> {
+    /// The entry, as a reference that lives as long as the guard.
+    ///
+    /// # Safety
+    /// The place was found while `_guard` was pinned.
+    unsafe fn entry<'g>(&self, _guard: &'g Guard) -> Option<&'g Entry<K, V>> {
+        match *self {
+            // SAFETY: per the caller, and I3: a found entry is freed only after being unlinked
+            // and retired through the epoch, which waits for `_guard`.
+            Place::Read(e) | Place::Dirty(e, _) => Some(unsafe { &*e }),
+            Place::Absent => None,
+        }
+    }
+}
+
+/// A value allocation not yet published: freed on drop (so a panic in user code between
+/// allocating and publishing leaks nothing).
+struct Pending<V>(*mut V);
+
+impl<V> Pending<V> {
+    fn new(value: V) -> Self {
+        Pending(alloc_value(value))
+    }
+    fn publish(self) -> *mut V {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl<V> Drop for Pending<V> {
+    fn drop(&mut self) {
+        // SAFETY: the allocation was never published, so this is its only owner.
+        unsafe { free_value(self.0) };
+    }
+}
+
+/// The engine behind `SyncMap`.
+pub(crate) struct RawMap<K, V> {
+    // Invariant I1.
+    read: AtomicPtr<Tier<K, V>>,
+    dirty: Mutex<Dirty<K, V>>,
+    pub(crate) shared: Arc<Shared>,
+    /// Id of the current generation (bumped by `clear`); iterators stop when it changes.
+    generation: AtomicU64,
+    pub(crate) reclaimer: Reclaimer,
+    /// Opts out of the auto traits; `Send`/`Sync` are implemented below with the bounds the
+    /// algorithm needs.
+    _owns: PhantomData<*mut (K, V)>,
+}
+
+// SAFETY: a map moved to another thread is used there by one owner; its keys and values are
+// moved (dropped there, or by a deferred free on whichever thread collects), which `Send`
+// permits.
+unsafe impl<K: Send, V: Send> Send for RawMap<K, V> {}
+// SAFETY: a shared map hands `&K`/`&V` to several threads at once (`Sync`) and moves or drops
+// them on any thread (`Send`); all shared mutation goes through atomics and the dirty mutex.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for RawMap<K, V> {}
+
+/// Outcome of a conditional replace.
+pub(crate) enum Replace<'g, V> {
+    /// Replaced this previous value.
+    Done(&'g V),
+    /// The key was absent.
+    Absent(V),
+    /// The current value did not satisfy the condition.
+    Mismatch(&'g V, V),
+}
+
+impl<K, V> RawMap<K, V> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let gen = Gen::new(0);
+        let read = Tier::boxed(0, gen.clone());
+        let dirty = (capacity > 0).then(|| Tier::boxed(capacity.saturating_mul(2), gen));
+        RawMap {
+            read: AtomicPtr::new(Box::into_raw(read)),
+            dirty: Mutex::new(Dirty {
+                tier: dirty,
+                cursor: 0,
+                budget: MIN_BUDGET,
+                misses: 0,
+                expunged: 0,
+                retired: false,
+                compacting: false,
+            }),
+            shared: Arc::new(Shared::default()),
+            generation: AtomicU64::new(0),
+            reclaimer: Reclaimer::new(),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The current read tier.
+    ///
+    /// `Acquire` pairs with the `Release`/`AcqRel` publication in `promote` and `clear`, so the
+    /// tier's slots, written before publication, are visible.
+    #[inline]
+    pub(crate) fn read<'g>(&self, _guard: &'g Guard) -> &'g Tier<K, V> {
+        // SAFETY: I1: the pointer is always a live tier; a tier replaced after this load is
+        // retired through the epoch, and `_guard` was pinned before the load, so it stays alive
+        // for `'g`.
+        unsafe { &*self.read.load(Acquire) }
+    }
+
+    /// Whether an iterator over a tier of generation `id` is still current.
+    #[inline]
+    pub(crate) fn generation_is(&self, id: u64) -> bool {
+        // Acquire pairs with the release store in `clear`: an iterator that sees the new id
+        // stops; one that sees the old id may show values from before the clear, which is the
+        // iteration contract for concurrent changes.
+        self.generation.load(Acquire) == id
+    }
+
+    /// The read tier again, under the lock.
+    #[inline]
+    fn read_locked<'g>(&self, stale: &'g Tier<K, V>, guard: &'g Guard) -> &'g Tier<K, V> {
+        #[cfg(tiermap_mutation = "no_recheck")]
+        {
+            let _ = guard;
+            stale
+        }
+        #[cfg(not(tiermap_mutation = "no_recheck"))]
+        {
+            let _ = stale;
+            self.read(guard)
+        }
+    }
+
+    fn locate<Q>(&self, st: &Dirty<K, V>, read: &Tier<K, V>, hash: u64, key: &Q) -> Place<K, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+            #[cfg(not(tiermap_mutation = "skip_expunged_check"))]
+            let usable = !e.is_expunged();
+            #[cfg(tiermap_mutation = "skip_expunged_check")]
+            let usable = true;
+            if usable {
+                return Place::Read(e);
+            }
+        }
+        if let Some(d) = &st.tier {
+            if let Some((e, i)) = d.table.find(hash, |k| k.borrow() == key) {
+                return Place::Dirty(e, i);
+            }
+        }
+        Place::Absent
+    }
+
+    /// Finds the entry for `key`: lock-free in the read tier, else under the lock (counting a
+    /// miss and doing migration work).
+    pub(crate) fn lookup<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+            if !e.is_expunged() {
+                return Some(e);
+            }
+        }
+        // Acquire pairs with the release store that set `amended` after inserting a fresh key.
+        if !read.amended.load(Acquire) {
+            return None;
+        }
+        self.slow(guard, |this, st, guard| {
+            let read = this.read_locked(read, guard);
+            let found = this.locate(st, read, hash, key);
+            if !matches!(found, Place::Read(_)) {
+                st.misses += 1;
+            }
+            // SAFETY: found while `guard` is pinned.
+            unsafe { found.entry(guard) }
+        })
+    }
+
+    /// Runs `f` under the dirty lock, then does the migration/promotion work every slow
+    /// operation owes, releases the lock, and pushes any retired table to the global queue.
+    fn slow<'g, R>(
+        &self,
+        guard: &'g Guard,
+        f: impl FnOnce(&Self, &mut Dirty<K, V>, &'g Guard) -> R,
+    ) -> R {
+        let mut st = lock(&self.dirty);
+        let r = f(self, &mut st, guard);
+        self.maintain(&mut st, guard);
+        let retired = std::mem::take(&mut st.retired);
+        drop(st);
+        if retired {
+            // A superseded table is a big object: make it reclaimable by any thread's next
+            // collection instead of waiting in this thread's bag.
+            guard.flush();
+        }
+        r
+    }
+
+    pub(crate) fn get<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        match self.lookup(hash, key, guard)?.load() {
+            // SAFETY: a live value pointer loaded under `guard` stays allocated until the guard
+            // is dropped (values are retired through the epoch).
+            State::Live(p) => Some(unsafe { &*p }),
+            State::Deleted | State::Expunged => None,
+        }
+    }
+
+    /// Inserts or replaces. Returns the previous value.
+    pub(crate) fn insert<'g>(&self, hash: u64, key: K, value: V, guard: &'g Guard) -> Option<&'g V>
+    where
+        K: Eq,
+    {
+        let new = Pending::new(value);
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| *k == key) {
+            if let Ok(old) = e.try_store(new.0) {
+                let _ = new.publish();
+                return self.after_store(read, old, guard);
+            }
+        }
+        self.slow(guard, |this, st, guard| {
+            let read = this.read_locked(read, guard);
+            let place = this.locate(st, read, hash, &key);
+            // SAFETY: found while `guard` is pinned.
+            match unsafe { place.entry(guard) } {
+                Some(e) => {
+                    // Not expunged: a read entry was checked under the lock (only migration,
+                    // under the lock, expunges) and a dirty entry never is.
+                    let old = e
+                        .try_store(new.0)
+                        .expect("entry under lock is not expunged");
+                    let _ = new.publish();
+                    this.after_store(read, old, guard)
+                }
+                None => {
+                    this.insert_fresh(st, hash, key, new.publish(), guard);
+                    None
+                }
+            }
+        })
+    }
+
+    fn after_store<'g>(
+        &self,
+        read: &Tier<K, V>,
+        old: Option<*mut V>,
+        guard: &'g Guard,
+    ) -> Option<&'g V> {
+        match old {
+            Some(old) => {
+                // SAFETY: we unlinked `old` with our CAS; it is retired once, here.
+                unsafe { retire_value(guard, old) };
+                // SAFETY: retired values outlive the guard that was pinned when they were
+                // unlinked.
+                Some(unsafe { &*old })
+            }
+            None => {
+                // Relaxed: a counter; see `Gen::live`.
+                read.gen.live.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Adds a key that no tier holds (or whose read entry is expunged) to the dirty tier.
+    fn insert_fresh(&self, st: &mut Dirty<K, V>, hash: u64, key: K, value: *mut V, guard: &Guard) {
+        let mut read = self.read(guard);
+        match &st.tier {
+            None => self.start_migration(st, read, false),
+            Some(d) if d.table.len() >= d.table.max_len() => {
+                if st.cursor < read.table.capacity() {
+                    // Unreachable by I5; stay correct anyway by finishing the migration now.
+                    debug_assert!(false, "dirty tier filled before its migration ended");
+                    self.migrate(st, usize::MAX / 32, guard);
+                }
+                self.promote(st, guard);
+                read = self.read(guard);
+                self.start_migration(st, read, false);
+            }
+            Some(_) => {}
+        }
+        let d = st.tier.as_ref().expect("dirty tier exists");
+        d.table.insert_unique(hash, Entry::boxed(key, value));
+        // Relaxed: counters; see `Gen::live`.
+        d.gen.live.fetch_add(1, Relaxed);
+        d.gen.entries.fetch_add(1, Relaxed);
+        // Release pairs with the acquire in `lookup`: a reader that sees `amended` and takes the
+        // lock will find the key (the mutex orders the insert before its critical section).
+        read.amended.store(true, Release);
+    }
+
+    /// Starts filling a dirty tier from the read tier (Go's `dirtyLocked`, spread over later
+    /// operations instead of copying everything now).
+    fn start_migration(&self, st: &mut Dirty<K, V>, read: &Tier<K, V>, compacting: bool) {
+        debug_assert!(st.tier.is_none());
+        let t = &read.table;
+        let live = read.gen.live();
+        // Work units of the whole migration: occupied slots, chunks, and empty slots at 1/16.
+        let work = t.len() + t.chunks() + t.capacity() / 16 + 1;
+        // Finish before half of the live entries can be removed (so compaction keeps up), and
+        // never do less than MIN_BUDGET per operation.
+        let budget = (2 * work).div_ceil(live.max(1)).max(MIN_BUDGET);
+        // I5: room for every read entry plus one fresh key per operation of the migration, at
+        // load factor 1/2.
+        let ops = work.div_ceil(budget) + 1;
+        let slots = 2 * (t.len() + ops);
+        st.tier = Some(Tier::boxed(slots, read.gen.clone()));
+        st.cursor = 0;
+        st.budget = budget;
+        st.expunged = 0;
+        st.compacting = compacting;
+        self.shared.migrations.fetch_add(1, Relaxed);
+        if compacting {
+            self.shared.compactions.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Copies up to `budget` units of the read tier into the dirty tier (I4).
+    fn migrate(&self, st: &mut Dirty<K, V>, budget: usize, guard: &Guard) {
+        let read = self.read(guard);
+        let Some(d) = &st.tier else { return };
+        let mut expunged = 0;
+        st.cursor = read.table.scan(st.cursor, budget, |i, hash, e| {
+            if e.expunge_if_deleted() {
+                read.table.mark_owned(i);
+                expunged += 1;
+            } else {
+                d.table
+                    .insert_unique(hash, e as *const Entry<K, V> as *mut Entry<K, V>);
+            }
+        });
+        st.expunged += expunged;
+    }
+
+    /// Makes the (complete) dirty tier the read tier and retires the old read tier.
+    fn promote(&self, st: &mut Dirty<K, V>, guard: &Guard) {
+        let new = Box::into_raw(st.tier.take().expect("dirty tier to promote"));
+        #[cfg(tiermap_mutation = "retire_before_publish")]
+        let old = {
+            let old = self.read.load(Acquire);
+            // SAFETY: deliberately wrong order for the loom models; never built otherwise.
+            unsafe { self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard) };
+            self.read.store(new, Release);
+            old
+        };
+        #[cfg(not(tiermap_mutation = "retire_before_publish"))]
+        let old = {
+            // AcqRel: release publishes the new tier's slots to readers; acquire is for the
+            // old pointer we free later (written by an earlier lock holder, also ordered by the
+            // mutex).
+            self.read.swap(new, AcqRel)
+        };
+        // SAFETY: `old` is unpublished now; I4 with `cursor == capacity` means it owns exactly
+        // its tagged entries (I3), `st.expunged` of them.
+        #[cfg(not(tiermap_mutation = "retire_before_publish"))]
+        unsafe {
+            self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard)
+        };
+        let _ = old;
+        // SAFETY: `new` is the tier we just published; it is alive while we hold the lock.
+        let gen = unsafe { &(*new).gen };
+        gen.entries.fetch_sub(st.expunged as isize, Relaxed);
+        st.cursor = 0;
+        st.misses = 0;
+        st.expunged = 0;
+        st.compacting = false;
+        st.retired = true;
+        self.shared.promotions.fetch_add(1, Relaxed);
+    }
+
+    /// Whether the held tables or deleted entries are out of proportion to the live entries.
+    ///
+    /// Only the read tier's allocated slots count: a dirty tier is sized from the read tier
+    /// (I5) or by `with_capacity`, and becomes the read tier when promoted.
+    fn needs_compaction(&self, read: &Tier<K, V>) -> bool {
+        let live = read.gen.live();
+        let deleted = read.gen.entries().saturating_sub(live);
+        deleted > live / 2 + DELETED_FLOOR || read.table.allocated_slots() > 8 * live + SLOTS_FLOOR
+    }
+
+    /// The work every slow operation owes: migrate, promote when due, start a compaction when
+    /// the map holds too much.
+    fn maintain(&self, st: &mut Dirty<K, V>, guard: &Guard) {
+        if st.tier.is_some() {
+            let read = self.read(guard);
+            if st.cursor < read.table.capacity() {
+                self.migrate(st, st.budget, guard);
+            }
+            if st.cursor >= read.table.capacity() {
+                let d = st.tier.as_deref().expect("dirty tier");
+                let due = st.compacting
+                    || st.misses >= d.table.len()
+                    || d.table.len() >= d.table.max_len()
+                    || self.needs_compaction(read);
+                if due {
+                    self.promote(st, guard);
+                }
+            }
+        }
+        if st.tier.is_none() {
+            let read = self.read(guard);
+            if self.needs_compaction(read) {
+                self.start_migration(st, read, true);
+                self.migrate(st, st.budget, guard);
+                if st.cursor >= read.table.capacity() {
+                    self.promote(st, guard);
+                }
+            }
+        }
+    }
+
+    /// After a lock-free delete: help or start a compaction if deleted entries pile up.
+    fn after_delete(&self, read: &Tier<K, V>, guard: &Guard) {
+        if self.needs_compaction(read) {
+            self.slow(guard, |_, _, _| ());
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub(crate) fn remove<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+            if let Some(old) = e.try_delete() {
+                return Some(self.after_remove(read, old, guard));
+            }
+            if !e.is_expunged() {
+                return None;
+            }
+        }
+        if !read.amended.load(Acquire) {
+            return None;
+        }
+        self.slow(guard, |this, st, guard| {
+            let read = this.read_locked(read, guard);
+            let old = match this.locate(st, read, hash, key) {
+                // SAFETY: found while `guard` is pinned.
+                Place::Read(e) => unsafe { &*e }.try_delete(),
+                Place::Dirty(e, i) => {
+                    // A dirty-only entry (I2): nobody can reach it without the lock, so unlink
+                    // it from the dirty table now rather than leave a deleted entry behind.
+                    st.misses += 1;
+                    let d = st.tier.as_ref().expect("dirty tier");
+                    let unlinked = d.table.remove_at(i);
+                    debug_assert!(ptr::eq(unlinked, e));
+                    d.gen.entries.fetch_sub(1, Relaxed);
+                    // SAFETY: found while `guard` is pinned; retired below, not freed.
+                    let old = unsafe { &*e }.try_delete();
+                    // SAFETY: unlinked from the only table that held it; readers that found
+                    // it under the lock are pinned, and the epoch defers the free past them.
+                    unsafe { retire_entry(guard, unlinked) };
+                    old
+                }
+                Place::Absent => {
+                    st.misses += 1;
+                    None
+                }
+            };
+            // The decrement happens before `maintain` runs, so a compaction sees it.
+            old.map(|old| this.unlinked(read, old, guard))
+        })
+    }
+
+    /// Retires a value the caller unlinked with its CAS and counts the key as gone.
+    fn unlinked<'g>(&self, read: &Tier<K, V>, old: *mut V, guard: &'g Guard) -> &'g V {
+        // SAFETY: the caller unlinked `old` with its CAS; it is retired once, here.
+        unsafe { retire_value(guard, old) };
+        // Relaxed: a counter; see `Gen::live`.
+        read.gen.live.fetch_sub(1, Relaxed);
+        // SAFETY: retired values outlive the guard pinned when they were unlinked.
+        unsafe { &*old }
+    }
+
+    fn after_remove<'g>(&self, read: &Tier<K, V>, old: *mut V, guard: &'g Guard) -> &'g V {
+        let v = self.unlinked(read, old, guard);
+        self.after_delete(read, guard);
+        v
+    }
+
+    /// Go's `LoadOrStore`, with the value computed only when the key is absent.
+    pub(crate) fn get_or_insert_with<'g>(
+        &self,
+        hash: u64,
+        key: K,
+        f: impl FnOnce() -> V,
+        guard: &'g Guard,
+    ) -> GetOrInsert<&'g V>
+    where
+        K: Eq,
+    {
+        let mut f = Some(f);
+        let mut pending: Option<Pending<V>> = None;
+        let mut make = |pending: &mut Option<Pending<V>>| -> *mut V {
+            pending
+                .get_or_insert_with(|| Pending::new((f.take().expect("value computed once"))()))
+                .0
+        };
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| *k == key) {
+            loop {
+                match e.load() {
+                    // SAFETY: live pointers loaded under the guard outlive it.
+                    State::Live(p) => return GetOrInsert::Loaded(unsafe { &*p }),
+                    State::Expunged => break,
+                    State::Deleted => {
+                        let v = make(&mut pending);
+                        match e.try_revive(v) {
+                            Ok(()) => {
+                                let _ = pending.take().map(Pending::publish);
+                                read.gen.live.fetch_add(1, Relaxed);
+                                // SAFETY: just published under the guard.
+                                return GetOrInsert::Inserted(unsafe { &*v });
+                            }
+                            // SAFETY: as above.
+                            Err(State::Live(p)) => return GetOrInsert::Loaded(unsafe { &*p }),
+                            Err(State::Expunged) => break,
+                            Err(State::Deleted) => continue,
+                        }
+                    }
+                }
+            }
+        }
+        let mut key = Some(key);
+        loop {
+            // `None`: the key is absent and no value is computed yet.
+            let outcome: Option<GetOrInsert<&'g V>> = self.slow(guard, |this, st, guard| {
+                let read = this.read_locked(read, guard);
+                let k = key.as_ref().expect("key kept until inserted");
+                let place = this.locate(st, read, hash, k);
+                if let Place::Dirty(..) = place {
+                    st.misses += 1;
+                }
+                // SAFETY: found while `guard` is pinned.
+                match unsafe { place.entry(guard) } {
+                    Some(e) => {
+                        loop {
+                            match e.load() {
+                                // SAFETY: as above.
+                                State::Live(p) => break Some(GetOrInsert::Loaded(unsafe { &*p })),
+                                State::Deleted => {
+                                    let v = pending.as_ref()?.0;
+                                    if e.try_revive(v).is_ok() {
+                                        let _ = pending.take().map(Pending::publish);
+                                        read.gen.live.fetch_add(1, Relaxed);
+                                        // SAFETY: as above.
+                                        break Some(GetOrInsert::Inserted(unsafe { &*v }));
+                                    }
+                                }
+                                State::Expunged => unreachable!("entry under lock is not expunged"),
+                            }
+                        }
+                    }
+                    None => {
+                        let v = pending.take()?.publish();
+                        let k = key.take().expect("key kept until inserted");
+                        this.insert_fresh(st, hash, k, v, guard);
+                        // SAFETY: as above.
+                        Some(GetOrInsert::Inserted(unsafe { &*v }))
+                    }
+                }
+            });
+            match outcome {
+                Some(r) => return r,
+                // Absent and no value yet: compute it outside the lock (it may call into the
+                // map, and it may panic), then try again.
+                None => {
+                    make(&mut pending);
+                }
+            }
+        }
+    }
+
+    /// Replaces the value if `pred` accepts the current one (Go's `CompareAndSwap`).
+    pub(crate) fn replace_if<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        mut pred: impl FnMut(&V) -> bool,
+        new: V,
+        guard: &'g Guard,
+    ) -> Replace<'g, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let Some(e) = self.lookup(hash, key, guard) else {
+            return Replace::Absent(new);
+        };
+        let new = Pending::new(new);
+        loop {
+            match e.load() {
+                State::Live(p) => {
+                    // SAFETY: live pointers loaded under the guard outlive it.
+                    let cur = unsafe { &*p };
+                    if !pred(cur) {
+                        // SAFETY: `new` was never published; we own it.
+                        return Replace::Mismatch(cur, unsafe { take_value(new.publish()) });
+                    }
+                    if e.replace_exact(p, new.0).is_ok() {
+                        let _ = new.publish();
+                        // SAFETY: we unlinked `p` with our CAS; retired once, here.
+                        unsafe { retire_value(guard, p) };
+                        return Replace::Done(cur);
+                    }
+                }
+                // SAFETY: as above.
+                State::Deleted | State::Expunged => {
+                    return Replace::Absent(unsafe { take_value(new.publish()) })
+                }
+            }
+        }
+    }
+
+    /// Removes the value if `pred` accepts it (Go's `CompareAndDelete`).
+    pub(crate) fn remove_if<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        mut pred: impl FnMut(&V) -> bool,
+        guard: &'g Guard,
+    ) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let e = self.lookup(hash, key, guard)?;
+        loop {
+            match e.load() {
+                State::Live(p) => {
+                    // SAFETY: live pointers loaded under the guard outlive it.
+                    if !pred(unsafe { &*p }) {
+                        return None;
+                    }
+                    if e.replace_exact(p, ptr::null_mut()).is_ok() {
+                        let read = self.read(guard);
+                        return Some(self.after_remove(read, p, guard));
+                    }
+                }
+                State::Deleted | State::Expunged => return None,
+            }
+        }
+    }
+
+    /// Removes the value of `e` if it is still `p` (used by `retain`).
+    pub(crate) fn remove_exact(
+        &self,
+        e: &Entry<K, V>,
+        p: *mut V,
+        tier: &Tier<K, V>,
+        guard: &Guard,
+    ) -> bool {
+        let removed = e.replace_exact(p, ptr::null_mut()).is_ok();
+        if removed {
+            self.unlinked(tier, p, guard);
+        }
+        removed
+    }
+
+    /// After a batch of lock-free removals: start or help a compaction if due.
+    pub(crate) fn settle(&self, guard: &Guard) {
+        let read = self.read(guard);
+        self.after_delete(read, guard);
+    }
+
+    /// A read tier that holds every present key, for iteration: completes a running migration
+    /// and promotes if the dirty tier holds keys the read tier lacks (Go's `Range` promotes
+    /// too). The work is done in steps with the lock released between them.
+    pub(crate) fn snapshot<'g>(&self, guard: &'g Guard) -> &'g Tier<K, V> {
+        loop {
+            let read = self.read(guard);
+            // Acquire: as in `lookup`.
+            if !read.amended.load(Acquire) {
+                return read;
+            }
+            let mut st = lock(&self.dirty);
+            let read = self.read(guard);
+            if read.amended.load(Acquire) {
+                debug_assert!(st.tier.is_some(), "amended implies a dirty tier");
+                self.migrate(&mut st, 1024, guard);
+                if st.cursor >= read.table.capacity() {
+                    self.promote(&mut st, guard);
+                    st.retired = false;
+                    drop(st);
+                    guard.flush();
+                }
+            }
+        }
+    }
+
+    /// Empties the map. The old tiers, entries and values are retired as one unit.
+    pub(crate) fn clear(&self, guard: &Guard) {
+        let mut st = lock(&self.dirty);
+        let id = self.generation.load(Relaxed) + 1;
+        let fresh = Tier::boxed(0, Gen::new(id));
+        // AcqRel: as in `promote`.
+        let old = self.read.swap(Box::into_raw(fresh), AcqRel);
+        // Release pairs with the acquire in `generation_is`.
+        self.generation.store(id, Release);
+        let dirty = st.tier.take();
+        let upto = if dirty.is_some() { st.cursor } else { 0 };
+        // SAFETY: `old` is unpublished; with the cursor (I3) it and `dirty` own every entry of
+        // the generation exactly once.
+        unsafe {
+            let owned = (*old).gen.entries();
+            self.retire_tiers(
+                old,
+                upto,
+                owned,
+                dirty.map_or(ptr::null_mut(), Box::into_raw),
+                guard,
+            )
+        };
+        st.cursor = 0;
+        st.misses = 0;
+        st.expunged = 0;
+        st.compacting = false;
+        drop(st);
+        guard.flush();
+    }
+
+    /// Rebuilds the tiers now so that they hold only live entries, in steps with the lock
+    /// released between them.
+    pub(crate) fn compact(&self, guard: &Guard) {
+        // A rebuild sizes its table from the read tier's entry count (I5), deleted ones
+        // included; a second round right-sizes it once those are gone.
+        for _ in 0..3 {
+            self.compact_round(guard);
+            let read = self.read(guard);
+            let live = read.gen.live();
+            let tight = read.table.len() == live && read.table.capacity() <= 4 * live + 16;
+            if tight {
+                break;
+            }
+        }
+    }
+
+    fn compact_round(&self, guard: &Guard) {
+        {
+            let mut st = lock(&self.dirty);
+            if st.tier.is_none() {
+                let read = self.read(guard);
+                self.start_migration(&mut st, read, true);
+            } else {
+                st.compacting = true;
+            }
+        }
+        loop {
+            let mut st = lock(&self.dirty);
+            if st.tier.is_none() {
+                break;
+            }
+            let read = self.read(guard);
+            self.migrate(&mut st, 1024, guard);
+            if st.cursor >= read.table.capacity() {
+                self.promote(&mut st, guard);
+                st.retired = false;
+                break;
+            }
+        }
+        guard.flush();
+    }
+
+    /// Retires an unpublished read tier (owning its tagged entries and those at slots
+    /// `>= upto`) and optionally a dirty tier (owning all its entries).
+    ///
+    /// # Safety
+    /// `read` (and `dirty`, if not null) were unlinked by the caller under the lock, are
+    /// retired once, and own the entries I3 says they own. `owned_entries` is for accounting.
+    unsafe fn retire_tiers(
+        &self,
+        read: *mut Tier<K, V>,
+        upto: usize,
+        owned_entries: usize,
+        dirty: *mut Tier<K, V>,
+        guard: &Guard,
+    ) {
+        // SAFETY: alive until the deferred free below runs.
+        let mut bytes = unsafe { (*read).table.heap_bytes() } + size_of::<Tier<K, V>>();
+        if !dirty.is_null() {
+            // SAFETY: as above.
+            bytes += unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
+        }
+        bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
+        let shared = self.shared.clone();
+        // Relaxed: a statistic.
+        shared.retired_bytes.fetch_add(bytes, Relaxed);
+        // SAFETY: the tiers are unpublished, so only guards pinned before now can reach them;
+        // the epoch runs this after all of those are dropped.
+        unsafe {
+            guard.defer_unchecked(move || {
+                free_tier(read, upto);
+                if !dirty.is_null() {
+                    free_tier(dirty, 0);
+                }
+                shared.retired_bytes.fetch_sub(bytes, Relaxed);
+            })
+        };
+    }
+
+    /// Locks the dirty state (for statistics).
+    pub(crate) fn dirty(&self) -> crate::facade::MutexGuard<'_, Dirty<K, V>> {
+        lock(&self.dirty)
+    }
+
+    /// Moves every present key and value out of the map.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<(K, V)>) {
+        let (read, dirty, upto) = self.take_tiers();
+        for (t, upto) in [(read, upto), (dirty, 0)] {
+            if t.is_null() {
+                continue;
+            }
+            // SAFETY: `&mut self`: no reader; the tiers own what I3 says.
+            unsafe {
+                let tier = Box::from_raw(t);
+                tier.table.for_each_raw(|i, e, owned| {
+                    if owned || i >= upto {
+                        let mut entry = Box::from_raw(e);
+                        if let Some(v) = entry.take_exclusive() {
+                            out.push((entry.into_key(), take_value(v)));
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
+    fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {
+        let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
+        let read = self.read.swap(empty, AcqRel);
+        let mut st = lock(&self.dirty);
+        let dirty = st.tier.take();
+        let upto = if dirty.is_some() { st.cursor } else { 0 };
+        st.cursor = 0;
+        (read, dirty.map_or(ptr::null_mut(), Box::into_raw), upto)
+    }
+}
+
+impl<K, V> Drop for RawMap<K, V> {
+    fn drop(&mut self) {
+        let (read, dirty, upto) = self.take_tiers();
+        // SAFETY: `&mut self`: no guard can reach the tiers (every reference handed out borrows
+        // the map), so they are freed now; I3 says what each owns.
+        unsafe {
+            free_tier(read, upto);
+            if !dirty.is_null() {
+                free_tier(dirty, 0);
+            }
+            drop(Box::from_raw(self.read.load(Relaxed)));
+        }
+    }
+}
+
+/// Frees a tier and the entries it owns (I3): tagged ones and those at slots `>= upto`.
+///
+/// # Safety
+/// `t` came from `Box::into_raw`, is unreachable by any reader, and is freed once.
+unsafe fn free_tier<K, V>(t: *mut Tier<K, V>, upto: usize) {
+    // SAFETY: per the caller.
+    let tier = unsafe { Box::from_raw(t) };
+    tier.table.for_each_raw(|i, e, owned| {
+        if owned || i >= upto {
+            // SAFETY: I3: this tier is the entry's only owner.
+            drop(unsafe { Box::from_raw(e) });
+        }
+    });
+}
+
+/// Retires an entry unlinked from the dirty tier.
+///
+/// # Safety
+/// `e` was unlinked by the caller under the lock, is in no table, and is retired once.
+unsafe fn retire_entry<K, V>(guard: &Guard, e: *mut Entry<K, V>) {
+    // SAFETY: only guards pinned before now can hold `e`; the epoch frees it after them.
+    unsafe { guard.defer_unchecked(move || drop(Box::from_raw(e))) };
+}
+
+/// Iterates the present entries of one tier, in slot order.
+pub(crate) struct RawIter<'g, K, V> {
+    tier: &'g Tier<K, V>,
+    idx: usize,
+}
+
+impl<'g, K, V> RawIter<'g, K, V> {
+    pub(crate) fn new(tier: &'g Tier<K, V>) -> Self {
+        RawIter { tier, idx: 0 }
+    }
+}
+
+impl<'g, K, V> Iterator for RawIter<'g, K, V> {
+    type Item = (&'g Entry<K, V>, *mut V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let table = &self.tier.table;
+        loop {
+            self.idx = table.skip_empty(self.idx);
+            if self.idx >= table.capacity() {
+                return None;
+            }
+            let i = self.idx;
+            self.idx += 1;
+            if let Some(e) = table.entry_at(i) {
+                if let State::Live(p) = e.load() {
+                    return Some((e, p));
+                }
+            }
+        }
+    }
+}
