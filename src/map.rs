@@ -341,8 +341,11 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// assert_eq!(map.reclaim(), 0);
     /// ```
     pub fn reclaim(&self) -> usize {
-        for _ in 0..64 {
-            if self.raw.shared.retired_bytes.load(Relaxed) == 0 {
+        // Three rounds free what this thread retired if no other guard is in the way (values
+        // retired by `insert`/`remove` included); more rounds work through a longer global
+        // queue while this map's retired tables are still pending.
+        for round in 0..64 {
+            if round >= 3 && self.raw.shared.retired_bytes.load(Relaxed) == 0 {
                 break;
             }
             self.raw.reclaimer.collect(1);

@@ -1,0 +1,323 @@
+//! Unit tests of every operation and of the Go edge cases in SEMANTICS.md.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tiermap::SyncMap;
+
+#[test]
+fn get_insert_remove_roundtrip() {
+    let map = SyncMap::new();
+    assert!(map.get(&1).is_none());
+    assert!(map.insert(1, "a").is_none());
+    assert_eq!(map.get_cloned(&1), Some("a"));
+    assert_eq!(
+        map.insert(1, "b").as_deref(),
+        Some(&"a"),
+        "insert returns the old value (Swap)"
+    );
+    assert_eq!(map.get_cloned(&1), Some("b"));
+    assert_eq!(map.remove(&1).as_deref(), Some(&"b"));
+    assert!(
+        map.remove(&1).is_none(),
+        "removing a missing key is a no-op"
+    );
+    assert!(map.get(&1).is_none());
+    assert_eq!(map.len(), 0);
+}
+
+#[test]
+fn present_empty_value_is_returned() {
+    // Go: a present value is returned even if it is "empty".
+    let map = SyncMap::new();
+    map.insert("k", String::new());
+    assert_eq!(map.get_cloned("k"), Some(String::new()));
+    let units: SyncMap<u8, ()> = SyncMap::new();
+    units.insert(1, ());
+    assert!(units.contains_key(&1));
+    assert_eq!(units.get_cloned(&1), Some(()));
+    assert_eq!(units.remove(&1).as_deref(), Some(&()));
+    assert!(!units.contains_key(&1));
+}
+
+#[test]
+fn get_or_insert_counts_deleted_as_absent() {
+    let map = SyncMap::new();
+    assert!(map.get_or_insert(1, 10).is_inserted());
+    let loaded = map.get_or_insert(1, 20);
+    assert!(loaded.is_loaded());
+    assert_eq!(*loaded.into_inner(), 10);
+    map.remove(&1);
+    let again = map.get_or_insert(1, 30);
+    assert!(again.is_inserted(), "a deleted key counts as absent");
+    assert_eq!(*again.into_inner(), 30);
+}
+
+#[test]
+fn get_or_insert_with_runs_closure_once_and_only_when_absent() {
+    let map = SyncMap::new();
+    let calls = AtomicUsize::new(0);
+    for _ in 0..3 {
+        map.get_or_insert_with("k", || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            7
+        });
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    // The closure may use the map (it runs outside every lock).
+    let r = map.get_or_insert_with("other", || *map.get("k").unwrap() + 1);
+    assert_eq!(*r.into_inner(), 8);
+}
+
+#[test]
+fn compare_exchange_missing_key_fails_and_inserts_nothing() {
+    let map: SyncMap<i32, i32> = SyncMap::new();
+    let err = map.compare_exchange(&1, &0, 5).unwrap_err();
+    assert!(err.current.is_none());
+    assert_eq!(err.new, 5);
+    assert!(map.get(&1).is_none());
+    assert_eq!(map.len(), 0);
+    // A deleted key also fails.
+    map.insert(1, 0);
+    map.remove(&1);
+    assert!(map.compare_exchange(&1, &0, 5).is_err());
+    assert!(map.get(&1).is_none());
+}
+
+#[test]
+fn compare_exchange_swaps_only_on_equal() {
+    let map = SyncMap::new();
+    map.insert(1, 10);
+    let err = map.compare_exchange(&1, &11, 12).unwrap_err();
+    assert_eq!(err.current.as_deref(), Some(&10));
+    assert_eq!(*map.compare_exchange(&1, &10, 12).unwrap(), 10);
+    assert_eq!(map.get_cloned(&1), Some(12));
+}
+
+#[test]
+fn compare_remove_and_remove_if() {
+    let map = SyncMap::new();
+    assert!(!map.compare_remove(&1, &1), "missing key gives false");
+    map.insert(1, 1);
+    assert!(!map.compare_remove(&1, &2));
+    assert!(map.contains_key(&1));
+    assert!(map.compare_remove(&1, &1));
+    assert!(!map.contains_key(&1));
+    map.insert(2, 20);
+    assert!(map.remove_if(&2, |v| *v < 10).is_none());
+    assert_eq!(map.remove_if(&2, |v| *v == 20).as_deref(), Some(&20));
+    assert_eq!(map.len(), 0);
+}
+
+#[test]
+fn len_counts_across_tiers() {
+    let map = SyncMap::new();
+    for i in 0..1000 {
+        map.insert(i, i);
+    }
+    assert_eq!(map.len(), 1000);
+    // Force a promotion (iteration promotes when the dirty tier has new keys).
+    assert_eq!(map.pin().iter().count(), 1000);
+    for i in 0..500 {
+        map.insert(i, i + 1);
+    }
+    assert_eq!(map.len(), 1000);
+    for i in 0..250 {
+        map.remove(&i);
+    }
+    assert_eq!(map.len(), 750);
+    assert!(!map.is_empty());
+}
+
+#[test]
+fn iteration_yields_each_key_once_across_tiers() {
+    let map = SyncMap::new();
+    for i in 0..300 {
+        map.insert(i, i);
+    }
+    let _ = map.pin().iter().count(); // promote
+    for i in 300..600 {
+        map.insert(i, i); // new keys in the dirty tier
+    }
+    for i in (0..600).step_by(3) {
+        map.remove(&i);
+    }
+    let m = map.pin();
+    let mut seen = HashSet::new();
+    for (k, v) in m.iter() {
+        assert_eq!(k, v);
+        assert!(seen.insert(*k), "key {k} yielded twice");
+    }
+    let expected: HashSet<i32> = (0..600).filter(|i| i % 3 != 0).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn range_stops_early_and_body_may_mutate_the_map() {
+    let map: SyncMap<u32, u32> = (0..100).map(|i| (i, i)).collect();
+    let mut n = 0;
+    map.range(|k, _| {
+        map.insert(k + 1000, 0); // insert
+        map.remove(k); // remove
+        n += 1;
+        n < 10
+    });
+    assert_eq!(n, 10);
+    // Nested iteration and clear from inside the body.
+    map.for_each(|_, _| {
+        let _ = map.pin().iter().count();
+    });
+    let mut visited_after_clear = 0;
+    map.for_each(|_, _| {
+        if visited_after_clear == 0 {
+            map.clear();
+        }
+        visited_after_clear += 1;
+    });
+    assert_eq!(visited_after_clear, 1, "a clear ends the iteration");
+    assert!(map.is_empty());
+}
+
+#[test]
+fn iterating_an_empty_map_visits_nothing() {
+    let map: SyncMap<u8, u8> = SyncMap::new();
+    assert_eq!(map.pin().iter().count(), 0);
+    map.insert(1, 1);
+    map.remove(&1);
+    assert_eq!(map.pin().iter().count(), 0);
+}
+
+#[test]
+fn retain_keeps_matching() {
+    let map: SyncMap<u32, u32> = (0..1000).map(|i| (i, i)).collect();
+    map.retain(|k, _| k % 10 == 0);
+    assert_eq!(map.len(), 100);
+    for i in 0..1000 {
+        assert_eq!(map.contains_key(&i), i % 10 == 0);
+    }
+}
+
+#[test]
+fn clear_then_reuse() {
+    let map: SyncMap<u32, String> = (0..1000).map(|i| (i, i.to_string())).collect();
+    map.clear();
+    assert!(map.is_empty());
+    assert!(map.get(&5).is_none());
+    map.insert(5, "five".into());
+    assert_eq!(map.get_cloned(&5).as_deref(), Some("five"));
+    assert_eq!(map.len(), 1);
+    let released = map.clear_and_release();
+    assert_eq!(released.pending_bytes, 0);
+    assert!(map.is_empty());
+    map.insert(6, "six".into());
+    assert_eq!(map.len(), 1);
+}
+
+#[test]
+fn shrink_to_fit_drops_deleted_entries() {
+    let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    let _ = map.pin().iter().count();
+    for i in 0..9_000 {
+        map.remove(&i);
+    }
+    map.shrink_to_fit();
+    let s = map.stats();
+    assert_eq!(s.len, 1000);
+    assert_eq!(s.deleted, 0, "{s}");
+    assert!(s.read_capacity <= 4 * 1000 + 16, "{s}");
+    for i in 9_000..10_000 {
+        assert_eq!(map.get_cloned(&i), Some(i));
+    }
+}
+
+#[test]
+fn deleted_entries_are_purged_without_new_inserts() {
+    // Go keeps deleted read entries until a new key is inserted; tiermap purges them itself.
+    let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    let _ = map.pin().iter().count(); // everything in the read tier
+    for i in 0..10_000 {
+        map.remove(&i);
+        let s = map.stats();
+        assert!(
+            s.deleted <= s.len / 2 + 64 + 10_000 / 16,
+            "after removing {i}: {s}"
+        );
+    }
+    let s = map.stats();
+    assert_eq!(s.len, 0);
+    assert!(s.deleted <= 64, "{s}");
+    assert!(s.compactions > 0, "{s}");
+}
+
+#[test]
+fn first_new_key_after_read_only_phase_does_not_copy_the_map() {
+    let map: SyncMap<u64, u64> = (0..100_000).map(|i| (i, i)).collect();
+    let _ = map.pin().iter().count(); // promote: no dirty tier now
+    assert!(!map.stats().migrating);
+    map.insert(u64::MAX, 0);
+    let s = map.stats();
+    assert!(s.migrating, "a migration started: {s}");
+    assert!(
+        s.dirty_capacity > 0 && s.held_bytes < 100_000 * 64 + 200_000 * 16 + 100_000,
+        "the dirty tier's chunks are allocated lazily, not copied at once: {s}"
+    );
+    assert_eq!(map.get_cloned(&u64::MAX), Some(0));
+    assert_eq!(map.len(), 100_001);
+}
+
+#[test]
+fn std_traits() {
+    let map: SyncMap<u32, u32> = (0..5).map(|i| (i, i * 2)).collect();
+    let dbg = format!("{map:?}");
+    assert!(dbg.starts_with('{') && dbg.contains("4: 8"), "{dbg}");
+    let copy = map.clone();
+    copy.insert(0, 100);
+    assert_eq!(map.get_cloned(&0), Some(0), "clone is deep");
+    let mut m2 = SyncMap::default();
+    m2.extend(vec![(1u32, 1u32), (2, 2)]);
+    assert_eq!(m2.len(), 2);
+    let mut owned: Vec<(u32, u32)> = map.into_iter().collect();
+    owned.sort();
+    assert_eq!(owned, vec![(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)]);
+}
+
+#[test]
+fn send_sync_where_sound() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<SyncMap<u32, String>>();
+    sync::<SyncMap<u32, String>>();
+    send::<SyncMap<u32, std::cell::Cell<u32>>>(); // Send, not Sync
+}
+
+#[test]
+fn into_iter_drops_nothing_twice() {
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct D(#[allow(dead_code)] u32);
+    impl Drop for D {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let map = SyncMap::new();
+    for i in 0..100 {
+        map.insert(i, D(i));
+    }
+    let _ = map.pin().iter().count();
+    for i in 0..10 {
+        map.remove(&i);
+    }
+    map.reclaim();
+    let items: Vec<_> = map.into_iter().collect();
+    assert_eq!(items.len(), 90);
+    drop(items);
+    // Removed values are freed by the epoch once no guard (of any test thread running in
+    // parallel) is in the way; drive collections until then.
+    let flush = SyncMap::<u8, u8>::new();
+    let start = std::time::Instant::now();
+    while DROPS.load(Ordering::Relaxed) < 100 && start.elapsed().as_secs() < 10 {
+        flush.reclaim();
+        std::thread::yield_now();
+    }
+    assert_eq!(DROPS.load(Ordering::Relaxed), 100);
+}
