@@ -13,7 +13,44 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(tiermap_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize};
+#[cfg(tiermap_loom)]
+pub(crate) use loom_ptr::AtomicPtr;
+
+/// loom's `AtomicPtr` has no `fetch_or` (std's strict-provenance tag API, used by
+/// `Table::mark_owned`); this wrapper adds it as a read-modify-write loop, which loom models as
+/// one atomic RMW per attempt, and derefs to loom's type for everything else.
+#[cfg(tiermap_loom)]
+mod loom_ptr {
+    use std::sync::atomic::Ordering;
+
+    pub(crate) struct AtomicPtr<T>(loom::sync::atomic::AtomicPtr<T>);
+
+    impl<T> AtomicPtr<T> {
+        pub(crate) fn new(p: *mut T) -> Self {
+            AtomicPtr(loom::sync::atomic::AtomicPtr::new(p))
+        }
+
+        pub(crate) fn fetch_or(&self, bits: usize, order: Ordering) -> *mut T {
+            let fail = match order {
+                Ordering::Release | Ordering::Relaxed => Ordering::Relaxed,
+                Ordering::SeqCst => Ordering::SeqCst,
+                _ => Ordering::Acquire,
+            };
+            let r = self.0.fetch_update(order, fail, |p| Some(p.map_addr(|a| a | bits)));
+            match r {
+                Ok(p) | Err(p) => p,
+            }
+        }
+    }
+
+    impl<T> std::ops::Deref for AtomicPtr<T> {
+        type Target = loom::sync::atomic::AtomicPtr<T>;
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
+    }
+}
 #[cfg(tiermap_loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 
