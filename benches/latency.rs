@@ -1,0 +1,182 @@
+//! Latency of single operations (not criterion): prints markdown tables.
+//!
+//! 1. **First new-key insert after a read-only phase.** Fill a map (created empty, no capacity
+//!    hint, as a Go `sync.Map` is) with `n` keys, read every key twice (for tiermap this
+//!    promotes the dirty tier, so the map is in Go's "all keys in read, no dirty map" state),
+//!    then time one insert of a new key. In Go 1.9-1.23 this insert copies the whole read map
+//!    into a new dirty map under the lock. Median and max over several trials, each on a fresh
+//!    map.
+//! 2. **Sliding-window churn.** Insert key `i`, remove key `i - W`, for `STEPS` steps, timing
+//!    every insert; p50/p99/p99.9/max.
+//!
+//! Environment: `BENCH_MAPS` (see benches/common), `LAT_SIZES=10000,100000,1000000`,
+//! `LAT_WINDOW=100000`, `LAT_STEPS=2000000`, `LAT_CSV=dir` writes `first_insert.csv` and
+//! `churn_latency.csv` there.
+//!
+//! Run: `cargo bench --bench latency` (about a minute).
+
+#[macro_use]
+mod common;
+
+use std::hint::black_box;
+use std::io::Write;
+use std::time::Instant;
+
+use common::BenchMap;
+
+fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Nanoseconds of the first new-key insert after a read-only phase, one trial.
+fn first_insert<M: BenchMap>(n: u64) -> u64 {
+    let m = M::with_capacity(0);
+    for i in 0..n {
+        m.store(i, i);
+    }
+    for _ in 0..2 {
+        for i in 0..n {
+            black_box(m.load(i));
+        }
+    }
+    let t = Instant::now();
+    m.store(n, n);
+    let ns = t.elapsed().as_nanos() as u64;
+    black_box(&m);
+    ns
+}
+
+/// Per-insert nanoseconds along a sliding-window churn.
+fn churn<M: BenchMap>(window: u64, steps: u64) -> Vec<u64> {
+    let m = M::with_capacity(0);
+    let mut lat = Vec::with_capacity(steps as usize);
+    for i in 0..steps {
+        let t = Instant::now();
+        m.store(i, i);
+        lat.push(t.elapsed().as_nanos() as u64);
+        if i >= window {
+            m.delete(i - window);
+        }
+    }
+    lat
+}
+
+fn fmt_ns(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns} ns")
+    }
+}
+
+type FirstFn = fn(u64) -> u64;
+type ChurnFn = fn(u64, u64) -> Vec<u64>;
+
+fn main() {
+    let sizes = env_list("LAT_SIZES", &[10_000, 100_000, 1_000_000]);
+    let window = env_u64("LAT_WINDOW", 100_000);
+    let steps = env_u64("LAT_STEPS", 2_000_000);
+    let csv_dir = std::env::var("LAT_CSV").ok();
+
+    let mut maps: Vec<(&'static str, FirstFn, ChurnFn)> = Vec::new();
+    for_each_map!(M => {
+        if !M::READ_ONLY {
+            maps.push((M::NAME, first_insert::<M> as FirstFn, churn::<M> as ChurnFn));
+        }
+    });
+
+    // ---- 1. first new-key insert
+    println!("### First new-key insert after a read-only phase (median / max of trials)");
+    println!();
+    let mut head = String::from("| map |");
+    let mut rule = String::from("|---|");
+    for n in &sizes {
+        head += &format!(" n={n} median | max |");
+        rule += "---:|---:|";
+    }
+    println!("{head}");
+    println!("{rule}");
+    let mut first_csv = String::from("map,n,trial,ns\n");
+    let mut rows = vec![String::new(); maps.len()];
+    for (mi, (name, _, _)) in maps.iter().enumerate() {
+        rows[mi] = format!("| {name} |");
+    }
+    for &n in &sizes {
+        let trials = if n >= 1_000_000 { 7 } else if n >= 100_000 { 15 } else { 41 };
+        let mut per_map = vec![Vec::new(); maps.len()];
+        // Interleave maps trial by trial so that machine noise spreads over all of them.
+        for trial in 0..trials {
+            for (mi, (name, first, _)) in maps.iter().enumerate() {
+                let ns = first(n);
+                per_map[mi].push(ns);
+                first_csv += &format!("{name},{n},{trial},{ns}\n");
+            }
+        }
+        for (mi, mut v) in per_map.into_iter().enumerate() {
+            v.sort_unstable();
+            rows[mi] += &format!(" {} | {} |", fmt_ns(pct(&v, 0.5)), fmt_ns(*v.last().unwrap()));
+        }
+    }
+    for r in rows {
+        println!("{r}");
+    }
+
+    // ---- 2. sliding-window churn
+    println!();
+    println!("### Insert latency along a sliding-window churn (insert i, remove i-{window}; {steps} steps, one thread)");
+    println!();
+    println!("| map | p50 | p99 | p99.9 | p99.99 | max | mean |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut churn_csv = String::from("map,p50,p99,p999,p9999,max,mean\n");
+    for (name, _, churn) in &maps {
+        let mut v = churn(window, steps);
+        let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
+        v.sort_unstable();
+        let (p50, p99, p999, p9999, max) = (
+            pct(&v, 0.5),
+            pct(&v, 0.99),
+            pct(&v, 0.999),
+            pct(&v, 0.9999),
+            *v.last().unwrap(),
+        );
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            fmt_ns(p50),
+            fmt_ns(p99),
+            fmt_ns(p999),
+            fmt_ns(p9999),
+            fmt_ns(max),
+            fmt_ns(mean as u64)
+        );
+        churn_csv += &format!("{name},{p50},{p99},{p999},{p9999},{max},{mean:.1}\n");
+    }
+
+    if let Some(dir) = csv_dir {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(format!("{dir}/first_insert.csv"))
+            .unwrap()
+            .write_all(first_csv.as_bytes())
+            .unwrap();
+        std::fs::File::create(format!("{dir}/churn_latency.csv"))
+            .unwrap()
+            .write_all(churn_csv.as_bytes())
+            .unwrap();
+    }
+}
