@@ -1,0 +1,178 @@
+//! The fuzz targets' logic under `cargo test`: fixed-seed random operation sequences run through
+//! the same checks as `fuzz/fuzz_targets/*` (the logic is included from `fuzz/src/logic/`), plus
+//! one regression test per bug the fuzzers found, named after it.
+//!
+//! `TIERMAP_REPLAY_CASES=n` changes the number of generated sequences; `TIERMAP_REPLAY_SEED=s`
+//! replays the single sequence that a failure printed.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// The fuzz crate derives `arbitrary::Arbitrary` here; this test generates inputs itself.
+macro_rules! fuzz_input {
+    ($($item:item)*) => { $($item)* };
+}
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../fuzz/src/logic/mod.rs"]
+mod logic;
+
+use logic::concurrent::{self, COp, Input};
+use logic::differential::{self, Config, Op, Program, SimpleOp};
+use logic::{HasherKind, Rng};
+
+fn env_usize(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Number of generated cases: `normal`, fewer under miri, or the environment's choice.
+fn cases(normal: u64, miri: u64) -> u64 {
+    env_usize("TIERMAP_REPLAY_CASES").unwrap_or(if cfg!(miri) { miri } else { normal })
+}
+
+/// Runs `check(seed)` for each seed, printing the seed and input of the first failure.
+fn for_seeds<T: std::fmt::Debug>(
+    salt: u64,
+    n: u64,
+    make: impl Fn(&mut Rng) -> T,
+    check: impl Fn(&T),
+) {
+    let seeds: Vec<u64> = match env_usize("TIERMAP_REPLAY_SEED") {
+        Some(s) => vec![s],
+        None => (0..n).map(|i| i ^ salt).collect(),
+    };
+    for seed in seeds {
+        let input = make(&mut Rng::new(seed));
+        if let Err(e) = catch_unwind(AssertUnwindSafe(|| check(&input))) {
+            eprintln!("failed with TIERMAP_REPLAY_SEED={seed}; input:\n{input:#?}");
+            resume_unwind(e);
+        }
+    }
+}
+
+/// Whether `check(input)` panics, with the panic message silenced.
+fn fails<T>(input: &T, check: &impl Fn(&T)) -> bool {
+    catch_unwind(AssertUnwindSafe(|| check(input))).is_err()
+}
+
+/// Shrinks a failing program by deleting ops (largest chunks first) while it still fails.
+/// Set `TIERMAP_REPLAY_MINIMIZE=1` to print the result with a failure.
+fn minimize(mut p: Program, check: &impl Fn(&Program)) -> Program {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut chunk = p.ops.len().max(1);
+    while chunk >= 1 {
+        let mut i = 0;
+        while i < p.ops.len() {
+            let mut q = p.clone();
+            q.ops.drain(i..(i + chunk).min(q.ops.len()));
+            if fails(&q, check) {
+                p = q;
+            } else {
+                i += chunk;
+            }
+        }
+        chunk /= 2;
+    }
+    std::panic::set_hook(hook);
+    p
+}
+
+#[test]
+fn differential_random_sequences() {
+    let max_ops = if cfg!(miri) { 24 } else { 96 };
+    for_seeds(
+        0xD1FF,
+        cases(3000, 4),
+        |rng| Program::random(rng, max_ops),
+        |p| {
+            let check = |p: &Program| differential::run(p, Config::shared());
+            if std::env::var_os("TIERMAP_REPLAY_MINIMIZE").is_some() && fails(p, &check) {
+                eprintln!("minimized:\n{:#?}", minimize(p.clone(), &check));
+            }
+            check(p)
+        },
+    );
+}
+
+#[test]
+fn concurrent_random_sequences() {
+    let max_ops = if cfg!(miri) { 12 } else { 64 };
+    for_seeds(
+        0xC0C0,
+        cases(300, 2),
+        |rng| Input::random(rng, max_ops),
+        |i| concurrent::run(i, Duration::from_secs(30)),
+    );
+}
+
+/// The hand-written programs below must pass too: they pin down the re-entrant cases that the
+/// random generator reaches rarely.
+#[test]
+fn differential_reentrant_closures() {
+    use Op::*;
+    use SimpleOp::*;
+    for hasher in [HasherKind::Random, HasherKind::Mod4, HasherKind::Zero] {
+        let prog = Program {
+            hasher,
+            keys: differential::KeySpace::Small,
+            capacity: None,
+            into_iter: true,
+            ops: vec![
+                Simple(InsertRange {
+                    start: 0,
+                    len: 16,
+                    v: 1,
+                }),
+                Simple(Remove { k: 3 }),
+                LoadOrStoreReentrant {
+                    k: 3,
+                    v: 7,
+                    inner: Insert { k: 3, v: 2 },
+                },
+                RemoveIfReentrant {
+                    k: 5,
+                    m: 0,
+                    r: 0,
+                    inner: Insert { k: 5, v: 4 },
+                },
+                IterWith {
+                    body: vec![Remove { k: 1 }, Insert { k: 1, v: 3 }, ShrinkToFit, Clear],
+                    stop: None,
+                },
+                CheckAll,
+            ],
+        };
+        differential::run(&prog, Config::shared());
+    }
+}
+
+#[test]
+fn concurrent_owned_and_shared_keys() {
+    let input = Input {
+        hasher: HasherKind::Mod4,
+        chaos: false,
+        threads: (0..3)
+            .map(|t| {
+                let mut ops = vec![COp::InsertRange { start: 0, len: 32 }];
+                for k in 0..64 {
+                    ops.push(COp::Insert { k, shared: true });
+                    ops.push(COp::CompareExchange {
+                        k: k + t,
+                        shared: k % 2 == 0,
+                        hit: true,
+                    });
+                    ops.push(COp::Remove {
+                        k: k * 3,
+                        shared: k % 3 == 0,
+                    });
+                }
+                ops.push(COp::Iter);
+                ops.push(COp::RemoveRange { start: 0, len: 16 });
+                ops.push(COp::ShrinkToFit);
+                ops
+            })
+            .collect(),
+    };
+    concurrent::run(&input, Duration::from_secs(30));
+}
