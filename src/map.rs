@@ -679,11 +679,13 @@ where
     /// assert!(map.stats().held_bytes < 1024);
     /// ```
     pub fn clear_and_release(&self) -> Released {
-        let released_bytes = self.stats().held_bytes;
+        let before = self.stats();
         self.clear();
         let pending_bytes = self.reclaim();
+        let held_after = self.stats().held_bytes;
         Released {
-            released_bytes,
+            released_bytes: (before.held_bytes + before.retired_bytes)
+                .saturating_sub(pending_bytes + held_after),
             pending_bytes,
         }
     }

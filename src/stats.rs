@@ -114,7 +114,9 @@ impl fmt::Display for MapStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Released {
-    /// Bytes the map held just before it was cleared (its [`MapStats::held_bytes`]).
+    /// Bytes given back by the call: what the map held and had retired before it (its
+    /// [`MapStats::held_bytes`] plus [`MapStats::retired_bytes`]), less what is still pending
+    /// and what the empty map holds.
     pub released_bytes: usize,
     /// Retired bytes of this map not yet freed when the call returned: a guard pinned before the
     /// call (on any thread) is still alive. They are freed by the first collection after that

@@ -321,3 +321,22 @@ fn into_iter_drops_nothing_twice() {
     }
     assert_eq!(DROPS.load(Ordering::Relaxed), 100);
 }
+
+/// Found by the differential fuzzer: a `remove_if` whose predicate clears the map counted the
+/// removal against the new (empty) generation, so `len` went wrong.
+#[test]
+fn regression_remove_if_predicate_that_clears_counts_old_generation() {
+    let map = SyncMap::new();
+    for i in 0..100 {
+        map.insert(i, i);
+    }
+    let removed = map.remove_if(&5, |_| {
+        map.clear();
+        true
+    });
+    assert_eq!(removed.as_deref(), Some(&5));
+    assert_eq!(map.len(), 0);
+    map.insert(1, 1);
+    assert_eq!(map.len(), 1);
+    assert_eq!(map.stats().len, 1);
+}

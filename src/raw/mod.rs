@@ -276,12 +276,16 @@ impl<K, V> RawMap<K, V> {
 
     /// Finds the entry for `key`: lock-free in the read tier, else under the lock (counting a
     /// miss and doing migration work).
+    ///
+    /// Returns the entry with the generation it belongs to: a removal through it must update
+    /// that generation's counters, which are not the current ones if a `clear` (perhaps run by
+    /// user code called in between) intervened.
     pub(crate) fn lookup<'g, Q>(
         &self,
         hash: u64,
         key: &Q,
         guard: &'g Guard,
-    ) -> Option<&'g Entry<K, V>>
+    ) -> Option<(&'g Entry<K, V>, &'g Gen)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
@@ -289,7 +293,7 @@ impl<K, V> RawMap<K, V> {
         let read = self.read(guard);
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             if !e.is_expunged() {
-                return Some(e);
+                return Some((e, &*read.gen));
             }
         }
         // Acquire pairs with the release store that set `amended` after inserting a fresh key.
@@ -303,7 +307,7 @@ impl<K, V> RawMap<K, V> {
                 st.misses += 1;
             }
             // SAFETY: found while `guard` is pinned.
-            unsafe { found.entry(guard) }
+            unsafe { found.entry(guard) }.map(|e| (e, &*read.gen))
         })
     }
 
@@ -332,7 +336,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        match self.lookup(hash, key, guard)?.load() {
+        match self.lookup(hash, key, guard)?.0.load() {
             // SAFETY: a live value pointer loaded under `guard` stays allocated until the guard
             // is dropped (values are retired through the epoch).
             State::Live(p) => Some(unsafe { &*p }),
@@ -560,7 +564,7 @@ impl<K, V> RawMap<K, V> {
         let read = self.read(guard);
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             if let Some(old) = e.try_delete() {
-                return Some(self.after_remove(read, old, guard));
+                return Some(self.after_remove(&read.gen, old, guard));
             }
             if !e.is_expunged() {
                 return None;
@@ -595,23 +599,24 @@ impl<K, V> RawMap<K, V> {
                 }
             };
             // The decrement happens before `maintain` runs, so a compaction sees it.
-            old.map(|old| this.unlinked(read, old, guard))
+            old.map(|old| this.unlinked(&read.gen, old, guard))
         })
     }
 
-    /// Retires a value the caller unlinked with its CAS and counts the key as gone.
-    fn unlinked<'g>(&self, read: &Tier<K, V>, old: *mut V, guard: &'g Guard) -> &'g V {
+    /// Retires a value the caller unlinked with its CAS and counts the key as gone in `gen`,
+    /// the generation of the entry it was unlinked from.
+    fn unlinked<'g>(&self, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
         // SAFETY: the caller unlinked `old` with its CAS; it is retired once, here.
         unsafe { retire_value(guard, old) };
         // Relaxed: a counter; see `Gen::live`.
-        read.gen.live.fetch_sub(1, Relaxed);
+        gen.live.fetch_sub(1, Relaxed);
         // SAFETY: retired values outlive the guard pinned when they were unlinked.
         unsafe { &*old }
     }
 
-    fn after_remove<'g>(&self, read: &Tier<K, V>, old: *mut V, guard: &'g Guard) -> &'g V {
-        let v = self.unlinked(read, old, guard);
-        self.after_delete(read, guard);
+    fn after_remove<'g>(&self, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
+        let v = self.unlinked(gen, old, guard);
+        self.after_delete(self.read(guard), guard);
         v
     }
 
@@ -721,7 +726,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let Some(e) = self.lookup(hash, key, guard) else {
+        let Some((e, _)) = self.lookup(hash, key, guard) else {
             return Replace::Absent(new);
         };
         let new = Pending::new(new);
@@ -761,7 +766,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let e = self.lookup(hash, key, guard)?;
+        let (e, gen) = self.lookup(hash, key, guard)?;
         loop {
             match e.load() {
                 State::Live(p) => {
@@ -770,8 +775,7 @@ impl<K, V> RawMap<K, V> {
                         return None;
                     }
                     if e.replace_exact(p, ptr::null_mut()).is_ok() {
-                        let read = self.read(guard);
-                        return Some(self.after_remove(read, p, guard));
+                        return Some(self.after_remove(gen, p, guard));
                     }
                 }
                 State::Deleted | State::Expunged => return None,
@@ -789,7 +793,7 @@ impl<K, V> RawMap<K, V> {
     ) -> bool {
         let removed = e.replace_exact(p, ptr::null_mut()).is_ok();
         if removed {
-            self.unlinked(tier, p, guard);
+            self.unlinked(&tier.gen, p, guard);
         }
         removed
     }

@@ -21,7 +21,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::entry::Entry;
-use crate::facade::{AtomicPtr, AtomicU64, AtomicUsize, CHUNK_SLOTS};
+use crate::facade::{zeroed_slice, AtomicPtr, AtomicU64, AtomicUsize, ZeroInit, CHUNK_SLOTS};
 
 /// Tag bit on a slot's entry pointer: this table is the last one to hold the entry (a migration
 /// expunged it here), so the table's destructor frees it.
@@ -36,8 +36,9 @@ pub(crate) struct Slot<K, V> {
     entry: AtomicPtr<Entry<K, V>>,
 }
 
-impl<K, V> Slot<K, V> {
-    fn empty() -> Self {
+// SAFETY: a slot is two atomics; all-zero bytes are hash 0 and a null (empty) entry.
+unsafe impl<K, V> ZeroInit for Slot<K, V> {
+    fn zero() -> Self {
         Slot {
             hash: AtomicU64::new(0),
             entry: AtomicPtr::new(ptr::null_mut()),
@@ -87,10 +88,8 @@ impl<K, V> Table<K, V> {
         Table {
             cap,
             chunk_shift: chunk_len.trailing_zeros(),
-            dir: (0..chunks)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-            used: (0..chunks).map(|_| AtomicUsize::new(0)).collect(),
+            dir: zeroed_slice(chunks),
+            used: zeroed_slice(chunks),
             len: AtomicUsize::new(0),
             chunks_allocated: AtomicUsize::new(0),
         }
@@ -368,7 +367,7 @@ impl<K, V> Drop for Table<K, V> {
 }
 
 fn alloc_chunk<K, V>(len: usize) -> *mut Slot<K, V> {
-    let chunk: Box<[Slot<K, V>]> = (0..len).map(|_| Slot::empty()).collect();
+    let chunk: Box<[Slot<K, V>]> = zeroed_slice(len);
     Box::into_raw(chunk).cast()
 }
 

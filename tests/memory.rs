@@ -1,0 +1,156 @@
+//! Memory tests with a counting global allocator (its own test binary, one test, so that no
+//! other test allocates concurrently).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tiermap::SyncMap;
+
+struct Counting;
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        CURRENT.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        CURRENT.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        CURRENT.fetch_add(new, Ordering::Relaxed);
+        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's arguments.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes currently allocated. Signed differences: the epoch's own bags, allocated before a
+/// scenario, may be freed during it.
+fn heap() -> isize {
+    CURRENT.load(Ordering::Relaxed) as isize
+}
+
+/// Lets the epoch collector free whatever earlier scenarios retired, so that it is not counted
+/// against (or credited to) the next one.
+fn settle() {
+    let m: SyncMap<u8, u8> = SyncMap::new();
+    for _ in 0..8 {
+        m.reclaim();
+    }
+}
+
+const N: u64 = if cfg!(miri) { 2_000 } else { 100_000 };
+/// Slack allowed over an empty map: epoch bookkeeping (a bag or two of 64 deferred
+/// functions) and the at most ~64 deleted entries plus small tables the purge may keep.
+const SMALL: isize = 32 * 1024;
+
+/// Heap of a freshly created empty map, measured the same way as the scenarios.
+fn empty_map_bytes() -> isize {
+    let before = heap();
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    map.insert(0, 0);
+    map.remove(&0);
+    map.reclaim();
+    let bytes = heap() - before;
+    drop(map);
+    bytes
+}
+
+#[test]
+fn memory_scenarios() {
+    // Warm up: register this thread with the epoch collector, create its first bag.
+    {
+        let m: SyncMap<u64, u64> = SyncMap::new();
+        m.insert(1, 1);
+        m.clear_and_release();
+    }
+    settle();
+    let empty = empty_map_bytes();
+    settle();
+
+    // (a) insert N, remove all, with no insert afterwards.
+    let base = heap();
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    let _ = map.pin().iter().count(); // the read-tier case: Go never frees these
+    let full = heap() - base;
+    for i in 0..N {
+        map.remove(&i);
+    }
+    let before_reclaim = heap() - base;
+    let s = map.stats();
+    map.reclaim();
+    let after = heap() - base;
+    println!(
+        "(a) full={full} after-remove-all={before_reclaim} after-reclaim={after} empty={empty} \
+         stats: {s}"
+    );
+    assert!(s.deleted <= 64, "deleted entries purged: {s}");
+    assert!(
+        after <= empty + SMALL,
+        "(a) held {after} bytes after removing all, an empty map holds {empty}"
+    );
+    drop(map);
+    settle();
+
+    // (b) clear_and_release after N inserts.
+    let base = heap();
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    let full = heap() - base;
+    let released = map.clear_and_release();
+    let after = heap() - base;
+    println!("(b) full={full} after-clear_and_release={after} {released}");
+    assert_eq!(released.pending_bytes, 0);
+    assert!(
+        after <= empty + SMALL,
+        "(b) held {after} bytes after clear_and_release, an empty map holds {empty}"
+    );
+    drop(map);
+    settle();
+
+    // (c) sliding-window churn: insert i, remove i - W. The bound (docs/DESIGN.md, "Memory
+    // bound"): held bytes <= 192 bytes per live entry + 128 KiB, at every step, counting the
+    // garbage not yet collected.
+    const W: u64 = 1_000;
+    let steps: u64 = if cfg!(miri) { 5_000 } else { 1_000_000 };
+    let bound = 192 * W as isize + 128 * 1024;
+    let base = heap();
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    let mut peak = 0;
+    for i in 0..steps {
+        map.insert(i, i);
+        if i >= W {
+            map.remove(&(i - W));
+        }
+        let held = heap() - base;
+        peak = peak.max(held);
+        assert!(
+            held <= bound,
+            "(c) step {i}: held {held} > bound {bound}: {}",
+            map.stats()
+        );
+    }
+    println!(
+        "(c) churn W={W} steps={steps}: peak={peak} bound={bound} {}",
+        map.stats()
+    );
+    assert_eq!(map.len(), W as usize);
+}
