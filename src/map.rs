@@ -10,8 +10,7 @@ use std::ops::Deref;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::facade::Guard;
-use crate::raw::entry::Entry;
-use crate::raw::{table::mix, RawIter, RawMap, Replace, Tier};
+use crate::raw::{table::mix, RawIter, RawMap, Replace};
 use crate::stats::{MapStats, Released};
 
 /// A concurrent hash map with Go's `sync.Map` design (a lock-free read tier and a locked dirty
@@ -306,29 +305,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// ```
     pub fn stats(&self) -> MapStats {
         let guard = self.raw.reclaimer.pin();
-        let st = self.raw.dirty();
-        let read = self.raw.read(&guard);
-        let dirty = st.tier.as_deref();
-        let live = read.gen.live();
-        let entries = read.gen.entries.load(Relaxed).max(0) as usize;
-        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
-        let held_bytes = tier_bytes(read)
-            + dirty.map_or(0, tier_bytes)
-            + entries * size_of::<Entry<K, V>>()
-            + live * size_of::<V>().max(1);
-        MapStats {
-            len: live,
-            deleted: entries.saturating_sub(live),
-            read_capacity: read.table.capacity(),
-            dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
-            migrating: dirty.is_some() && st.cursor < read.table.capacity(),
-            misses: st.misses,
-            held_bytes,
-            retired_bytes: self.raw.shared.retired_bytes.load(Relaxed),
-            promotions: self.raw.shared.promotions.load(Relaxed),
-            migrations: self.raw.shared.migrations.load(Relaxed),
-            compactions: self.raw.shared.compactions.load(Relaxed),
-        }
+        self.raw.stats(&guard)
     }
 
     /// Frees retired memory that no guard can see any more, now, instead of at the next

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use crate::facade::{lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Guard, Mutex, Reclaimer};
 use crate::map::GetOrInsert;
+use crate::stats::MapStats;
 use entry::{alloc_value, free_value, retire_value, take_value, Entry, State};
 use table::Table;
 
@@ -41,6 +42,11 @@ const MIN_BUDGET: usize = 32;
 const DELETED_FLOOR: usize = 64;
 /// Table slots that may be held regardless of the live count before compaction starts.
 const SLOTS_FLOOR: usize = 1024;
+/// Slow-path operations between two calls of the observer.
+const OBSERVE_EVERY: u32 = 64;
+
+/// A callback that watches the map's statistics (see `RawMap::observer`).
+pub(crate) struct Observer(pub(crate) Box<dyn Fn(&MapStats) + Send + Sync>);
 
 /// Counters of one generation of the map (a generation ends with `clear`). Operations that
 /// raced with a `clear` update the old generation's counters, never the new one's.
@@ -112,6 +118,8 @@ pub(crate) struct Dirty<K, V> {
     expunged: usize,
     /// A tier was retired in this critical section (flush the epoch bag after unlocking).
     retired: bool,
+    /// Slow operations since the observer last ran.
+    since_observed: u32,
     /// The running migration was started to compact: promote as soon as it completes.
     pub(crate) compacting: bool,
 }
@@ -170,6 +178,10 @@ pub(crate) struct RawMap<K, V> {
     /// Id of the current generation (bumped by `clear`); iterators stop when it changes.
     generation: AtomicU64,
     pub(crate) reclaimer: Reclaimer,
+    /// Called with a stats snapshot every `OBSERVE_EVERY` slow operations and after every
+    /// promotion, outside the lock (the retention alarm hooks in here). Read hits never look
+    /// at it.
+    observer: arc_swap::ArcSwapOption<Observer>,
     /// Opts out of the auto traits; `Send`/`Sync` are implemented below with the bounds the
     /// algorithm needs.
     _owns: PhantomData<*mut (K, V)>,
@@ -207,11 +219,13 @@ impl<K, V> RawMap<K, V> {
                 misses: 0,
                 expunged: 0,
                 retired: false,
+                since_observed: 0,
                 compacting: false,
             }),
             shared: Arc::new(Shared::default()),
             generation: AtomicU64::new(0),
             reclaimer: Reclaimer::new(),
+            observer: arc_swap::ArcSwapOption::empty(),
             _owns: PhantomData,
         }
     }
@@ -322,13 +336,61 @@ impl<K, V> RawMap<K, V> {
         let r = f(self, &mut st, guard);
         self.maintain(&mut st, guard);
         let retired = std::mem::take(&mut st.retired);
+        st.since_observed += 1;
+        let observe = retired || st.since_observed >= OBSERVE_EVERY;
+        if observe {
+            st.since_observed = 0;
+        }
         drop(st);
         if retired {
             // A superseded table is a big object: make it reclaimable by any thread's next
             // collection instead of waiting in this thread's bag.
             guard.flush();
         }
+        if observe {
+            self.observe(guard);
+        }
         r
+    }
+
+    /// Runs the observer, if any, with a fresh snapshot. Never called with the lock held.
+    pub(crate) fn observe(&self, guard: &Guard) {
+        if let Some(observer) = self.observer.load_full() {
+            (observer.0)(&self.stats(guard));
+        }
+    }
+
+    /// Installs (or removes) the observer.
+    #[allow(dead_code)] // the retention alarm's hook; see `docs/DESIGN.md`
+    pub(crate) fn set_observer(&self, observer: Option<Observer>) {
+        self.observer.store(observer.map(Arc::new));
+    }
+
+    /// Where the map's memory is. Takes the dirty lock briefly.
+    pub(crate) fn stats(&self, guard: &Guard) -> MapStats {
+        let st = self.dirty();
+        let read = self.read(guard);
+        let dirty = st.tier.as_deref();
+        let live = read.gen.live();
+        let entries = read.gen.entries();
+        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
+        let held_bytes = tier_bytes(read)
+            + dirty.map_or(0, tier_bytes)
+            + entries * size_of::<Entry<K, V>>()
+            + live * size_of::<V>().max(1);
+        MapStats {
+            len: live,
+            deleted: entries.saturating_sub(live),
+            read_capacity: read.table.capacity(),
+            dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
+            migrating: dirty.is_some() && st.cursor < read.table.capacity(),
+            misses: st.misses,
+            held_bytes,
+            retired_bytes: self.shared.retired_bytes.load(Relaxed),
+            promotions: self.shared.promotions.load(Relaxed),
+            migrations: self.shared.migrations.load(Relaxed),
+            compactions: self.shared.compactions.load(Relaxed),
+        }
     }
 
     pub(crate) fn get<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
@@ -858,6 +920,7 @@ impl<K, V> RawMap<K, V> {
         st.compacting = false;
         drop(st);
         guard.flush();
+        self.observe(guard);
     }
 
     /// Rebuilds the tiers now so that they hold only live entries, in steps with the lock
