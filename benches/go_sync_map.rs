@@ -280,7 +280,11 @@ fn per_g<M: BenchMap>(w: W, m: &M, i0: u64, n: u64) {
             }
         }
         W::CompareAndSwapMostlyHits | W::CompareAndSwapMostlyMisses => {
-            let hits = if w == W::CompareAndSwapMostlyHits { 1023 } else { 1 };
+            let hits = if w == W::CompareAndSwapMostlyHits {
+                1023
+            } else {
+                1
+            };
             for i in i0..end {
                 let v = if i % 1024 < hits { i % 1024 } else { i };
                 bb(m.compare_and_swap(v, v, v));
@@ -294,7 +298,11 @@ fn per_g<M: BenchMap>(w: W, m: &M, i0: u64, n: u64) {
             }
         }
         W::CompareAndDeleteMostlyHits | W::CompareAndDeleteMostlyMisses => {
-            let hits = if w == W::CompareAndDeleteMostlyHits { 1023 } else { 1 };
+            let hits = if w == W::CompareAndDeleteMostlyHits {
+                1023
+            } else {
+                1
+            };
             for i in i0..end {
                 let v = if i % 1024 < hits { i % 1024 } else { i };
                 if m.compare_and_delete(v, v) {
@@ -311,33 +319,34 @@ fn per_g<M: BenchMap>(w: W, m: &M, i0: u64, n: u64) {
     }
 }
 
-/// Go's `benchMap` for one map and one thread count: returns wall time for `iters` operations.
+/// Go's `benchMap` for one map and one thread count: returns wall time for `iters` operations,
+/// from the first worker's start to the last worker's end (each worker stamps its own times,
+/// so a descheduled coordinating thread cannot shorten the measurement).
 fn run<M: BenchMap>(w: W, threads: usize, iters: u64) -> Duration {
     let m = M::with_capacity(0);
     setup(w, &m);
-    let barrier = Barrier::new(threads + 1);
+    let barrier = Barrier::new(threads);
     let per = iters / threads as u64;
     let extra = iters % threads as u64;
-    let elapsed = std::thread::scope(|s| {
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads as u64)
             .map(|id| {
                 let (m, barrier) = (&m, &barrier);
                 let n = per + u64::from(id < extra);
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     per_g(w, m, id * iters, n);
+                    (start, Instant::now())
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        start.elapsed()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     drop(m);
-    elapsed
+    let start = spans.iter().map(|s| s.0).min().unwrap();
+    let end = spans.iter().map(|s| s.1).max().unwrap();
+    end - start
 }
 
 fn env_ms(name: &str, default: u64) -> Duration {

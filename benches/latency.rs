@@ -119,7 +119,13 @@ fn main() {
         rows[mi] = format!("| {name} |");
     }
     for &n in &sizes {
-        let trials = if n >= 1_000_000 { 7 } else if n >= 100_000 { 15 } else { 41 };
+        let trials = if n >= 1_000_000 {
+            7
+        } else if n >= 100_000 {
+            15
+        } else {
+            41
+        };
         let mut per_map = vec![Vec::new(); maps.len()];
         // Interleave maps trial by trial so that machine noise spreads over all of them.
         for trial in 0..trials {
@@ -131,7 +137,11 @@ fn main() {
         }
         for (mi, mut v) in per_map.into_iter().enumerate() {
             v.sort_unstable();
-            rows[mi] += &format!(" {} | {} |", fmt_ns(pct(&v, 0.5)), fmt_ns(*v.last().unwrap()));
+            rows[mi] += &format!(
+                " {} | {} |",
+                fmt_ns(pct(&v, 0.5)),
+                fmt_ns(*v.last().unwrap())
+            );
         }
     }
     for r in rows {
@@ -166,6 +176,36 @@ fn main() {
             fmt_ns(mean as u64)
         );
         churn_csv += &format!("{name},{p50},{p99},{p999},{p9999},{max},{mean:.1}\n");
+    }
+
+    // ---- 3. building blocks: the cost of entering each scheme's protected region
+    if std::env::var("LAT_PIN").map_or(true, |v| v != "0") {
+        println!();
+        println!("### Cost of one reader-side pin + unpin (one thread, ns per pin)");
+        println!();
+        println!("| scheme | ns |");
+        println!("|---|---:|");
+        const PINS: u32 = 20_000_000;
+        let t: common::Tier = BenchMap::with_capacity(0);
+        let p: common::Papaya = BenchMap::with_capacity(0);
+        let lock = std::sync::RwLock::new(0u64);
+        let rows: [(&str, &dyn Fn()); 4] = [
+            ("tiermap `SyncMap::pin` (crossbeam-epoch)", &|| drop(black_box(t.pin()))),
+            ("papaya `HashMap::guard` (seize)", &|| drop(black_box(p.guard()))),
+            ("scc `ebr::Guard::new` (sdd)", &|| drop(black_box(scc::ebr::Guard::new()))),
+            ("uncontended `RwLock::read`", &|| drop(black_box(lock.read().unwrap()))),
+        ];
+        for (name, f) in rows {
+            for _ in 0..PINS / 10 {
+                f();
+            }
+            let start = Instant::now();
+            for _ in 0..PINS {
+                f();
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(PINS);
+            println!("| {name} | {ns:.2} |");
+        }
     }
 
     if let Some(dir) = csv_dir {

@@ -495,7 +495,12 @@ macro_rules! locked_map {
             }
             #[inline]
             fn update(&self, k: u64, v: u64) -> bool {
-                self.0.$write().unwrap().get_mut(&k).map(|x| *x = v).is_some()
+                self.0
+                    .$write()
+                    .unwrap()
+                    .get_mut(&k)
+                    .map(|x| *x = v)
+                    .is_some()
             }
             fn range<F: FnMut(u64, u64) -> bool>(&self, mut f: F) {
                 for (k, v) in self.0.$read().unwrap().iter() {
@@ -544,10 +549,9 @@ pub fn map_selected(name: &str) -> bool {
 /// `BENCH_THREADS=1,2` (default `1,2,4`).
 pub fn thread_counts() -> Vec<usize> {
     match std::env::var("BENCH_THREADS") {
-        Ok(s) if !s.trim().is_empty() => s
-            .split(',')
-            .filter_map(|t| t.trim().parse().ok())
-            .collect(),
+        Ok(s) if !s.trim().is_empty() => {
+            s.split(',').filter_map(|t| t.trim().parse().ok()).collect()
+        }
         _ => vec![1, 2, 4],
     }
 }
