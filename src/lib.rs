@@ -94,5 +94,10 @@ mod map;
 mod raw;
 mod stats;
 
+/// The README's example, run as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
 pub use stats::{MapStats, Released};
