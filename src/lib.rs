@@ -89,6 +89,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod alarm;
 mod facade;
 mod map;
 mod raw;
@@ -99,5 +100,6 @@ mod stats;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
 pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
 pub use stats::{MapStats, Released};

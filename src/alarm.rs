@@ -1,0 +1,828 @@
+//! The retention alarm ([`RetentionPolicy`], [`RetentionAlarm`]) and the `metrics` export, both
+//! fed by the map's one observer hook through a small fan-out ([`Hooks`]).
+//!
+//! # Where the checks run
+//!
+//! The engine calls its observer with a fresh [`MapStats`] every 64 slow-path (locked)
+//! operations, after every promotion and after every `clear`, on the thread that did the
+//! operation, after it released the dirty lock. A read hit never looks at the hook, and neither do
+//! lock-free overwrites and deletes of keys in the read tier; so a condition is noticed at the
+//! next slow-path operation, which the map's own compaction triggers as soon as deleted entries
+//! pile up. This module adds nothing to any other path.
+//!
+//! # State machine of one condition
+//!
+//! | state   | snapshot says                            | next state | effect             |
+//! |---------|------------------------------------------|------------|--------------------|
+//! | armed   | value > threshold                        | tripped    | the callback runs  |
+//! | armed   | value <= threshold                       | armed      | —                  |
+//! | tripped | value > threshold × (1 − hysteresis)     | tripped    | —                  |
+//! | tripped | value <= threshold × (1 − hysteresis)    | armed      | —                  |
+//!
+//! The armed → tripped step is a compare-and-swap, so of two threads judging snapshots at the
+//! same time, one runs the callback. Snapshots taken at about the same time on two threads may be
+//! judged in either order; the hysteresis band keeps that from turning into repeated firings.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
+
+use crate::raw::Observer;
+use crate::stats::{Bytes, MapStats};
+
+/// One measurable way a map can hold more memory than its live entries need.
+///
+/// Each condition is a number computed from a [`MapStats`] snapshot (see
+/// [`RetentionCondition::measure`]) and compared with the threshold a [`RetentionPolicy`] sets.
+///
+/// ```
+/// use tiermap::RetentionCondition;
+///
+/// let map: tiermap::SyncMap<u64, u64> = (0..100).map(|i| (i, i)).collect();
+/// let stats = map.stats();
+/// assert!(RetentionCondition::BytesPerEntry.measure(&stats) > 16.0);
+/// assert_eq!(RetentionCondition::DeletedRatio.measure(&stats), 0.0);
+/// assert_eq!(RetentionCondition::DeletedRatio.to_string(), "deleted_ratio");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetentionCondition {
+    /// [`MapStats::held_bytes`] per live entry (per one entry when the map is empty, so an empty
+    /// map that holds a large table measures its whole size).
+    BytesPerEntry,
+    /// The fraction of the entries the map holds that are deleted:
+    /// `deleted / (len + deleted)`, from 0 to 1 (0 for an empty map holding no entry).
+    DeletedRatio,
+    /// [`MapStats::retired_bytes`]: superseded tables not yet freed, typically because a guard
+    /// ([`Ref`](crate::Ref), [`Pinned`](crate::Pinned), an iteration) stays alive for long.
+    RetiredBytes,
+}
+
+impl RetentionCondition {
+    /// Every condition, in a fixed order.
+    ///
+    /// ```
+    /// assert_eq!(tiermap::RetentionCondition::ALL.len(), 3);
+    /// ```
+    pub const ALL: [RetentionCondition; 3] = [
+        RetentionCondition::BytesPerEntry,
+        RetentionCondition::DeletedRatio,
+        RetentionCondition::RetiredBytes,
+    ];
+
+    /// A short `snake_case` name, fit for a log line or a metric label.
+    ///
+    /// ```
+    /// assert_eq!(tiermap::RetentionCondition::RetiredBytes.as_str(), "retired_bytes");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionCondition::BytesPerEntry => "bytes_per_entry",
+            RetentionCondition::DeletedRatio => "deleted_ratio",
+            RetentionCondition::RetiredBytes => "retired_bytes",
+        }
+    }
+
+    /// The value of this condition in `stats` (no floor applied; see
+    /// [`RetentionPolicy::min_held_bytes`]).
+    ///
+    /// ```
+    /// use tiermap::RetentionCondition;
+    ///
+    /// let map: tiermap::SyncMap<u64, u64> = tiermap::SyncMap::new();
+    /// let s = map.stats();
+    /// // An empty map is measured per one entry: its whole size.
+    /// assert_eq!(RetentionCondition::BytesPerEntry.measure(&s), s.held_bytes as f64);
+    /// assert_eq!(RetentionCondition::RetiredBytes.measure(&s), s.retired_bytes as f64);
+    /// ```
+    pub fn measure(self, stats: &MapStats) -> f64 {
+        match self {
+            RetentionCondition::BytesPerEntry => stats.held_bytes as f64 / stats.len.max(1) as f64,
+            RetentionCondition::DeletedRatio => {
+                let held = stats.len.saturating_add(stats.deleted);
+                if held == 0 {
+                    0.0
+                } else {
+                    stats.deleted as f64 / held as f64
+                }
+            }
+            RetentionCondition::RetiredBytes => stats.retired_bytes as f64,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            RetentionCondition::BytesPerEntry => 0,
+            RetentionCondition::DeletedRatio => 1,
+            RetentionCondition::RetiredBytes => 2,
+        }
+    }
+
+    /// Whether the floor of [`RetentionPolicy::min_held_bytes`] applies.
+    fn has_floor(self) -> bool {
+        !matches!(self, RetentionCondition::RetiredBytes)
+    }
+}
+
+impl fmt::Display for RetentionCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Thresholds for a map's retained memory, checked by the alarm that
+/// [`SyncMap::set_retention_alarm`](crate::SyncMap::set_retention_alarm) installs.
+///
+/// A new policy checks nothing; each builder method turns one [`RetentionCondition`] on. A
+/// condition trips when its value goes *above* its threshold, and re-arms when the value falls
+/// back to `threshold × (1 − hysteresis)` or below. While a map holds fewer than
+/// [`min_held_bytes`](Self::min_held_bytes) bytes (256 KiB unless set), the per-entry and
+/// deleted-ratio conditions count as 0, so a small map never trips them.
+///
+/// ```
+/// use tiermap::{RetentionCondition, RetentionPolicy};
+///
+/// let policy = RetentionPolicy::new()
+///     .max_bytes_per_entry(1024)
+///     .max_deleted_ratio(0.75)
+///     .max_retired_bytes(64 << 20)
+///     .min_held_bytes(1 << 20)
+///     .hysteresis(0.25);
+/// assert_eq!(policy.threshold(RetentionCondition::DeletedRatio), Some(0.75));
+///
+/// // Stateless use: which conditions a snapshot exceeds.
+/// let map: tiermap::SyncMap<u64, u64> = (0..1000).map(|i| (i, i)).collect();
+/// assert_eq!(policy.exceeded(&map.stats()).count(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetentionPolicy {
+    /// Indexed by `RetentionCondition::index`.
+    thresholds: [Option<f64>; 3],
+    floor: usize,
+    hysteresis: f64,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetentionPolicy {
+    /// A policy with no condition, a floor of 256 KiB and a hysteresis of 0.2.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new();
+    /// assert!(tiermap::RetentionCondition::ALL.iter().all(|c| policy.threshold(*c).is_none()));
+    /// ```
+    pub const fn new() -> Self {
+        RetentionPolicy {
+            thresholds: [None; 3],
+            floor: 256 << 10,
+            hysteresis: 0.2,
+        }
+    }
+
+    /// Trips when the map holds more than `bytes` per live entry
+    /// ([`RetentionCondition::BytesPerEntry`]).
+    ///
+    /// What is normal depends on `K` and `V`: the map keeps at most eight table slots per live
+    /// entry (plus 1024), its entries and value cells, and, while it migrates, a second table.
+    /// Measure a healthy map of your types with [`SyncMap::stats`](crate::SyncMap::stats) and
+    /// [`MapStats::bytes_per_entry`] and set a few times that.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_bytes_per_entry(512);
+    /// assert_eq!(policy.threshold(tiermap::RetentionCondition::BytesPerEntry), Some(512.0));
+    /// ```
+    #[must_use]
+    pub const fn max_bytes_per_entry(mut self, bytes: usize) -> Self {
+        self.thresholds[0] = Some(bytes as f64);
+        self
+    }
+
+    /// Trips when more than `ratio` of the entries the map holds are deleted
+    /// ([`RetentionCondition::DeletedRatio`]). tiermap starts a compaction when deleted entries
+    /// pass half the live ones plus 64 (a ratio of about 1/3), so a threshold of 0.5 or more
+    /// only trips if compaction falls behind.
+    ///
+    /// # Panics
+    ///
+    /// If `ratio` is not within `0.0..=1.0`.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_deleted_ratio(0.5);
+    /// assert_eq!(policy.threshold(tiermap::RetentionCondition::DeletedRatio), Some(0.5));
+    /// ```
+    #[must_use]
+    pub fn max_deleted_ratio(mut self, ratio: f64) -> Self {
+        assert!(
+            (0.0..=1.0).contains(&ratio),
+            "max_deleted_ratio must be within 0..=1, got {ratio}"
+        );
+        self.thresholds[1] = Some(ratio);
+        self
+    }
+
+    /// Trips when more than `bytes` of superseded tables wait to be freed
+    /// ([`RetentionCondition::RetiredBytes`]): the sign of a guard kept alive for too long. The
+    /// floor does not apply to this condition.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_retired_bytes(64 << 20);
+    /// assert!(policy.threshold(tiermap::RetentionCondition::RetiredBytes).is_some());
+    /// ```
+    #[must_use]
+    pub const fn max_retired_bytes(mut self, bytes: usize) -> Self {
+        self.thresholds[2] = Some(bytes as f64);
+        self
+    }
+
+    /// The floor: while [`MapStats::held_bytes`] is below `bytes`, the per-entry and
+    /// deleted-ratio conditions count as 0 (and so re-arm). Defaults to 256 KiB.
+    ///
+    /// ```
+    /// use tiermap::{RetentionCondition, RetentionPolicy};
+    ///
+    /// let map: tiermap::SyncMap<u64, u64> = tiermap::SyncMap::new(); // a few hundred bytes
+    /// let strict = RetentionPolicy::new().max_bytes_per_entry(8);
+    /// assert_eq!(strict.exceeded(&map.stats()).count(), 0); // below the floor
+    /// let no_floor = strict.min_held_bytes(0);
+    /// assert_eq!(no_floor.exceeded(&map.stats()).next(), Some(RetentionCondition::BytesPerEntry));
+    /// ```
+    #[must_use]
+    pub const fn min_held_bytes(mut self, bytes: usize) -> Self {
+        self.floor = bytes;
+        self
+    }
+
+    /// How far below its threshold a tripped condition must fall to re-arm, as a fraction of the
+    /// threshold: it re-arms at `threshold × (1 − fraction)` or below. Defaults to 0.2; 0 re-arms
+    /// as soon as the value is back at the threshold.
+    ///
+    /// # Panics
+    ///
+    /// If `fraction` is not within `0.0..1.0`.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_deleted_ratio(0.5).hysteresis(0.5);
+    /// assert_eq!(policy.rearm_level(tiermap::RetentionCondition::DeletedRatio), Some(0.25));
+    /// ```
+    #[must_use]
+    pub fn hysteresis(mut self, fraction: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&fraction),
+            "hysteresis must be within 0..1, got {fraction}"
+        );
+        self.hysteresis = fraction;
+        self
+    }
+
+    /// The threshold of `condition`, or `None` if the policy does not check it.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_retired_bytes(1000);
+    /// assert_eq!(policy.threshold(tiermap::RetentionCondition::RetiredBytes), Some(1000.0));
+    /// assert_eq!(policy.threshold(tiermap::RetentionCondition::DeletedRatio), None);
+    /// ```
+    pub fn threshold(&self, condition: RetentionCondition) -> Option<f64> {
+        self.thresholds[condition.index()]
+    }
+
+    /// The value at or below which a tripped `condition` re-arms, or `None` if the policy does
+    /// not check it.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_retired_bytes(1000); // hysteresis 0.2
+    /// assert_eq!(policy.rearm_level(tiermap::RetentionCondition::RetiredBytes), Some(800.0));
+    /// ```
+    pub fn rearm_level(&self, condition: RetentionCondition) -> Option<f64> {
+        self.threshold(condition)
+            .map(|t| t * (1.0 - self.hysteresis))
+    }
+
+    /// The value of `condition` in `stats` as the alarm judges it: 0 below the floor for the
+    /// conditions it applies to, [`RetentionCondition::measure`] otherwise.
+    ///
+    /// ```
+    /// use tiermap::{RetentionCondition, RetentionPolicy};
+    ///
+    /// let map: tiermap::SyncMap<u64, u64> = tiermap::SyncMap::new();
+    /// let s = map.stats();
+    /// assert_eq!(RetentionPolicy::new().level(RetentionCondition::BytesPerEntry, &s), 0.0);
+    /// ```
+    pub fn level(&self, condition: RetentionCondition, stats: &MapStats) -> f64 {
+        if condition.has_floor() && stats.held_bytes < self.floor {
+            0.0
+        } else {
+            condition.measure(stats)
+        }
+    }
+
+    /// The conditions that `stats` puts above their thresholds, without any alarm state (no
+    /// hysteresis): for code that polls [`SyncMap::stats`](crate::SyncMap::stats) itself.
+    ///
+    /// ```
+    /// use tiermap::{RetentionCondition, RetentionPolicy};
+    ///
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// let tight = RetentionPolicy::new().max_bytes_per_entry(1);
+    /// let over: Vec<_> = tight.exceeded(&map.stats()).collect();
+    /// assert_eq!(over, [RetentionCondition::BytesPerEntry]);
+    /// ```
+    pub fn exceeded<'a>(
+        &'a self,
+        stats: &'a MapStats,
+    ) -> impl Iterator<Item = RetentionCondition> + 'a {
+        RetentionCondition::ALL
+            .into_iter()
+            .filter(move |&c| self.threshold(c).is_some_and(|t| self.level(c, stats) > t))
+    }
+}
+
+/// What the retention alarm reports to its callback: which condition crossed its threshold, by
+/// how much, and the snapshot that showed it.
+///
+/// Its `Display` is one log line:
+/// `retention alarm: deleted_ratio 0.91 > 0.5 (len=10 deleted=100 held=...)`.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tiermap::{RetentionAlert, RetentionCondition, RetentionPolicy, SyncMap};
+///
+/// let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+/// let seen: Arc<Mutex<Vec<RetentionAlert>>> = Arc::default();
+/// let sink = seen.clone();
+/// let policy = RetentionPolicy::new().max_bytes_per_entry(1);
+/// map.set_retention_alarm(policy, move |alert| sink.lock().unwrap().push(*alert));
+/// let alert = seen.lock().unwrap()[0]; // checked once on installation
+/// assert_eq!(alert.condition, RetentionCondition::BytesPerEntry);
+/// assert!(alert.value > alert.threshold);
+/// assert_eq!(alert.stats.len, 10_000);
+/// println!("{alert}");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RetentionAlert {
+    /// The condition that crossed its threshold.
+    pub condition: RetentionCondition,
+    /// Its value in [`stats`](Self::stats) (see [`RetentionPolicy::level`]).
+    pub value: f64,
+    /// The threshold it crossed.
+    pub threshold: f64,
+    /// The snapshot that showed it.
+    pub stats: MapStats,
+}
+
+impl fmt::Display for RetentionAlert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retention alarm: {} ", self.condition)?;
+        match self.condition {
+            RetentionCondition::RetiredBytes => write!(
+                f,
+                "{} > {}",
+                Bytes(self.value as usize),
+                Bytes(self.threshold as usize)
+            )?,
+            RetentionCondition::BytesPerEntry => {
+                write!(f, "{:.0} B > {:.0} B", self.value, self.threshold)?
+            }
+            RetentionCondition::DeletedRatio => {
+                write!(f, "{:.2} > {}", self.value, self.threshold)?
+            }
+        }
+        write!(f, " ({})", self.stats)
+    }
+}
+
+/// The callback of a retention alarm.
+type Callback = Box<dyn Fn(&RetentionAlert) + Send + Sync>;
+
+/// One installed alarm: its policy, its callback and the state of each condition.
+struct AlarmState {
+    policy: RetentionPolicy,
+    on_alarm: Callback,
+    /// Indexed by `RetentionCondition::index`. Invariant: `true` from the snapshot that took the
+    /// condition above its threshold (whose checker won the CAS and ran the callback) until one
+    /// at or below its re-arm level.
+    tripped: [AtomicBool; 3],
+    fired: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl AlarmState {
+    /// Judges one snapshot and runs the callback once for each condition it trips. Called
+    /// outside every lock of the map.
+    fn check(&self, stats: &MapStats) {
+        for c in RetentionCondition::ALL {
+            let Some(threshold) = self.policy.threshold(c) else {
+                continue;
+            };
+            let value = self.policy.level(c, stats);
+            let flag = &self.tripped[c.index()];
+            if value > threshold {
+                // AcqRel/Acquire: orders the callbacks of successive crossings (a checker that
+                // re-arms with a Release store happens-before the next one that trips).
+                if flag.compare_exchange(false, true, AcqRel, Acquire).is_ok() {
+                    self.fire(RetentionAlert {
+                        condition: c,
+                        value,
+                        threshold,
+                        stats: *stats,
+                    });
+                }
+            } else if value <= threshold * (1.0 - self.policy.hysteresis) && flag.load(Relaxed) {
+                flag.store(false, Release);
+            }
+        }
+    }
+
+    fn fire(&self, alert: RetentionAlert) {
+        // Relaxed: statistics.
+        self.fired.fetch_add(1, Relaxed);
+        // AssertUnwindSafe: after a panic we touch none of the callback's state, only count it;
+        // the alarm's own state was settled before the call (the crossing counts as reported),
+        // and no lock of the map is held here.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.on_alarm)(&alert))) {
+            self.panics.fetch_add(1, Relaxed);
+            // A payload whose destructor panics would escape here; drop it under a guard too.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        }
+    }
+}
+
+/// A handle to an installed retention alarm (from
+/// [`SyncMap::set_retention_alarm`](crate::SyncMap::set_retention_alarm)): how often it fired,
+/// how many of its callbacks panicked, which conditions are tripped now.
+///
+/// It stays readable after the alarm is replaced or removed. Cloning it is cheap.
+///
+/// ```
+/// use tiermap::{RetentionCondition, RetentionPolicy, SyncMap};
+///
+/// let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+/// let alarm = map.set_retention_alarm(RetentionPolicy::new().max_bytes_per_entry(1), |_| {});
+/// assert_eq!(alarm.fired(), 1);
+/// assert!(alarm.is_tripped(RetentionCondition::BytesPerEntry));
+/// assert_eq!(alarm.panics(), 0);
+/// ```
+#[derive(Clone)]
+pub struct RetentionAlarm(Arc<AlarmState>);
+
+impl RetentionAlarm {
+    /// The policy this alarm checks.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// let policy = tiermap::RetentionPolicy::new().max_deleted_ratio(0.9);
+    /// assert_eq!(map.set_retention_alarm(policy, |_| {}).policy(), &policy);
+    /// ```
+    pub fn policy(&self) -> &RetentionPolicy {
+        &self.0.policy
+    }
+
+    /// How many times the callback was called (once per crossing, per condition).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// let alarm = map.set_retention_alarm(tiermap::RetentionPolicy::new(), |_| {});
+    /// assert_eq!(alarm.fired(), 0);
+    /// ```
+    pub fn fired(&self) -> u64 {
+        self.0.fired.load(Relaxed)
+    }
+
+    /// How many calls of the callback panicked. The panics were caught (after the panic hook
+    /// printed them) and the operations that ran the callback returned normally; see
+    /// [`SyncMap::set_retention_alarm`](crate::SyncMap::set_retention_alarm).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// let policy = tiermap::RetentionPolicy::new().max_bytes_per_entry(1);
+    /// let alarm = map.set_retention_alarm(policy, |_| panic!("pager is down"));
+    /// assert_eq!(alarm.panics(), 1);
+    /// map.insert(1, 1); // the map is fine
+    /// ```
+    pub fn panics(&self) -> u64 {
+        self.0.panics.load(Relaxed)
+    }
+
+    /// Whether `condition` is tripped: it crossed its threshold and has not fallen back to its
+    /// re-arm level since.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u8, u8> = tiermap::SyncMap::new();
+    /// let alarm = map.set_retention_alarm(tiermap::RetentionPolicy::new(), |_| {});
+    /// assert!(!alarm.is_tripped(tiermap::RetentionCondition::RetiredBytes));
+    /// ```
+    pub fn is_tripped(&self, condition: RetentionCondition) -> bool {
+        self.0.tripped[condition.index()].load(Acquire)
+    }
+
+    /// Judges `stats` now, as the map's hook does (tests and the map's installation use this).
+    pub(crate) fn check(&self, stats: &MapStats) {
+        self.0.check(stats);
+    }
+}
+
+impl fmt::Debug for RetentionAlarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tripped: Vec<_> = RetentionCondition::ALL
+            .into_iter()
+            .filter(|&c| self.is_tripped(c))
+            .collect();
+        f.debug_struct("RetentionAlarm")
+            .field("policy", &self.0.policy)
+            .field("tripped", &tripped)
+            .field("fired", &self.fired())
+            .field("panics", &self.panics())
+            .finish()
+    }
+}
+
+/// The sinks behind a map's one observer: the retention alarm and the metrics publisher, each
+/// optional, both called with the same snapshot.
+#[derive(Default)]
+struct Sinks {
+    alarm: ArcSwapOption<AlarmState>,
+    #[cfg(feature = "metrics")]
+    metrics: ArcSwapOption<metrics_export::Publisher>,
+}
+
+impl Sinks {
+    fn notify(&self, stats: &MapStats) {
+        // `load_full`, not a guard: the callback may run long and may replace these sinks.
+        #[cfg(feature = "metrics")]
+        if let Some(publisher) = self.metrics.load_full() {
+            publisher.publish(stats);
+        }
+        if let Some(alarm) = self.alarm.load_full() {
+            alarm.check(stats);
+        }
+    }
+
+    fn any(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.metrics.load().is_some() {
+            return true;
+        }
+        self.alarm.load().is_some()
+    }
+}
+
+/// A map's fan-out: owns the sinks and installs one observer in the engine while any sink is
+/// set (and none while no sink is, so an unwatched map pays nothing beyond the engine's check
+/// for an empty hook).
+#[derive(Default)]
+pub(crate) struct Hooks {
+    sinks: Arc<Sinks>,
+    /// Whether the observer is installed. Held while the sinks change, never while they run.
+    installed: Mutex<bool>,
+}
+
+impl Hooks {
+    /// Changes the sinks with `change`, then installs or removes the observer through `install`
+    /// to match.
+    fn update<R>(
+        &self,
+        install: impl FnOnce(Option<Observer>),
+        change: impl FnOnce(&Sinks) -> R,
+    ) -> R {
+        let mut installed = self
+            .installed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let r = change(&self.sinks);
+        let want = self.sinks.any();
+        if want != *installed {
+            let observer = want.then(|| {
+                let sinks = Arc::clone(&self.sinks);
+                Observer(Box::new(move |stats: &MapStats| sinks.notify(stats)))
+            });
+            install(observer);
+            *installed = want;
+        }
+        r
+    }
+
+    /// Installs a new alarm (replacing any) and returns its handle; the caller checks it once.
+    pub(crate) fn set_alarm(
+        &self,
+        policy: RetentionPolicy,
+        on_alarm: Callback,
+        install: impl FnOnce(Option<Observer>),
+    ) -> RetentionAlarm {
+        let state = Arc::new(AlarmState {
+            policy,
+            on_alarm,
+            tripped: Default::default(),
+            fired: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        });
+        self.update(install, |s| s.alarm.store(Some(Arc::clone(&state))));
+        RetentionAlarm(state)
+    }
+
+    /// Removes the alarm, returning its handle if there was one.
+    pub(crate) fn clear_alarm(
+        &self,
+        install: impl FnOnce(Option<Observer>),
+    ) -> Option<RetentionAlarm> {
+        self.update(install, |s| s.alarm.swap(None).map(RetentionAlarm))
+    }
+
+    /// Installs a metrics publisher (replacing any); the caller publishes once.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn set_metrics(&self, name: String, install: impl FnOnce(Option<Observer>)) {
+        let publisher = Arc::new(metrics_export::Publisher::new(name));
+        self.update(install, |s| s.metrics.store(Some(publisher)));
+    }
+
+    /// Removes the metrics publisher; whether there was one.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn clear_metrics(&self, install: impl FnOnce(Option<Observer>)) -> bool {
+        self.update(install, |s| s.metrics.swap(None).is_some())
+    }
+
+    /// Publishes `stats` now if a publisher is set.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_now(&self, stats: &MapStats) {
+        if let Some(publisher) = self.sinks.metrics.load_full() {
+            publisher.publish(stats);
+        }
+    }
+}
+
+/// Metric names and the publisher (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics_export {
+    use metrics::{Counter, Gauge, Unit};
+
+    use crate::stats::MapStats;
+
+    /// Gauge: keys present ([`MapStats::len`]).
+    pub(crate) const ENTRIES: &str = "tiermap_map_entries";
+    /// Gauge: entries held for deleted keys ([`MapStats::deleted`]).
+    pub(crate) const DELETED: &str = "tiermap_map_deleted_entries";
+    /// Gauge: [`MapStats::held_bytes`].
+    pub(crate) const HELD_BYTES: &str = "tiermap_map_held_bytes";
+    /// Gauge: [`MapStats::retired_bytes`].
+    pub(crate) const RETIRED_BYTES: &str = "tiermap_map_retired_bytes";
+    /// Counter: [`MapStats::promotions`].
+    pub(crate) const PROMOTIONS: &str = "tiermap_map_promotions_total";
+    /// Counter: [`MapStats::compactions`].
+    pub(crate) const COMPACTIONS: &str = "tiermap_map_compactions_total";
+
+    /// The handles of one named map's metrics, registered once with the recorder that was
+    /// current when it was made.
+    pub(crate) struct Publisher {
+        entries: Gauge,
+        deleted: Gauge,
+        held_bytes: Gauge,
+        retired_bytes: Gauge,
+        promotions: Counter,
+        compactions: Counter,
+    }
+
+    impl Publisher {
+        pub(crate) fn new(name: String) -> Self {
+            metrics::describe_gauge!(ENTRIES, Unit::Count, "Keys present in the map.");
+            metrics::describe_gauge!(
+                DELETED,
+                Unit::Count,
+                "Entries the map still holds for deleted keys."
+            );
+            metrics::describe_gauge!(
+                HELD_BYTES,
+                Unit::Bytes,
+                "Heap bytes held by the map's tables, entries and value cells."
+            );
+            metrics::describe_gauge!(
+                RETIRED_BYTES,
+                Unit::Bytes,
+                "Bytes of superseded tables retired but not yet freed."
+            );
+            metrics::describe_counter!(
+                PROMOTIONS,
+                Unit::Count,
+                "Times a dirty tier became the read tier."
+            );
+            metrics::describe_counter!(
+                COMPACTIONS,
+                Unit::Count,
+                "Migrations started to drop deleted entries or shrink the tables."
+            );
+            let labels = [("map", name)];
+            Publisher {
+                entries: metrics::gauge!(ENTRIES, &labels),
+                deleted: metrics::gauge!(DELETED, &labels),
+                held_bytes: metrics::gauge!(HELD_BYTES, &labels),
+                retired_bytes: metrics::gauge!(RETIRED_BYTES, &labels),
+                promotions: metrics::counter!(PROMOTIONS, &labels),
+                compactions: metrics::counter!(COMPACTIONS, &labels),
+            }
+        }
+
+        pub(crate) fn publish(&self, s: &MapStats) {
+            self.entries.set(s.len as f64);
+            self.deleted.set(s.deleted as f64);
+            self.held_bytes.set(s.held_bytes as f64);
+            self.retired_bytes.set(s.retired_bytes as f64);
+            self.promotions.absolute(s.promotions);
+            self.compactions.absolute(s.compactions);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(len: usize, deleted: usize, held_bytes: usize, retired_bytes: usize) -> MapStats {
+        MapStats {
+            len,
+            deleted,
+            held_bytes,
+            retired_bytes,
+            ..MapStats::default()
+        }
+    }
+
+    fn counting(policy: RetentionPolicy) -> (RetentionAlarm, Arc<Mutex<Vec<RetentionCondition>>>) {
+        let seen: Arc<Mutex<Vec<RetentionCondition>>> = Arc::default();
+        let sink = Arc::clone(&seen);
+        let hooks = Hooks::default();
+        let alarm = hooks.set_alarm(
+            policy,
+            Box::new(move |a| sink.lock().unwrap().push(a.condition)),
+            |_| {},
+        );
+        (alarm, seen)
+    }
+
+    #[test]
+    fn hysteresis_band() {
+        let policy = RetentionPolicy::new()
+            .max_retired_bytes(1000)
+            .hysteresis(0.5);
+        let (alarm, seen) = counting(policy);
+        for retired in [0, 1001, 2000, 900, 501, 1500, 500, 999, 1001, 1000, 0] {
+            alarm.check(&stats(0, 0, 0, retired));
+        }
+        // Crossings: 1001 (fires), 500 re-arms, 1001 (fires), 0 re-arms.
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert_eq!(alarm.fired(), 2);
+        assert!(!alarm.is_tripped(RetentionCondition::RetiredBytes));
+    }
+
+    #[test]
+    fn floor_and_measures() {
+        let policy = RetentionPolicy::new()
+            .max_bytes_per_entry(100)
+            .max_deleted_ratio(0.5)
+            .min_held_bytes(10_000);
+        // Below the floor: nothing counts.
+        assert_eq!(policy.exceeded(&stats(1, 9, 9_999, 0)).count(), 0);
+        // Above: 20_000 B over 1 entry, 9 of 10 deleted.
+        let over: Vec<_> = policy.exceeded(&stats(1, 9, 20_000, 0)).collect();
+        assert_eq!(
+            over,
+            [
+                RetentionCondition::BytesPerEntry,
+                RetentionCondition::DeletedRatio
+            ]
+        );
+        assert_eq!(
+            RetentionCondition::DeletedRatio.measure(&stats(0, 0, 0, 0)),
+            0.0
+        );
+        assert_eq!(
+            RetentionCondition::BytesPerEntry.measure(&stats(0, 0, 500, 0)),
+            500.0
+        );
+    }
+
+    #[test]
+    fn alert_display_is_one_line() {
+        let alert = RetentionAlert {
+            condition: RetentionCondition::RetiredBytes,
+            value: 3.0 * 1024.0 * 1024.0,
+            threshold: 1024.0 * 1024.0,
+            stats: stats(1, 0, 100, 3 << 20),
+        };
+        let line = alert.to_string();
+        assert!(line.starts_with("retention alarm: retired_bytes 3.0 MiB > 1.0 MiB (len=1 "));
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    #[should_panic(expected = "max_deleted_ratio")]
+    fn ratio_out_of_range() {
+        let _ = RetentionPolicy::new().max_deleted_ratio(1.5);
+    }
+}
