@@ -4,6 +4,8 @@
 //! This bench measures both read paths on a small immutable table, single-threaded and with a
 //! second thread doing the same.
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;

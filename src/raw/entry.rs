@@ -172,8 +172,8 @@ impl<K, V> Entry<K, V> {
     }
 
     /// Moves the key out of an entry whose value was taken (see [`Entry::take_exclusive`]).
-    pub(crate) fn into_key(self: Box<Self>) -> K {
-        let mut this = std::mem::ManuallyDrop::new(*self);
+    pub(crate) fn into_key(self) -> K {
+        let mut this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped, so `key` is moved out exactly once and `value` (null,
         // owning nothing) is dropped in place exactly once.
         unsafe {

@@ -1021,7 +1021,7 @@ impl<K, V> RawMap<K, V> {
                     if owned || i >= upto {
                         let mut entry = Box::from_raw(e);
                         if let Some(v) = entry.take_exclusive() {
-                            out.push((entry.into_key(), take_value(v)));
+                            out.push(((*entry).into_key(), take_value(v)));
                         }
                     }
                 });

@@ -231,8 +231,7 @@ impl<K, V> Table<K, V> {
             .load(Relaxed);
         let mut hole = i;
         let mut k = self.next(i);
-        loop {
-            let Some(slot) = self.slot(k) else { break };
+        while let Some(slot) = self.slot(k) {
             let e = slot.entry.load(Relaxed);
             if e.is_null() {
                 break;
@@ -261,9 +260,13 @@ impl<K, V> Table<K, V> {
     }
 
     /// Marks the entry at slot `i` as owned by this table (it was expunged here).
+    ///
+    /// Under the dirty lock only. A plain load and store suffice: the lock holder is the only
+    /// writer of a published table's slots, and concurrent readers mask the tag off.
     pub(crate) fn mark_owned(&self, i: usize) {
         if let Some(slot) = self.slot(i) {
-            slot.entry.fetch_or(OWNED, Relaxed);
+            let e = slot.entry.load(Relaxed);
+            slot.entry.store(e.map_addr(|a| a | OWNED), Relaxed);
         }
     }
 
