@@ -220,7 +220,12 @@ pub fn run(prog: &Program, cfg: Config) {
             map: &map,
             model: HashMap::new(),
             tracker: tracker.clone(),
-            space: prog.keys.size(),
+            // With four hashes (or one) every probe walks one cluster of all the keys: keep
+            // weak-hasher runs at up to 128 keys so that they stay fast to fuzz.
+            space: match prog.hasher {
+                HasherKind::Mod4 | HasherKind::Zero => prog.keys.size().min(128),
+                HasherKind::Random | HasherKind::Identity => prog.keys.size(),
+            },
             cfg,
             pins: 0,
             held: Vec::new(),
@@ -457,12 +462,10 @@ impl<'m> Runner<'m> {
         }
         self.check_iteration(pinned.iter().map(|(k, v)| (*k, v.n)), "iter");
         assert_eq!(pinned.len(), self.model.len(), "pinned len");
-        let dbg = format!("{:?}", self.map);
-        assert_eq!(
-            dbg.matches(':').count(),
-            self.model.len(),
-            "Debug output: {dbg}"
-        );
+        if self.model.len() <= 64 {
+            let dbg = format!("{:?}", self.map);
+            assert_eq!(dbg.matches(':').count(), self.model.len(), "Debug: {dbg}");
+        }
     }
 
     /// A complete iteration of a map nobody changes: exactly the model.
