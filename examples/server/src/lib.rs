@@ -1,0 +1,1 @@
+//! An example HTTP server built on `tiermap` (work in progress, issue 8).
