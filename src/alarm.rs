@@ -165,7 +165,12 @@ pub struct RetentionPolicy {
     thresholds: [Option<f64>; 3],
     floor: usize,
     hysteresis: f64,
+    /// Snapshots over which retired bytes must stay above their threshold (1..=MAX_WINDOW).
+    retired_window: usize,
 }
+
+/// Longest window of [`RetentionPolicy::retired_window`].
+const MAX_WINDOW: usize = 16;
 
 impl Default for RetentionPolicy {
     fn default() -> Self {
@@ -174,7 +179,8 @@ impl Default for RetentionPolicy {
 }
 
 impl RetentionPolicy {
-    /// A policy with no condition, a floor of 256 KiB and a hysteresis of 0.2.
+    /// A policy with no condition, a floor of 256 KiB, a hysteresis of 0.2 and a retired-bytes
+    /// window of 8 snapshots.
     ///
     /// ```
     /// let policy = tiermap::RetentionPolicy::new();
@@ -185,6 +191,7 @@ impl RetentionPolicy {
             thresholds: [None; 3],
             floor: 256 << 10,
             hysteresis: 0.2,
+            retired_window: 8,
         }
     }
 
@@ -229,9 +236,22 @@ impl RetentionPolicy {
         self
     }
 
-    /// Trips when more than `bytes` of superseded tables wait to be freed
+    /// Trips when more than `bytes` of superseded tables stay waiting to be freed
     /// ([`RetentionCondition::RetiredBytes`]): the sign of a guard kept alive for too long. The
     /// floor does not apply to this condition.
+    ///
+    /// Every promotion and every `clear` retires a table (after a `clear`, the whole old map),
+    /// and the hook takes its snapshot right then, before any collection could free it: one
+    /// table is pending for a check or two after each promotion, however healthy the map. So
+    /// the alarm judges this condition on the *smallest* retired-bytes value of the last
+    /// [`retired_window`](Self::retired_window) snapshots (8 unless set): it trips only when
+    /// retired bytes stay above `bytes` for that many checks in a row, and re-arms as soon as
+    /// one snapshot is at or below the re-arm level.
+    ///
+    /// Even so, set `bytes` above the largest table you expect (about a third of
+    /// [`MapStats::held_bytes`] at the map's peak): with several threads writing on fewer cores,
+    /// a thread descheduled while pinned delays every collection, and a superseded table may
+    /// then wait for thousands of operations without any guard being leaked.
     ///
     /// ```
     /// let policy = tiermap::RetentionPolicy::new().max_retired_bytes(64 << 20);
@@ -258,6 +278,29 @@ impl RetentionPolicy {
     #[must_use]
     pub const fn min_held_bytes(mut self, bytes: usize) -> Self {
         self.floor = bytes;
+        self
+    }
+
+    /// How many consecutive snapshots retired bytes must stay above
+    /// [`max_retired_bytes`](Self::max_retired_bytes) to trip (see there why). Defaults to 8,
+    /// which spans at least 448 slow-path operations after a promotion (with one writer, a
+    /// promotion's table was seen freed within four checks); 1 judges every snapshot alone.
+    ///
+    /// # Panics
+    ///
+    /// If `snapshots` is 0 or more than 16.
+    ///
+    /// ```
+    /// let policy = tiermap::RetentionPolicy::new().max_retired_bytes(1 << 20).retired_window(8);
+    /// # let _ = policy;
+    /// ```
+    #[must_use]
+    pub fn retired_window(mut self, snapshots: usize) -> Self {
+        assert!(
+            (1..=MAX_WINDOW).contains(&snapshots),
+            "retired_window must be within 1..={MAX_WINDOW}, got {snapshots}"
+        );
+        self.retired_window = snapshots;
         self
     }
 
@@ -325,7 +368,8 @@ impl RetentionPolicy {
     }
 
     /// The conditions that `stats` puts above their thresholds, without any alarm state (no
-    /// hysteresis): for code that polls [`SyncMap::stats`](crate::SyncMap::stats) itself.
+    /// hysteresis, no retired-bytes window): for code that polls
+    /// [`SyncMap::stats`](crate::SyncMap::stats) itself.
     ///
     /// ```
     /// use tiermap::{RetentionCondition, RetentionPolicy};
@@ -371,7 +415,9 @@ impl RetentionPolicy {
 pub struct RetentionAlert {
     /// The condition that crossed its threshold.
     pub condition: RetentionCondition,
-    /// Its value in [`stats`](Self::stats) (see [`RetentionPolicy::level`]).
+    /// Its value in [`stats`](Self::stats) (see [`RetentionPolicy::level`]); for
+    /// [`RetentionCondition::RetiredBytes`], the smallest value of the window of snapshots
+    /// that tripped it (see [`RetentionPolicy::max_retired_bytes`]).
     pub value: f64,
     /// The threshold it crossed.
     pub threshold: f64,
@@ -411,8 +457,35 @@ struct AlarmState {
     /// condition above its threshold (whose checker won the CAS and ran the callback) until one
     /// at or below its re-arm level.
     tripped: [AtomicBool; 3],
+    /// The retired bytes of the latest snapshots. Held only to push and take the minimum.
+    retired: Mutex<Window>,
     fired: AtomicU64,
     panics: AtomicU64,
+}
+
+/// The latest values of one condition, in a ring.
+#[derive(Default)]
+struct Window {
+    recent: [f64; MAX_WINDOW],
+    next: usize,
+    filled: usize,
+}
+
+impl Window {
+    /// Records `value` and returns the smallest of the latest `len` values, or 0 while fewer
+    /// than `len` were recorded (so the condition cannot trip before the window is full).
+    fn push_min(&mut self, value: f64, len: usize) -> f64 {
+        self.recent[self.next] = value;
+        self.next = (self.next + 1) % len;
+        self.filled = (self.filled + 1).min(len);
+        if self.filled < len {
+            return 0.0;
+        }
+        self.recent[..len]
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    }
 }
 
 impl AlarmState {
@@ -423,7 +496,14 @@ impl AlarmState {
             let Some(threshold) = self.policy.threshold(c) else {
                 continue;
             };
-            let value = self.policy.level(c, stats);
+            let now = self.policy.level(c, stats);
+            // What trips is the sustained value; what re-arms is the latest one.
+            let value = if c == RetentionCondition::RetiredBytes {
+                let mut window = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+                window.push_min(now, self.policy.retired_window)
+            } else {
+                now
+            };
             let flag = &self.tripped[c.index()];
             if value > threshold {
                 // AcqRel/Acquire: orders the callbacks of successive crossings (a checker that
@@ -436,7 +516,7 @@ impl AlarmState {
                         stats: *stats,
                     });
                 }
-            } else if value <= threshold * (1.0 - self.policy.hysteresis) && flag.load(Relaxed) {
+            } else if now <= threshold * (1.0 - self.policy.hysteresis) && flag.load(Relaxed) {
                 flag.store(false, Release);
             }
         }
@@ -621,6 +701,7 @@ impl Hooks {
             policy,
             on_alarm,
             tripped: Default::default(),
+            retired: Mutex::default(),
             fired: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         });
@@ -769,7 +850,8 @@ mod tests {
     fn hysteresis_band() {
         let policy = RetentionPolicy::new()
             .max_retired_bytes(1000)
-            .hysteresis(0.5);
+            .hysteresis(0.5)
+            .retired_window(1);
         let (alarm, seen) = counting(policy);
         for retired in [0, 1001, 2000, 900, 501, 1500, 500, 999, 1001, 1000, 0] {
             alarm.check(&stats(0, 0, 0, retired));
@@ -778,6 +860,34 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2);
         assert_eq!(alarm.fired(), 2);
         assert!(!alarm.is_tripped(RetentionCondition::RetiredBytes));
+    }
+
+    #[test]
+    fn retired_bytes_must_be_sustained() {
+        let policy = RetentionPolicy::new()
+            .max_retired_bytes(1000)
+            .retired_window(4);
+        let (alarm, seen) = counting(policy);
+        // Promotion spikes that are gone a check or two later never trip a window of 4.
+        for retired in [5000, 5000, 0, 0, 9000, 0, 7000, 7000, 0, 3000] {
+            alarm.check(&stats(0, 0, 0, retired));
+        }
+        assert_eq!(alarm.fired(), 0);
+        // Four in a row do; the alert reports the smallest of them.
+        for retired in [3000, 2000, 4000] {
+            alarm.check(&stats(0, 0, 0, retired));
+        }
+        assert_eq!(alarm.fired(), 1);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // One snapshot at the re-arm level (800) re-arms at once.
+        alarm.check(&stats(0, 0, 0, 800));
+        assert!(!alarm.is_tripped(RetentionCondition::RetiredBytes));
+        for retired in [1200, 1200, 1200] {
+            alarm.check(&stats(0, 0, 0, retired));
+        }
+        assert_eq!(alarm.fired(), 1, "800 is still in the window");
+        alarm.check(&stats(0, 0, 0, 1200));
+        assert_eq!(alarm.fired(), 2);
     }
 
     #[test]
