@@ -560,6 +560,9 @@ impl<'m> Worker<'m> {
     }
 }
 
+/// What a thread leaves behind: its own keys' model and every `(key, seq)` it wrote.
+type ThreadResult = (HashMap<u16, u32>, HashSet<(u16, u32)>);
+
 /// Runs the threads of `input` on one map and checks the outcome (see the module docs).
 /// `patience` bounds the wait for other threads' epoch pins when checking for leaks.
 pub fn run(input: &Input, patience: std::time::Duration) {
@@ -572,7 +575,7 @@ pub fn run(input: &Input, patience: std::time::Duration) {
         .collect();
     let barrier = Barrier::new(n);
     let done = AtomicUsize::new(0);
-    let results: Vec<(HashMap<u16, u32>, HashSet<(u16, u32)>)> = std::thread::scope(|s| {
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = seqs
             .iter()
             .enumerate()

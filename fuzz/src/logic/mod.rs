@@ -129,7 +129,7 @@ pub fn drain(tracker: &Tracker, patience: Duration) -> isize {
         }
         crossbeam_epoch::pin().flush();
         rounds += 1;
-        if rounds % 64 == 0 {
+        if rounds & 63 == 0 {
             std::thread::yield_now();
         }
     }
