@@ -420,10 +420,11 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// | `tiermap_map_promotions_total`  | counter | [`MapStats::promotions`]  |
     /// | `tiermap_map_compactions_total` | counter | [`MapStats::compactions`] |
     ///
-    /// The values are set once before this method returns and then at every snapshot of the
-    /// observer hook (every 64 slow-path operations, after promotions and clears; see
-    /// [`SyncMap::set_retention_alarm`] for the cost): a gauge may lag a burst of lock-free
-    /// deletes until the next slow operation. The metric handles are registered with the
+    /// The values are set once before this method returns (so calling it again with the same
+    /// name publishes on demand) and then at every snapshot of the observer hook (every 64
+    /// slow-path operations, after promotions and clears; see [`SyncMap::set_retention_alarm`]
+    /// for the cost): a gauge may lag a burst of lock-free deletes until the next slow
+    /// operation. The metric handles are registered with the
     /// recorder current when this is called, so install the recorder (e.g. a Prometheus
     /// exporter) first. Without the feature, neither this method nor the `metrics` dependency
     /// exists, and nothing is paid.
