@@ -94,6 +94,8 @@ mod facade;
 mod map;
 mod raw;
 mod stats;
+#[cfg(feature = "serde")]
+mod serde_impls;
 
 /// The README's example, run as a doctest so that it cannot rot.
 #[cfg(doctest)]
