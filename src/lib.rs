@@ -92,10 +92,11 @@
 mod alarm;
 mod facade;
 mod map;
+pub mod pool;
 mod raw;
-mod stats;
 #[cfg(feature = "serde")]
 mod serde_impls;
+mod stats;
 
 /// The README's example, run as a doctest so that it cannot rot.
 #[cfg(doctest)]
@@ -104,4 +105,5 @@ struct ReadmeDoctests;
 
 pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
 pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
+pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
 pub use stats::{MapStats, Released};

@@ -819,6 +819,15 @@ where
     }
 }
 
+impl<K, V, S> SyncMap<K, V, S> {
+    /// Empties a map you own exclusively and frees its entries, values and tables at once (no
+    /// epoch deferral is needed with `&mut self`), leaving a fresh table of `slots` slots whose
+    /// chunks are allocated on first use. Used by [`MapPool`](crate::MapPool).
+    pub(crate) fn reset_exclusive(&mut self, slots: usize) {
+        self.raw.reset_exclusive(slots);
+    }
+}
+
 impl<K, V> Default for SyncMap<K, V, RandomState> {
     fn default() -> Self {
         Self::new()

@@ -340,3 +340,36 @@ fn regression_remove_if_predicate_that_clears_counts_old_generation() {
     assert_eq!(map.len(), 1);
     assert_eq!(map.stats().len, 1);
 }
+
+#[test]
+fn pooled_sync_map_is_reset_and_bounded() {
+    use tiermap::{MapPool, Recycle};
+    let pool: MapPool<SyncMap<u64, u64>> = MapPool::builder()
+        .initial_capacity(64)
+        .capacity_ceiling(1024)
+        .max_idle(2)
+        .build();
+    let ceiling = pool.capacity_ceiling().unwrap();
+    for round in 0..3 {
+        let n = if round == 1 { 100_000 } else { 10 };
+        {
+            let map = pool.get();
+            assert!(map.is_empty(), "a pooled map comes back empty");
+            assert!(Recycle::capacity(&*map) <= ceiling);
+            for i in 0..n {
+                map.insert(i, i);
+            }
+            assert_eq!(map.len(), n as usize);
+        }
+        let s = pool.stats();
+        assert!(s.retained_bytes < 64 * 1024, "round {round}: {s}");
+    }
+    // Reset keeps the capacity, so an in-ceiling map is not shrunk again on every return.
+    let mut m = <SyncMap<u64, u64> as Recycle>::with_capacity(100);
+    let c = Recycle::capacity(&m);
+    assert!(c >= 100);
+    m.insert(1, 1);
+    Recycle::reset(&mut m);
+    assert!(m.is_empty());
+    assert_eq!(Recycle::capacity(&m), c);
+}

@@ -1029,6 +1029,33 @@ impl<K, V> RawMap<K, V> {
         }
     }
 
+    /// Empties a map the caller owns exclusively, freeing everything now (no epoch deferral:
+    /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
+    /// `slots` slots (chunks are allocated on first use, so this costs a directory).
+    pub(crate) fn reset_exclusive(&mut self, slots: usize) {
+        let (read, dirty, upto) = self.take_tiers();
+        // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
+        unsafe {
+            free_tier(read, upto);
+            if !dirty.is_null() {
+                free_tier(dirty, 0);
+            }
+        }
+        let id = self.generation.load(Relaxed) + 1;
+        let gen = Gen::new(id);
+        let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
+        let empty = self.read.swap(fresh, AcqRel);
+        // SAFETY: the empty tier `take_tiers` installed; nobody else can see it.
+        drop(unsafe { Box::from_raw(empty) });
+        self.generation.store(id, Release);
+        let mut st = lock(&self.dirty);
+        st.tier = (slots > 0).then(|| Tier::boxed(slots, gen));
+        st.cursor = 0;
+        st.misses = 0;
+        st.expunged = 0;
+        st.compacting = false;
+    }
+
     /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
     fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {
         let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
