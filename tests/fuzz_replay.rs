@@ -251,3 +251,22 @@ fn remove_if_racing_clear_miscounts_len_threads() {
     );
     assert_eq!(map.stats().len, 1);
 }
+
+/// Found by `ci/miri.sh` (Tree Borrows): a migration copies each live entry into the dirty tier
+/// as `e as *const Entry as *mut Entry`, where `e: &Entry` comes from the `Table::scan`
+/// callback (`RawMap::migrate`, src/raw/mod.rs). The copied pointer carries the shared
+/// reference's read-only permission, and the tier that ends up owning the entry later frees it
+/// through that pointer (`free_tier`: `Box::from_raw(e)`): a deallocation through a frozen tag,
+/// undefined behaviour under Miri's aliasing models. Passes natively; fails under
+/// `cargo +nightly miri test` with `-Zmiri-tree-borrows`. Fix: let `scan` hand out the slot's
+/// raw `*mut Entry` (untagged, with the provenance of the `Box::into_raw` that made it) and
+/// insert that into the dirty table, deriving `&Entry` from it only for the expunge check.
+#[test]
+fn migrated_entry_freed_through_shared_ref_provenance() {
+    let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::new();
+    map.insert(1, 1);
+    assert_eq!(map.pin().iter().count(), 1); // promotes: entry 1 is in the read tier
+    map.insert(2, 2); // starts a migration, which copies entry 1 into the new dirty tier
+    assert_eq!(map.pin().iter().count(), 2); // completes it and promotes
+    drop(map); // frees entry 1 through the copied pointer
+}
