@@ -76,6 +76,26 @@
 //! `K` and `V` must be `Send + 'static` for the mutating methods: replaced and removed values are
 //! dropped later, possibly on another thread, by the epoch collector.
 //!
+//! ## Retention alarm and metrics
+//!
+//! [`SyncMap::set_retention_alarm`] watches a [`RetentionPolicy`] (bytes per live entry, share
+//! of deleted entries, retired bytes, above a floor) and calls you once per crossing, outside
+//! every lock, with a [`RetentionAlert`]; `SyncMap::publish_metrics` (feature `metrics`)
+//! exports the same statistics as gauges through the `metrics` facade. Both ride on one hook
+//! that runs every 64 slow-path operations and after promotions and clears, never on a read hit.
+//!
+//! ```
+//! use tiermap::{RetentionPolicy, SyncMap};
+//!
+//! let sessions: SyncMap<u64, String> = SyncMap::new();
+//! let policy = RetentionPolicy::new().max_bytes_per_entry(4096).max_deleted_ratio(0.5);
+//! let alarm = sessions.set_retention_alarm(policy, |alert| eprintln!("sessions: {alert}"));
+//! # #[cfg(feature = "metrics")]
+//! sessions.publish_metrics("sessions"); // with the `metrics` feature
+//! sessions.insert(1, "alice".into());
+//! assert_eq!(alarm.fired(), 0);
+//! ```
+//!
 //! ## Panics in user code
 //!
 //! A panicking `Hash`, `Eq`, `PartialEq`, `Clone`, `get_or_insert_with` closure, `retain`
