@@ -1,5 +1,6 @@
 //! The retention alarm ([`RetentionPolicy`], [`RetentionAlarm`]) and the `metrics` export, both
-//! fed by the map's one observer hook through a small fan-out ([`Hooks`]).
+//! fed by the map's one observer hook through a small fan-out ([`Hooks`]); and the same two for
+//! [`MapPool`] ([`PoolRetentionPolicy`], [`PoolHooks`]).
 //!
 //! # Where the checks run
 //!
@@ -27,11 +28,13 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
+use crate::pool::{MapPool, PoolStats, Recycle};
 use crate::raw::Observer;
 use crate::stats::{Bytes, MapStats};
 
@@ -523,16 +526,21 @@ impl AlarmState {
     }
 
     fn fire(&self, alert: RetentionAlert) {
-        // Relaxed: statistics.
-        self.fired.fetch_add(1, Relaxed);
-        // AssertUnwindSafe: after a panic we touch none of the callback's state, only count it;
-        // the alarm's own state was settled before the call (the crossing counts as reported),
-        // and no lock of the map is held here.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.on_alarm)(&alert))) {
-            self.panics.fetch_add(1, Relaxed);
-            // A payload whose destructor panics would escape here; drop it under a guard too.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-        }
+        run_callback(&self.fired, &self.panics, || (self.on_alarm)(&alert));
+    }
+}
+
+/// Runs an alarm callback, counting the call and, if it panics, the panic (caught).
+fn run_callback(fired: &AtomicU64, panics: &AtomicU64, callback: impl FnOnce()) {
+    // Relaxed: statistics.
+    fired.fetch_add(1, Relaxed);
+    // AssertUnwindSafe: after a panic we touch none of the callback's state, only count it; the
+    // alarm's own state was settled before the call (the crossing counts as reported), and no
+    // lock of the map or pool is held here.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(callback)) {
+        panics.fetch_add(1, Relaxed);
+        // A payload whose destructor panics would escape here; drop it under a guard too.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
     }
 }
 
@@ -739,11 +747,459 @@ impl Hooks {
     }
 }
 
+/// Threshold for the memory a [`MapPool`] keeps in idle objects, checked by the alarm that
+/// [`MapPool::set_retention_alarm`] installs.
+///
+/// The condition is [`PoolStats::retained_bytes`] above
+/// [`max_retained_bytes`](Self::max_retained_bytes); it re-arms at
+/// `threshold × (1 − hysteresis)` or below. A pool with its capacity ceiling in force never
+/// holds more than `max_idle × ceiling × bytes per slot`; the alarm is for pools whose ceiling
+/// is off or set too high, where one huge request leaves a huge object idle.
+///
+/// ```
+/// let policy = tiermap::PoolRetentionPolicy::new().max_retained_bytes(8 << 20);
+/// assert_eq!(policy.threshold(), Some(8 << 20));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolRetentionPolicy {
+    max_retained_bytes: Option<usize>,
+    hysteresis: f64,
+}
+
+impl Default for PoolRetentionPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolRetentionPolicy {
+    /// A policy with no threshold (it never trips) and a hysteresis of 0.2.
+    ///
+    /// ```
+    /// assert_eq!(tiermap::PoolRetentionPolicy::new().threshold(), None);
+    /// ```
+    pub const fn new() -> Self {
+        PoolRetentionPolicy {
+            max_retained_bytes: None,
+            hysteresis: 0.2,
+        }
+    }
+
+    /// Trips when the idle objects hold more than `bytes` ([`PoolStats::retained_bytes`]).
+    ///
+    /// ```
+    /// let policy = tiermap::PoolRetentionPolicy::new().max_retained_bytes(1 << 20);
+    /// assert_eq!(policy.threshold(), Some(1 << 20));
+    /// ```
+    #[must_use]
+    pub const fn max_retained_bytes(mut self, bytes: usize) -> Self {
+        self.max_retained_bytes = Some(bytes);
+        self
+    }
+
+    /// As [`RetentionPolicy::hysteresis`]: a tripped alarm re-arms at
+    /// `threshold × (1 − fraction)` or below. Defaults to 0.2.
+    ///
+    /// # Panics
+    ///
+    /// If `fraction` is not within `0.0..1.0`.
+    ///
+    /// ```
+    /// let policy = tiermap::PoolRetentionPolicy::new().max_retained_bytes(1000).hysteresis(0.5);
+    /// assert_eq!(policy.rearm_level(), Some(500));
+    /// ```
+    #[must_use]
+    pub fn hysteresis(mut self, fraction: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&fraction),
+            "hysteresis must be within 0..1, got {fraction}"
+        );
+        self.hysteresis = fraction;
+        self
+    }
+
+    /// The threshold, if set.
+    ///
+    /// ```
+    /// assert_eq!(tiermap::PoolRetentionPolicy::new().max_retained_bytes(7).threshold(), Some(7));
+    /// ```
+    pub fn threshold(&self) -> Option<usize> {
+        self.max_retained_bytes
+    }
+
+    /// The retained bytes at or below which a tripped alarm re-arms, if a threshold is set.
+    ///
+    /// ```
+    /// let policy = tiermap::PoolRetentionPolicy::new().max_retained_bytes(1000); // 0.2
+    /// assert_eq!(policy.rearm_level(), Some(800));
+    /// ```
+    pub fn rearm_level(&self) -> Option<usize> {
+        self.max_retained_bytes
+            .map(|t| (t as f64 * (1.0 - self.hysteresis)) as usize)
+    }
+}
+
+/// What a pool's retention alarm reports: the retained bytes that crossed the threshold, and
+/// the snapshot that showed them. Its `Display` is one log line.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tiermap::pool::MapPool;
+/// use tiermap::{PoolRetentionAlert, PoolRetentionPolicy};
+///
+/// let pool: MapPool<Vec<u64>> = MapPool::builder().capacity_ceiling(None).build();
+/// let seen: Arc<Mutex<Vec<PoolRetentionAlert>>> = Arc::default();
+/// let sink = seen.clone();
+/// let policy = PoolRetentionPolicy::new().max_retained_bytes(1 << 20);
+/// pool.set_retention_alarm(policy, move |alert| sink.lock().unwrap().push(*alert));
+/// let mut huge = pool.get();
+/// huge.extend(0..1_000_000u64); // 8 MB, kept idle: the ceiling is off
+/// drop(huge);
+/// let alert = seen.lock().unwrap()[0];
+/// assert!(alert.retained_bytes >= 8_000_000);
+/// assert_eq!(alert.threshold, 1 << 20);
+/// println!("{alert}");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PoolRetentionAlert {
+    /// [`PoolStats::retained_bytes`] of the snapshot.
+    pub retained_bytes: usize,
+    /// The threshold it crossed.
+    pub threshold: usize,
+    /// The snapshot that showed it.
+    pub stats: PoolStats,
+}
+
+impl fmt::Display for PoolRetentionAlert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pool retention alarm: retained {} > {} ({})",
+            Bytes(self.retained_bytes),
+            Bytes(self.threshold),
+            self.stats
+        )
+    }
+}
+
+/// The callback of a pool's retention alarm.
+type PoolCallback = Box<dyn Fn(&PoolRetentionAlert) + Send + Sync>;
+
+/// One installed pool alarm.
+struct PoolAlarmState {
+    policy: PoolRetentionPolicy,
+    on_alarm: PoolCallback,
+    /// As `AlarmState::tripped`, for the one condition.
+    tripped: AtomicBool,
+    fired: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl PoolAlarmState {
+    fn check(&self, stats: &PoolStats) {
+        let Some(threshold) = self.policy.max_retained_bytes else {
+            return;
+        };
+        let value = stats.retained_bytes;
+        if value > threshold {
+            // AcqRel/Acquire: as in `AlarmState::check`.
+            if self
+                .tripped
+                .compare_exchange(false, true, AcqRel, Acquire)
+                .is_ok()
+            {
+                let alert = PoolRetentionAlert {
+                    retained_bytes: value,
+                    threshold,
+                    stats: *stats,
+                };
+                run_callback(&self.fired, &self.panics, || (self.on_alarm)(&alert));
+            }
+        } else if (value as f64) <= threshold as f64 * (1.0 - self.policy.hysteresis)
+            && self.tripped.load(Relaxed)
+        {
+            self.tripped.store(false, Release);
+        }
+    }
+}
+
+/// A handle to a pool's retention alarm (from [`MapPool::set_retention_alarm`]).
+///
+/// ```
+/// use tiermap::pool::MapPool;
+///
+/// let pool: MapPool<Vec<u8>> = MapPool::new();
+/// let alarm = pool.set_retention_alarm(
+///     tiermap::PoolRetentionPolicy::new().max_retained_bytes(1 << 30),
+///     |_| {},
+/// );
+/// drop(pool.get());
+/// assert_eq!((alarm.fired(), alarm.panics()), (0, 0));
+/// assert!(!alarm.is_tripped());
+/// ```
+#[derive(Clone)]
+pub struct PoolRetentionAlarm(Arc<PoolAlarmState>);
+
+impl PoolRetentionAlarm {
+    /// The policy this alarm checks.
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// let policy = tiermap::PoolRetentionPolicy::new().max_retained_bytes(1);
+    /// assert_eq!(pool.set_retention_alarm(policy, |_| {}).policy(), &policy);
+    /// ```
+    pub fn policy(&self) -> &PoolRetentionPolicy {
+        &self.0.policy
+    }
+
+    /// How many times the callback was called (once per crossing).
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// let alarm = pool.set_retention_alarm(tiermap::PoolRetentionPolicy::new(), |_| {});
+    /// assert_eq!(alarm.fired(), 0);
+    /// ```
+    pub fn fired(&self) -> u64 {
+        self.0.fired.load(Relaxed)
+    }
+
+    /// How many calls of the callback panicked (caught and counted, as for maps; see
+    /// [`SyncMap::set_retention_alarm`](crate::SyncMap::set_retention_alarm)).
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// let alarm = pool.set_retention_alarm(tiermap::PoolRetentionPolicy::new(), |_| {});
+    /// assert_eq!(alarm.panics(), 0);
+    /// ```
+    pub fn panics(&self) -> u64 {
+        self.0.panics.load(Relaxed)
+    }
+
+    /// Whether the alarm is tripped (crossed and not yet back at the re-arm level).
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// let alarm = pool.set_retention_alarm(tiermap::PoolRetentionPolicy::new(), |_| {});
+    /// assert!(!alarm.is_tripped());
+    /// ```
+    pub fn is_tripped(&self) -> bool {
+        self.0.tripped.load(Acquire)
+    }
+}
+
+impl fmt::Debug for PoolRetentionAlarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolRetentionAlarm")
+            .field("policy", &self.0.policy)
+            .field("tripped", &self.is_tripped())
+            .field("fired", &self.fired())
+            .field("panics", &self.panics())
+            .finish()
+    }
+}
+
+/// Returns per shard between two checks of a pool's sinks.
+const POOL_CHECK_EVERY: u64 = 64;
+
+/// A pool's hook: the alarm and the metrics publisher, checked on the return path.
+///
+/// A return checks (takes a [`PoolStats`] snapshot, which sums the shards' counters) when the
+/// home shard's return count reaches a multiple of 64, and at once when it kept an object of at
+/// least a sixteenth of the alarm's threshold (so one huge object is seen on its way in). With no
+/// sink set, a return pays one relaxed load.
+#[derive(Default)]
+pub(crate) struct PoolHooks {
+    /// Whether any sink is set.
+    active: AtomicBool,
+    /// A kept object of at least this many bytes is checked at once (0 while unset: never).
+    big: AtomicUsize,
+    alarm: ArcSwapOption<PoolAlarmState>,
+    #[cfg(feature = "metrics")]
+    metrics: ArcSwapOption<metrics_export::PoolPublisher>,
+    /// Held while the sinks change, never while they run.
+    config: Mutex<()>,
+}
+
+impl fmt::Debug for PoolHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolHooks")
+            .field("active", &self.active.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolHooks {
+    /// Called after every return, outside every lock of the pool: `kept_bytes` are the bytes of
+    /// the object kept idle (0 if it was dropped), `shard_returns` the home shard's return count.
+    #[inline]
+    pub(crate) fn after_return(
+        &self,
+        kept_bytes: usize,
+        shard_returns: impl FnOnce() -> u64,
+        stats: impl FnOnce() -> PoolStats,
+    ) {
+        // Relaxed: a hint; a sink set concurrently is seen at a later return.
+        if !self.active.load(Relaxed) {
+            return;
+        }
+        let big = self.big.load(Relaxed);
+        if (big > 0 && kept_bytes >= big) || shard_returns() % POOL_CHECK_EVERY == 0 {
+            self.notify(&stats());
+        }
+    }
+
+    /// Runs the sinks now if any is set (after `clear`, and on installation).
+    pub(crate) fn check_now(&self, stats: impl FnOnce() -> PoolStats) {
+        if self.active.load(Relaxed) {
+            self.notify(&stats());
+        }
+    }
+
+    fn notify(&self, stats: &PoolStats) {
+        #[cfg(feature = "metrics")]
+        if let Some(publisher) = self.metrics.load_full() {
+            publisher.publish(stats);
+        }
+        if let Some(alarm) = self.alarm.load_full() {
+            alarm.check(stats);
+        }
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&Self) -> R) -> R {
+        let _config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = change(self);
+        let alarm = self.alarm.load();
+        let big = alarm
+            .as_ref()
+            .and_then(|a| a.policy.max_retained_bytes)
+            .map_or(0, |t| (t / 16).max(1));
+        #[cfg(feature = "metrics")]
+        let active = alarm.is_some() || self.metrics.load().is_some();
+        #[cfg(not(feature = "metrics"))]
+        let active = alarm.is_some();
+        self.big.store(big, Relaxed);
+        self.active.store(active, Relaxed);
+        r
+    }
+}
+
+impl<T: Recycle> MapPool<T> {
+    /// Installs a retention alarm on the pool: `on_alarm` runs once each time the idle objects'
+    /// [`PoolStats::retained_bytes`] cross the policy's threshold, and the alarm re-arms once
+    /// they fall back to the re-arm level. Replaces any alarm set before; checks once before
+    /// returning.
+    ///
+    /// **When it is checked.** After returns (a guard dropped, or [`MapPool::put`]), outside
+    /// every lock of the pool: every 64 returns to a shard, at once after a return that kept an
+    /// object of at least a sixteenth of the threshold, and after [`MapPool::clear`]. `get`
+    /// never checks.
+    ///
+    /// **Cost.** With no alarm and no metrics publisher, one relaxed load per return. With
+    /// one, a check every 64 returns per shard sums the shards' counters (a few atomic loads per
+    /// shard), plus one check per big object kept.
+    ///
+    /// **The callback** runs on the returning thread, may use the pool (and `get` or `put`
+    /// objects), and if it panics the panic is caught and counted
+    /// ([`PoolRetentionAlarm::panics`]), as for maps; the return completes normally.
+    ///
+    /// ```
+    /// use tiermap::pool::MapPool;
+    /// use tiermap::PoolRetentionPolicy;
+    ///
+    /// // Mis-configured: no ceiling, so a huge request leaves a huge map idle.
+    /// let pool: MapPool<std::collections::HashMap<u64, u64>> =
+    ///     MapPool::builder().capacity_ceiling(None).build();
+    /// let alarm = pool.set_retention_alarm(
+    ///     PoolRetentionPolicy::new().max_retained_bytes(4 << 20),
+    ///     |alert| eprintln!("{alert}"),
+    /// );
+    /// let mut map = pool.get();
+    /// map.extend((0..1_000_000).map(|k| (k, k)));
+    /// drop(map);
+    /// assert_eq!(alarm.fired(), 1);
+    /// pool.clear(); // the huge map is dropped; the alarm re-arms
+    /// assert!(!alarm.is_tripped());
+    /// ```
+    pub fn set_retention_alarm(
+        &self,
+        policy: PoolRetentionPolicy,
+        on_alarm: impl Fn(&PoolRetentionAlert) + Send + Sync + 'static,
+    ) -> PoolRetentionAlarm {
+        let state = Arc::new(PoolAlarmState {
+            policy,
+            on_alarm: Box::new(on_alarm),
+            tripped: AtomicBool::new(false),
+            fired: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        });
+        self.hook
+            .update(|h| h.alarm.store(Some(Arc::clone(&state))));
+        state.check(&self.stats());
+        PoolRetentionAlarm(state)
+    }
+
+    /// Removes the pool's retention alarm, returning its handle if one was set.
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// pool.set_retention_alarm(tiermap::PoolRetentionPolicy::new(), |_| {});
+    /// assert!(pool.clear_retention_alarm().is_some());
+    /// assert!(pool.clear_retention_alarm().is_none());
+    /// ```
+    pub fn clear_retention_alarm(&self) -> Option<PoolRetentionAlarm> {
+        self.hook
+            .update(|h| h.alarm.swap(None).map(PoolRetentionAlarm))
+    }
+
+    /// Publishes the pool's statistics through the [`metrics`](https://docs.rs/metrics) facade,
+    /// labelled `pool="<name>"` (feature `metrics`); composes with the pool's alarm.
+    ///
+    /// | metric                               | kind    | from                            |
+    /// |--------------------------------------|---------|---------------------------------|
+    /// | `tiermap_pool_idle`                  | gauge   | [`PoolStats::idle`]             |
+    /// | `tiermap_pool_retained_bytes`        | gauge   | [`PoolStats::retained_bytes`]   |
+    /// | `tiermap_pool_gets_total`            | counter | [`PoolStats::gets`]             |
+    /// | `tiermap_pool_hits_total`            | counter | [`PoolStats::hits`]             |
+    /// | `tiermap_pool_misses_total`          | counter | [`PoolStats::misses`]           |
+    /// | `tiermap_pool_returns_shrunk_total`  | counter | [`PoolStats::returns_shrunk`]   |
+    /// | `tiermap_pool_returns_dropped_total` | counter | [`PoolStats::returns_dropped`]  |
+    ///
+    /// Published once before returning (calling again publishes on demand), then when the
+    /// pool's hook checks (see [`MapPool::set_retention_alarm`]). Install the recorder first.
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// pool.publish_metrics("buffers");
+    /// drop(pool.get());
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self, name: impl Into<String>) {
+        let publisher = Arc::new(metrics_export::PoolPublisher::new(name.into()));
+        self.hook
+            .update(|h| h.metrics.store(Some(Arc::clone(&publisher))));
+        publisher.publish(&self.stats());
+    }
+
+    /// Stops publishing the pool's metrics (feature `metrics`); whether a publisher was set.
+    ///
+    /// ```
+    /// let pool: tiermap::pool::MapPool<Vec<u8>> = tiermap::pool::MapPool::new();
+    /// pool.publish_metrics("buffers");
+    /// assert!(pool.unpublish_metrics());
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn unpublish_metrics(&self) -> bool {
+        self.hook.update(|h| h.metrics.swap(None).is_some())
+    }
+}
+
 /// Metric names and the publisher (feature `metrics`).
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics_export {
     use metrics::{Counter, Gauge, Unit};
 
+    use crate::pool::PoolStats;
     use crate::stats::MapStats;
 
     /// Gauge: keys present ([`MapStats::len`]).
@@ -816,6 +1272,77 @@ pub(crate) mod metrics_export {
             self.retired_bytes.set(s.retired_bytes as f64);
             self.promotions.absolute(s.promotions);
             self.compactions.absolute(s.compactions);
+        }
+    }
+
+    /// The handles of one named pool's metrics.
+    pub(crate) struct PoolPublisher {
+        idle: Gauge,
+        retained_bytes: Gauge,
+        gets: Counter,
+        hits: Counter,
+        misses: Counter,
+        shrunk: Counter,
+        dropped: Counter,
+    }
+
+    impl PoolPublisher {
+        pub(crate) fn new(name: String) -> Self {
+            metrics::describe_gauge!(
+                "tiermap_pool_idle",
+                Unit::Count,
+                "Objects idle in the pool."
+            );
+            metrics::describe_gauge!(
+                "tiermap_pool_retained_bytes",
+                Unit::Bytes,
+                "Heap bytes held by the pool's idle objects."
+            );
+            metrics::describe_counter!(
+                "tiermap_pool_gets_total",
+                Unit::Count,
+                "Objects handed out."
+            );
+            metrics::describe_counter!(
+                "tiermap_pool_hits_total",
+                Unit::Count,
+                "Gets served by an idle object."
+            );
+            metrics::describe_counter!(
+                "tiermap_pool_misses_total",
+                Unit::Count,
+                "Gets that created a new object."
+            );
+            metrics::describe_counter!(
+                "tiermap_pool_returns_shrunk_total",
+                Unit::Count,
+                "Returns over the capacity ceiling, emptied and shrunk."
+            );
+            metrics::describe_counter!(
+                "tiermap_pool_returns_dropped_total",
+                Unit::Count,
+                "Returns dropped instead of kept."
+            );
+            let labels = [("pool", name)];
+            PoolPublisher {
+                idle: metrics::gauge!("tiermap_pool_idle", &labels),
+                retained_bytes: metrics::gauge!("tiermap_pool_retained_bytes", &labels),
+                gets: metrics::counter!("tiermap_pool_gets_total", &labels),
+                hits: metrics::counter!("tiermap_pool_hits_total", &labels),
+                misses: metrics::counter!("tiermap_pool_misses_total", &labels),
+                shrunk: metrics::counter!("tiermap_pool_returns_shrunk_total", &labels),
+                dropped: metrics::counter!("tiermap_pool_returns_dropped_total", &labels),
+            }
+        }
+
+        pub(crate) fn publish(&self, s: &PoolStats) {
+            self.idle.set(s.idle as f64);
+            self.retained_bytes.set(s.retained_bytes as f64);
+            self.gets.absolute(s.gets);
+            self.hits.absolute(s.hits);
+            self.misses.absolute(s.misses);
+            self.shrunk.absolute(s.returns_shrunk);
+            self.dropped.absolute(s.returns_dropped);
         }
     }
 }

@@ -123,7 +123,10 @@ mod stats;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
+pub use alarm::{
+    PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy, RetentionAlarm, RetentionAlert,
+    RetentionCondition, RetentionPolicy,
+};
 pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
 pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
 pub use stats::{MapStats, Released};

@@ -194,6 +194,8 @@ pub struct MapPool<T: Recycle> {
     initial_capacity: usize,
     ceiling: Option<Ceiling>,
     max_idle: usize,
+    /// The retention alarm and metrics publisher (`crate::alarm`), checked after returns.
+    pub(crate) hook: crate::alarm::PoolHooks,
 }
 
 /// The capacity ceiling as configured, and as `T` rounds it.
@@ -352,6 +354,7 @@ impl<T: Recycle> MapPool<T> {
             dropped += idle.len();
             drop(idle);
         }
+        self.hook.check_now(|| self.stats());
         dropped
     }
 
@@ -480,7 +483,15 @@ impl<T: Recycle> MapPool<T> {
     }
 
     /// Takes an object back: from a guard's `drop`, or `put`.
-    pub(crate) fn give_back(&self, mut value: T) {
+    pub(crate) fn give_back(&self, value: T) {
+        let home = self.home();
+        let kept = self.store_returned(home, value);
+        let returns = || self.shards[home].0.counts().returns;
+        self.hook.after_return(kept, returns, || self.stats());
+    }
+
+    /// `give_back`'s work; returns the bytes of the object if it was kept, else 0.
+    fn store_returned(&self, home: usize, mut value: T) -> usize {
         // User code runs here, before any lock is taken. A panic in it is
         // caught so that the counters stay consistent and, if the thread is
         // already unwinding, the process does not abort.
@@ -489,20 +500,21 @@ impl<T: Recycle> MapPool<T> {
             Ok(outcome) => outcome,
             Err(_) => (false, None),
         };
-        let home = self.home();
         let mut locked = self.shards[home].0.lock();
         locked.note_return(shrunk);
         let Some(bytes) = keep else {
             drop(locked);
             self.drop_returned(value, prepared.err());
-            return;
+            return 0;
         };
         if let Err(value) = locked.push(value, bytes) {
             drop(locked);
             if let Err(value) = self.spill(home, value, bytes) {
                 self.drop_returned(value, None);
+                return 0;
             }
         }
+        bytes
     }
 
     /// Drops an object that the pool will not keep, counting it. `panic` is
@@ -746,6 +758,7 @@ impl<T: Recycle> PoolBuilder<T> {
             initial_capacity,
             ceiling,
             max_idle,
+            hook: Default::default(),
         };
         // Round robin fits: shard `i` receives `prefill / count` objects, plus
         // one if `i < prefill % count`, never more than its limit.
