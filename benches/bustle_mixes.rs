@@ -15,7 +15,9 @@
 //! * `BUSTLE_MIXES=ReadHeavy,Exchange,RapidGrow` (default all)
 //! * `BENCH_MAPS`, `BENCH_THREADS` as for the other benches (default threads `1,2,4`)
 //! * `BUSTLE_REPS=15` repetitions per point
-//! * `BUSTLE_CSV=path` appends `mix,log2,map,threads,mops` rows
+//! * `BUSTLE_OPS=1.0` operations per run as a multiple of the capacity (conc-map-bench's
+//!   default is 1.0; a larger value shows the steady state after tiermap's first promotion)
+//! * `BUSTLE_CSV=path` appends `mix,log2,map,threads,mops,ops_multiple` rows
 //!
 //! Run: `cargo bench --bench bustle_mixes` (about 2 minutes at 2^16; 2^22 adds ~10 minutes).
 
@@ -112,10 +114,18 @@ fn run_once<M: BenchMap>(mix: MixDef, log2: u8, threads: usize, seed: [u8; 32]) 
     let m = Workload::new(threads, mix.mix)
         .initial_capacity_log2(log2)
         .prefill_fraction(mix.prefill)
-        .operations(1.0)
+        .operations(ops_multiple())
         .seed(seed)
         .run_silently::<Bustle<M>>();
     m.throughput / 1e6
+}
+
+/// `BUSTLE_OPS`: operations per run as a multiple of the capacity (conc-map-bench: 1.0).
+fn ops_multiple() -> f64 {
+    std::env::var("BUSTLE_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -183,8 +193,8 @@ fn main() {
                 .collect();
             println!();
             println!(
-                "### {} at 2^{} ({} reps, median Mops/s; ratio = map / best peer at that thread count)",
-                mix.name, log2, reps
+                "### {} at 2^{}, {}x capacity operations ({} reps, median Mops/s; ratio = map / best peer at that thread count)",
+                mix.name, log2, ops_multiple(), reps
             );
             println!();
             let mut head = String::from("| map |");
@@ -209,8 +219,17 @@ fn main() {
                 println!("{row}");
                 if let Some(f) = csv.as_mut() {
                     for (ti, t) in threads.iter().enumerate() {
-                        writeln!(f, "{},{},{},{},{:.4}", mix.name, log2, name, t, med[mi][ti])
-                            .unwrap();
+                        writeln!(
+                            f,
+                            "{},{},{},{},{:.4},{}",
+                            mix.name,
+                            log2,
+                            name,
+                            t,
+                            med[mi][ti],
+                            ops_multiple()
+                        )
+                        .unwrap();
                     }
                 }
             }

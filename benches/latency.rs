@@ -190,10 +190,18 @@ fn main() {
         let p: common::Papaya = BenchMap::with_capacity(0);
         let lock = std::sync::RwLock::new(0u64);
         let rows: [(&str, &dyn Fn()); 4] = [
-            ("tiermap `SyncMap::pin` (crossbeam-epoch)", &|| drop(black_box(t.pin()))),
-            ("papaya `HashMap::guard` (seize)", &|| drop(black_box(p.guard()))),
-            ("scc `ebr::Guard::new` (sdd)", &|| drop(black_box(scc::ebr::Guard::new()))),
-            ("uncontended `RwLock::read`", &|| drop(black_box(lock.read().unwrap()))),
+            ("tiermap `SyncMap::pin` (crossbeam-epoch)", &|| {
+                drop(black_box(t.pin()))
+            }),
+            ("papaya `HashMap::guard` (seize)", &|| {
+                drop(black_box(p.guard()))
+            }),
+            ("scc `ebr::Guard::new` (sdd)", &|| {
+                drop(black_box(scc::ebr::Guard::new()))
+            }),
+            ("uncontended `RwLock::read`", &|| {
+                drop(black_box(lock.read().unwrap()))
+            }),
         ];
         for (name, f) in rows {
             for _ in 0..PINS / 10 {

@@ -2,7 +2,9 @@
 //! tracks live bytes (not criterion).
 //!
 //! For every map (`u64 -> u64`, `ahash`, created empty):
-//! * bytes per entry at 1e6 entries, and the peak while filling;
+//! * bytes per entry at 1e6 entries (requested bytes, and as glibc malloc lays them out: a
+//!   small allocation costs its size plus an 8-byte header rounded to 16, at least 32 bytes),
+//!   and the peak while filling;
 //! * held bytes after removing every key, after `clear`, after the map's own shrink call
 //!   (`shrink_to_fit` where it exists), and for tiermap after `clear_and_release`; each both as
 //!   measured right after the call and after the map's deferred frees were flushed
@@ -35,6 +37,13 @@ struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static PEAK: AtomicIsize = AtomicIsize::new(0);
+/// Live bytes as glibc malloc lays them out: each small request takes a chunk of the request
+/// plus an 8-byte header, rounded up to 16, at least 32 bytes (so a 16-byte entry costs 32).
+static CHUNKS: AtomicIsize = AtomicIsize::new(0);
+
+fn chunk(size: usize) -> isize {
+    ((size + 8).div_ceil(16) * 16).max(32) as isize
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
 unsafe impl GlobalAlloc for Counting {
@@ -42,6 +51,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
+            CHUNKS.fetch_add(chunk(layout.size()), Relaxed);
             let now = LIVE.fetch_add(layout.size() as isize, Relaxed) + layout.size() as isize;
             PEAK.fetch_max(now, Relaxed);
         }
@@ -51,6 +61,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
+            CHUNKS.fetch_add(chunk(layout.size()), Relaxed);
             let now = LIVE.fetch_add(layout.size() as isize, Relaxed) + layout.size() as isize;
             PEAK.fetch_max(now, Relaxed);
         }
@@ -60,11 +71,13 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        CHUNKS.fetch_sub(chunk(layout.size()), Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
+            CHUNKS.fetch_add(chunk(new_size) - chunk(layout.size()), Relaxed);
             let now = LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed)
                 + new_size as isize
                 - layout.size() as isize;
@@ -81,17 +94,8 @@ fn live() -> isize {
     LIVE.load(Relaxed)
 }
 
-/// Resident set size from `/proc/self/statm` (0 where unavailable): counts what malloc really
-/// takes for small allocations (a 16-byte request costs a 32-byte chunk with glibc).
-fn rss() -> isize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse::<isize>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
+fn chunks() -> isize {
+    CHUNKS.load(Relaxed)
 }
 
 fn reset_peak() {
@@ -110,7 +114,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn mib(b: isize) -> String {
-    let b = b as f64;
+    // A map can free a few bytes of earlier bookkeeping (epoch bags) inside its own window.
+    let b = b.max(0) as f64;
     if b.abs() >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", b / 1048576.0)
     } else if b.abs() >= 1024.0 {
@@ -126,8 +131,8 @@ struct Summary {
     name: &'static str,
     /// Held after the fill, before / after flushing deferred frees.
     full: (isize, isize),
-    /// RSS growth across the fill.
-    full_rss: isize,
+    /// Held after the fill and flush, in glibc chunk bytes (see `CHUNKS`).
+    full_chunks: isize,
     fill_peak: isize,
     removed_all: (isize, isize),
     cleared: (isize, isize),
@@ -161,11 +166,11 @@ fn measure<M: BenchMap>(n: u64, window: u64, steps: u64, sample: u64) -> Summary
     // this map's measurement.)
     M::with_capacity(0).reclaim();
     let base = live();
-    let base_rss = rss();
+    let base_chunks = chunks();
     reset_peak();
     let m = M::with_capacity(0);
     s.full = both(base, &m, |m| fill(m, n));
-    s.full_rss = rss() - base_rss;
+    s.full_chunks = chunks() - base_chunks;
     s.fill_peak = peak() - base;
     s.removed_all = both(base, &m, |m| {
         for i in 0..n {
@@ -258,7 +263,7 @@ fn main() {
     );
     let _ = writeln!(
         out,
-        "| map | bytes/entry | RSS growth/entry | held at n | peak while filling | after remove-all | after clear | shrink call after remove-all | after drop |"
+        "| map | bytes/entry | with malloc headers | held at n | peak while filling | after remove-all | after clear | shrink call after remove-all | after drop |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
@@ -278,7 +283,7 @@ fn main() {
             "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.full.1 as f64 / n as f64,
-            r.full_rss as f64 / n as f64,
+            r.full_chunks as f64 / n as f64,
             pair(r.full),
             mib(r.fill_peak),
             pair(r.removed_all),
@@ -336,7 +341,7 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap();
         let mut churn = String::from("map,step,held_bytes\n");
         let mut summary = String::from(
-            "map,n,full_rss,full,full_reclaimed,fill_peak,removed_all,removed_all_reclaimed,cleared,cleared_reclaimed,shrink,shrink_reclaimed,dropped,dropped_reclaimed\n",
+            "map,n,full_chunks,full,full_reclaimed,fill_peak,removed_all,removed_all_reclaimed,cleared,cleared_reclaimed,shrink,shrink_reclaimed,dropped,dropped_reclaimed\n",
         );
         for r in &results {
             for (step, b) in &r.churn {
@@ -347,7 +352,7 @@ fn main() {
                 summary,
                 "{},{n},{},{},{},{},{},{},{},{},{sa},{sb},{},{}",
                 r.name,
-                r.full_rss,
+                r.full_chunks,
                 r.full.0,
                 r.full.1,
                 r.fill_peak,

@@ -122,7 +122,11 @@ def charts(chart_dir):
         rows = list(csv.reader(open(bustle)))
         # Keep the last measurement of each point (the file is appended to).
         pts = {}
-        for mix, log2, m, t, mops in rows:
+        for row in rows:
+            mix, log2, m, t, mops = row[:5]
+            ops = float(row[5]) if len(row) > 5 else 1.0
+            if ops != 1.0:
+                mix = f"{mix}-ops{ops:g}x"
             pts[(mix, int(log2), m, int(t))] = float(mops)
         for mix, log2 in sorted({(k[0], k[1]) for k in pts}):
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
