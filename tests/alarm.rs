@@ -305,3 +305,83 @@ fn concurrent_writers_fire_once() {
     assert_eq!(calls.load(Relaxed), 1);
     assert_eq!(alarm.fired(), 1);
 }
+
+mod pool {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    use tiermap::pool::MapPool;
+    use tiermap::PoolRetentionPolicy;
+
+    /// No ceiling, as in Go: whatever comes back is kept at its size.
+    fn unbounded() -> MapPool<HashMap<u64, u64>> {
+        MapPool::builder()
+            .capacity_ceiling(None)
+            .max_idle(8)
+            .build()
+    }
+
+    fn grow(pool: &MapPool<HashMap<u64, u64>>, entries: u64) {
+        let mut map = pool.get();
+        map.extend((0..entries).map(|k| (k, k)));
+    }
+
+    #[test]
+    fn fires_once_per_crossing_and_rearms() {
+        let pool = unbounded();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let policy = PoolRetentionPolicy::new().max_retained_bytes(1 << 20);
+        let alarm = pool.set_retention_alarm(policy, move |alert| {
+            assert!(alert.retained_bytes > alert.threshold);
+            counter.fetch_add(1, Relaxed);
+        });
+        // Small round trips: far below the threshold, whatever the count.
+        for _ in 0..500 {
+            grow(&pool, 10);
+        }
+        assert_eq!(alarm.fired(), 0);
+        // One huge request: seen on its way back, at once.
+        grow(&pool, 200_000);
+        assert_eq!(alarm.fired(), 1);
+        // It stays above: more returns (checks every 64) do not fire again.
+        for _ in 0..500 {
+            grow(&pool, 10);
+        }
+        assert_eq!(calls.load(Relaxed), 1);
+        assert!(alarm.is_tripped());
+        // `clear` drops the idle maps and re-arms; a second crossing fires again.
+        pool.clear();
+        assert!(!alarm.is_tripped());
+        grow(&pool, 200_000);
+        assert_eq!(alarm.fired(), 2);
+        assert_eq!(alarm.panics(), 0);
+    }
+
+    #[test]
+    fn callback_may_use_the_pool_and_may_panic() {
+        let pool = Arc::new(unbounded());
+        let weak = Arc::downgrade(&pool);
+        let alarm = pool.set_retention_alarm(
+            PoolRetentionPolicy::new().max_retained_bytes(1 << 20),
+            move |_| {
+                let pool = weak.upgrade().unwrap();
+                // Take and return objects, read stats, drop what is idle: no lock is held.
+                drop(pool.get());
+                let _ = pool.stats();
+                pool.clear();
+                panic!("after using the pool, the callback panics");
+            },
+        );
+        grow(&pool, 200_000);
+        assert_eq!((alarm.fired(), alarm.panics()), (1, 1));
+        // The return completed, the callback's clear ran, and the pool works.
+        assert_eq!(pool.stats().retained_bytes, 0);
+        grow(&pool, 10);
+        assert_eq!(pool.stats().idle, 1);
+        assert!(pool.clear_retention_alarm().is_some());
+        grow(&pool, 200_000);
+        assert_eq!(alarm.fired(), 1, "removed");
+    }
+}

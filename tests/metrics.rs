@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tiermap::{RetentionPolicy, SyncMap};
 
-/// The metrics recorded since the last read, by (name, `map` label). Reading resets them (the
+/// The metrics recorded since the last read, by (name, `map` or `pool` label). Reading resets them (the
 /// debugging recorder swaps values out), so a metric the map did not set again reads as absent
 /// or 0.
 fn read(snapshotter: &Snapshotter) -> HashMap<(String, String), f64> {
@@ -19,7 +19,7 @@ fn read(snapshotter: &Snapshotter) -> HashMap<(String, String), f64> {
             let key = key.key();
             let map = key
                 .labels()
-                .find(|l| l.key() == "map")
+                .find(|l| l.key() == "map" || l.key() == "pool")
                 .map(|l| l.value().to_string())
                 .unwrap_or_default();
             let value = match value {
@@ -175,4 +175,56 @@ fn named_maps_publish_separately_and_compose_with_the_alarm() {
         0.0,
         "not published any more"
     );
+}
+
+#[test]
+fn pool_counters_and_gauges() {
+    use tiermap::pool::MapPool;
+    use tiermap::PoolRetentionPolicy;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let pool: MapPool<Vec<u64>> = MapPool::builder()
+        .capacity_ceiling(1000)
+        .max_idle(1)
+        .shards(1)
+        .build();
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics("buffers"));
+    let alarm = pool.set_retention_alarm(
+        PoolRetentionPolicy::new().max_retained_bytes(1 << 30),
+        |_| {},
+    );
+
+    // A known sequence: a miss; a hit; a return over the ceiling (shrunk); two objects out at
+    // once, so one return finds the single idle slot taken (dropped).
+    drop(pool.get());
+    let mut v = pool.get();
+    v.extend(0..10_000);
+    drop(v);
+    let (a, b) = (pool.get(), pool.get());
+    drop(a);
+    drop(b);
+    metrics::with_local_recorder(&recorder, || pool.publish_metrics("buffers"));
+    let s = pool.stats();
+    assert_eq!((s.gets, s.hits, s.misses), (4, 2, 2), "{s}");
+    assert_eq!(
+        (s.returns_shrunk, s.returns_dropped, s.idle),
+        (1, 1, 1),
+        "{s}"
+    );
+
+    let m = read(&snapshotter);
+    let pool_metric = |name: &str| get(&m, name, "buffers");
+    assert_eq!(pool_metric("tiermap_pool_gets_total"), 4.0);
+    assert_eq!(pool_metric("tiermap_pool_hits_total"), 2.0);
+    assert_eq!(pool_metric("tiermap_pool_misses_total"), 2.0);
+    assert_eq!(pool_metric("tiermap_pool_returns_shrunk_total"), 1.0);
+    assert_eq!(pool_metric("tiermap_pool_returns_dropped_total"), 1.0);
+    assert_eq!(pool_metric("tiermap_pool_idle"), 1.0);
+    assert_eq!(
+        pool_metric("tiermap_pool_retained_bytes"),
+        s.retained_bytes as f64
+    );
+    assert_eq!(alarm.fired(), 0);
+    assert!(pool.unpublish_metrics());
 }
