@@ -11,8 +11,9 @@
 //! 2. A guard kept alive while the map grows (a `Pinned` handle parked in a long task) holds
 //!    every superseded table back: the retired-bytes condition fires once, and re-arms once the
 //!    guard is dropped and the tables are freed.
-//!
-//! (A third part, a mis-configured `MapPool` fed a huge request, waits for the pool to land.)
+//! 3. A `MapPool` with its capacity ceiling turned off (Go's `sync.Pool` behaviour) is fed one
+//!    huge request among small ones: the huge map is kept idle, and the pool's alarm fires as
+//!    it comes back. The same traffic through a pool with the default ceiling stays quiet.
 //!
 //! `cargo run --release --example alarm`
 
@@ -20,7 +21,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiermap::{MapStats, RetentionCondition, RetentionPolicy, SyncMap};
+use std::collections::HashMap;
+
+use tiermap::pool::MapPool;
+use tiermap::{MapStats, PoolRetentionPolicy, RetentionCondition, RetentionPolicy, SyncMap};
 
 const SESSIONS: u64 = 1_000_000;
 const STAYING: u64 = 1_000;
@@ -33,6 +37,7 @@ fn main() {
     println!("policy: {policy:?}\n");
     go_leak_workload(policy);
     long_lived_guard(policy);
+    misconfigured_pool();
 }
 
 fn go_leak_workload(policy: RetentionPolicy) {
@@ -137,4 +142,31 @@ fn long_lived_guard(policy: RetentionPolicy) {
         alarm.panics()
     );
     assert!(!alarm.is_tripped(RetentionCondition::RetiredBytes));
+}
+
+fn misconfigured_pool() {
+    println!("\n3. a pool of HashMap<u64, u64> fed 1000 small requests and one huge one");
+    let policy = PoolRetentionPolicy::new().max_retained_bytes(8 << 20);
+    for (name, pool) in [
+        (
+            "ceiling off",
+            MapPool::<HashMap<u64, u64>>::builder()
+                .capacity_ceiling(None)
+                .build(),
+        ),
+        ("default ceiling", MapPool::new()),
+    ] {
+        let alarm = pool.set_retention_alarm(policy, |alert| println!("   ALARM {alert}"));
+        for request in 0..1000u64 {
+            let entries = if request == 500 { 2_000_000 } else { 100 };
+            let mut map = pool.get();
+            map.extend((0..entries).map(|k| (k, k)));
+        }
+        println!(
+            "   {name:<15}: {}; alarm fired {} time(s)",
+            pool.stats(),
+            alarm.fired()
+        );
+        assert_eq!(alarm.fired(), u64::from(name == "ceiling off"));
+    }
 }
