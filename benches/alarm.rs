@@ -7,6 +7,8 @@
 //!   every promotion.
 //! * `read_hit/*`: `get` of a present key in the read tier; must be unchanged, since a read hit
 //!   never looks at the hook.
+//! * `pool_round_trip/*`: `MapPool::get` and the guard's drop (the return path, where the pool
+//!   checks), for a `Vec<u64>` pool; `off` versus an alarm that never trips.
 //!
 //! Variants: `off` (no hook), `alarm` (a policy on all three conditions that never trips),
 //! `alarm_tripped` (a policy that trips at once: checks then also skip the callback, so this
@@ -27,7 +29,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use tiermap::{RetentionPolicy, SyncMap};
+use tiermap::pool::MapPool;
+use tiermap::{PoolRetentionPolicy, RetentionPolicy, SyncMap};
 
 const LIVE: u64 = 10_000;
 
@@ -51,10 +54,13 @@ enum Hook {
 
 impl Hook {
     fn all() -> Vec<Hook> {
-        let mut v = vec![Hook::Off, Hook::Alarm, Hook::AlarmTripped];
-        #[cfg(feature = "metrics")]
-        v.push(Hook::AlarmMetrics);
-        v
+        vec![
+            Hook::Off,
+            Hook::Alarm,
+            Hook::AlarmTripped,
+            #[cfg(feature = "metrics")]
+            Hook::AlarmMetrics,
+        ]
     }
 
     fn name(self) -> &'static str {
@@ -167,6 +173,35 @@ fn read_hit(c: &mut Criterion) {
     group.finish();
 }
 
+/// A pool for the round trip, with or without an alarm that never trips.
+fn pool(alarm: bool) -> MapPool<Vec<u64>> {
+    let pool = MapPool::builder().prefill(4).build();
+    if alarm {
+        let policy = PoolRetentionPolicy::new().max_retained_bytes(1 << 40);
+        pool.set_retention_alarm(policy, |a| panic!("unexpected {a}"));
+    }
+    pool
+}
+
+#[inline]
+fn round_trip(pool: &MapPool<Vec<u64>>) {
+    let mut v = pool.get();
+    v.push(1);
+    black_box(&v);
+}
+
+fn pool_round_trip(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool_round_trip");
+    group.throughput(Throughput::Elements(1));
+    for (name, alarm) in [("off", false), ("alarm", true)] {
+        let pool = pool(alarm);
+        group.bench_function(BenchmarkId::new("get+drop", name), |b| {
+            b.iter(|| round_trip(&pool))
+        });
+    }
+    group.finish();
+}
+
 /// The paired mode: interleaved batches, per-round ratios to `off`, medians.
 fn paired() {
     let rounds: usize = std::env::var("BENCH_ROUNDS")
@@ -198,7 +233,7 @@ fn paired() {
             write_step(map, next); // warm up to the steady state
         }
     }
-    let mut per_op = vec![Vec::with_capacity(rounds); hooks.len()];
+    let mut per_op = vec![Vec::new(); hooks.len()];
     for r in 0..rounds {
         for j in 0..hooks.len() {
             let i = (r + j) % hooks.len();
@@ -216,7 +251,7 @@ fn paired() {
     // Read hits: batches of 1 000 000 gets.
     let maps: Vec<_> = hooks.iter().map(|&h| read_map(h)).collect();
     let pins: Vec<_> = maps.iter().map(|m| m.pin()).collect();
-    let mut per_op = vec![Vec::with_capacity(rounds); hooks.len()];
+    let mut per_op = vec![Vec::new(); hooks.len()];
     let mut k = 0u64;
     for r in 0..rounds {
         for j in 0..hooks.len() {
@@ -231,6 +266,32 @@ fn paired() {
         }
     }
     report("read_hit/get", &per_op);
+    drop(pins);
+    drop(maps);
+
+    // Pool round trips: batches of 1 000 000, off and alarm.
+    let pools = [pool(false), pool(true)];
+    let mut per_op = vec![Vec::new(); 2];
+    for r in 0..rounds {
+        for j in 0..2 {
+            let i = (r + j) % 2;
+            let t = Instant::now();
+            for _ in 0..1_000_000 {
+                round_trip(&pools[i]);
+            }
+            per_op[i].push(t.elapsed().as_nanos() as f64 / 1_000_000.0);
+        }
+    }
+    println!("pool_round_trip/get+drop:");
+    for (i, name) in ["off", "alarm"].iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds).map(|r| per_op[i][r] / per_op[0][r]).collect();
+        println!(
+            "  {:<14} median {:>8.1} ns/op   ratio to off: median {:.3} (rounds {rounds})",
+            name,
+            median(per_op[i].clone()),
+            median(ratios),
+        );
+    }
 }
 
 fn main() {
@@ -241,5 +302,6 @@ fn main() {
     let mut c = config().configure_from_args();
     write_path(&mut c);
     read_hit(&mut c);
+    pool_round_trip(&mut c);
     c.final_summary();
 }
