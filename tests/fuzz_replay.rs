@@ -19,6 +19,7 @@ mod logic;
 
 use logic::concurrent::{self, COp, Input};
 use logic::differential::{self, Config, Op, Program, SimpleOp};
+use logic::pool::{self, PoolProgram};
 use logic::{HasherKind, Rng};
 
 fn env_usize(name: &str) -> Option<u64> {
@@ -103,6 +104,17 @@ fn concurrent_random_sequences() {
         cases(300, 2),
         |rng| Input::random(rng, max_ops),
         |i| concurrent::run(i, Duration::from_secs(30)),
+    );
+}
+
+#[test]
+fn pool_random_sequences() {
+    let max_ops = if cfg!(miri) { 16 } else { 64 };
+    for_seeds(
+        0x9001,
+        cases(500, 2),
+        |rng| PoolProgram::random(rng, max_ops),
+        |p| pool::run(p, Duration::from_secs(30)),
     );
 }
 

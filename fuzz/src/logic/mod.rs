@@ -7,6 +7,7 @@
 
 pub mod concurrent;
 pub mod differential;
+pub mod pool;
 
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::hash::{BuildHasher, Hasher};
