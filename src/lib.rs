@@ -83,6 +83,8 @@
 //! every lock, with a [`RetentionAlert`]; `SyncMap::publish_metrics` (feature `metrics`)
 //! exports the same statistics as gauges through the `metrics` facade. Both ride on one hook
 //! that runs every 64 slow-path operations and after promotions and clears, never on a read hit.
+//! A [`MapPool`] has the same two, for the bytes its idle objects retain
+//! ([`MapPool::set_retention_alarm`] with a [`PoolRetentionPolicy`]), checked on returns.
 //!
 //! ```
 //! use tiermap::{RetentionPolicy, SyncMap};
