@@ -29,7 +29,10 @@ use std::ptr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 
-use crate::facade::{lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Guard, Mutex, Reclaimer};
+use crate::facade::{
+    lock, try_lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
+    MutexGuard, Reclaimer,
+};
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, retire_value, take_value, Entry, State};
@@ -112,8 +115,6 @@ pub(crate) struct Dirty<K, V> {
     pub(crate) cursor: usize,
     /// Work units per slow operation for the running migration.
     budget: usize,
-    /// Slow-path lookups since the last promotion (Go's promotion clock).
-    pub(crate) misses: usize,
     /// Entries expunged (and tagged) in the read tier by the running migration.
     expunged: usize,
     /// A tier was retired in this critical section (flush the epoch bag after unlocking).
@@ -128,7 +129,7 @@ pub(crate) struct Dirty<K, V> {
 /// pinned: removing an entry from a tier retires it through the epoch.
 enum Place<K, V> {
     Read(*const Entry<K, V>),
-    Dirty(*const Entry<K, V>, usize),
+    Dirty(*const Entry<K, V>),
     Absent,
 }
 
@@ -141,7 +142,7 @@ impl<K, V> Place<K, V> {
         match *self {
             // SAFETY: per the caller, and I3: a found entry is freed only after being unlinked
             // and retired through the epoch, which waits for `_guard`.
-            Place::Read(e) | Place::Dirty(e, _) => Some(unsafe { &*e }),
+            Place::Read(e) | Place::Dirty(e) => Some(unsafe { &*e }),
             Place::Absent => None,
         }
     }
@@ -174,6 +175,13 @@ pub(crate) struct RawMap<K, V> {
     // Invariant I1.
     read: AtomicPtr<Tier<K, V>>,
     dirty: Mutex<Dirty<K, V>>,
+    /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
+    /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
+    /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
+    dirty_view: AtomicPtr<Tier<K, V>>,
+    /// Lookups that missed the read tier and probed the dirty tier since the last promotion
+    /// (Go's promotion clock).
+    misses: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
     /// Id of the current generation (bumped by `clear`); iterators stop when it changes.
     generation: AtomicU64,
@@ -210,13 +218,17 @@ impl<K, V> RawMap<K, V> {
         let gen = Gen::new(0);
         let read = Tier::boxed(0, gen.clone());
         let dirty = (capacity > 0).then(|| Tier::boxed(capacity.saturating_mul(2), gen));
+        let view = dirty
+            .as_deref()
+            .map_or(ptr::null_mut(), |d| d as *const _ as *mut _);
         RawMap {
             read: AtomicPtr::new(Box::into_raw(read)),
+            dirty_view: AtomicPtr::new(view),
+            misses: AtomicUsize::new(0),
             dirty: Mutex::new(Dirty {
                 tier: dirty,
                 cursor: 0,
                 budget: MIN_BUDGET,
-                misses: 0,
                 expunged: 0,
                 retired: false,
                 since_observed: 0,
@@ -281,48 +293,78 @@ impl<K, V> RawMap<K, V> {
             }
         }
         if let Some(d) = &st.tier {
-            if let Some((e, i)) = d.table.find(hash, |k| k.borrow() == key) {
-                return Place::Dirty(e, i);
+            if let Some((e, _)) = d.table.find(hash, |k| k.borrow() == key) {
+                return Place::Dirty(e);
             }
         }
         Place::Absent
     }
 
-    /// Finds the entry for `key`: lock-free in the read tier, else under the lock (counting a
-    /// miss and doing migration work).
+    /// Finds the entry for `key` without the lock: in the read tier, then, if the dirty tier
+    /// holds keys that the read tier lacks (`amended`), in the dirty tier. A dirty table only
+    /// ever gains slots while it is the dirty tier (removals leave deleted entries behind), so a
+    /// lock-free probe of it sees each slot empty or complete.
     ///
     /// Returns the entry with the generation it belongs to: a removal through it must update
     /// that generation's counters, which are not the current ones if a `clear` (perhaps run by
-    /// user code called in between) intervened.
+    /// user code called in between) intervened. With `count_miss`, a probe of the dirty tier
+    /// counts a miss (Go's promotion clock) and, once misses reach the dirty tier's size, helps
+    /// the migration and promotion along if the lock is free.
     pub(crate) fn lookup<'g, Q>(
         &self,
         hash: u64,
         key: &Q,
         guard: &'g Guard,
+        count_miss: bool,
     ) -> Option<(&'g Entry<K, V>, &'g Gen)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let read = self.read(guard);
-        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
-            if !e.is_expunged() {
-                return Some((e, &*read.gen));
+        loop {
+            let read = self.read(guard);
+            if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+                if !e.is_expunged() {
+                    return Some((e, &*read.gen));
+                }
             }
-        }
-        // Acquire pairs with the release store that set `amended` after inserting a fresh key.
-        if !read.amended.load(Acquire) {
-            return None;
-        }
-        self.slow(guard, |this, st, guard| {
-            let read = this.read_locked(read, guard);
-            let found = this.locate(st, read, hash, key);
-            if !matches!(found, Place::Read(_)) {
-                st.misses += 1;
+            // Acquire pairs with the release store that set `amended` after the fresh key's
+            // slot was written.
+            if !read.amended.load(Acquire) {
+                return None;
             }
-            // SAFETY: found while `guard` is pinned.
-            unsafe { found.entry(guard) }.map(|e| (e, &*read.gen))
-        })
+            // Acquire pairs with the release stores in `set_dirty`. `promote` and `clear` swap
+            // `read` before they change `dirty_view`, so if this load sees their change, the
+            // re-load of `read` below sees the new read tier and we start over; if it does not,
+            // `d` is the dirty tier that goes with `read` (alive: tiers are retired through the
+            // epoch, and a promoted one lives on as the read tier).
+            let d = self.dirty_view.load(Acquire);
+            if !ptr::eq(self.read.load(Acquire), read) {
+                continue;
+            }
+            if d.is_null() {
+                debug_assert!(false, "amended read tier without a dirty tier");
+                return None;
+            }
+            // SAFETY: see above; `guard` was pinned before the load.
+            let dirty = unsafe { &*d };
+            let found = dirty.table.find(hash, |k| k.borrow() == key);
+            if count_miss {
+                // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
+                let misses = self.misses.fetch_add(1, Relaxed) + 1;
+                if misses >= dirty.table.len() {
+                    self.help(guard);
+                }
+            }
+            return found.map(|(e, _)| (e, &*read.gen));
+        }
+    }
+
+    /// Does the slow-path maintenance if the lock is free right now (never waits for it).
+    fn help(&self, guard: &Guard) {
+        if let Some(st) = try_lock(&self.dirty) {
+            self.finish(st, guard);
+        }
     }
 
     /// Runs `f` under the dirty lock, then does the migration/promotion work every slow
@@ -334,6 +376,13 @@ impl<K, V> RawMap<K, V> {
     ) -> R {
         let mut st = lock(&self.dirty);
         let r = f(self, &mut st, guard);
+        self.finish(st, guard);
+        r
+    }
+
+    /// The end of every critical section that may owe migration work: migrate, promote or
+    /// compact as due, unlock, then flush retired tables and run the observer.
+    fn finish(&self, mut st: MutexGuard<'_, Dirty<K, V>>, guard: &Guard) {
         self.maintain(&mut st, guard);
         let retired = std::mem::take(&mut st.retired);
         st.since_observed += 1;
@@ -350,7 +399,6 @@ impl<K, V> RawMap<K, V> {
         if observe {
             self.observe(guard);
         }
-        r
     }
 
     /// Runs the observer, if any, with a fresh snapshot. Never called with the lock held.
@@ -384,7 +432,7 @@ impl<K, V> RawMap<K, V> {
             read_capacity: read.table.capacity(),
             dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
             migrating: dirty.is_some() && st.cursor < read.table.capacity(),
-            misses: st.misses,
+            misses: self.misses.load(Relaxed),
             held_bytes,
             retired_bytes: self.shared.retired_bytes.load(Relaxed),
             promotions: self.shared.promotions.load(Relaxed),
@@ -398,7 +446,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        match self.lookup(hash, key, guard)?.0.load() {
+        match self.lookup(hash, key, guard, true)?.0.load() {
             // SAFETY: a live value pointer loaded under `guard` stays allocated until the guard
             // is dropped (values are retired through the epoch).
             State::Live(p) => Some(unsafe { &*p }),
@@ -413,10 +461,10 @@ impl<K, V> RawMap<K, V> {
     {
         let new = Pending::new(value);
         let read = self.read(guard);
-        if let Some((e, _)) = read.table.find(hash, |k| *k == key) {
+        if let Some((e, gen)) = self.lookup(hash, &key, guard, false) {
             if let Ok(old) = e.try_store(new.0) {
                 let _ = new.publish();
-                return self.after_store(read, old, guard);
+                return self.after_store(gen, old, guard);
             }
         }
         self.slow(guard, |this, st, guard| {
@@ -431,7 +479,7 @@ impl<K, V> RawMap<K, V> {
                         .try_store(new.0)
                         .expect("entry under lock is not expunged");
                     let _ = new.publish();
-                    this.after_store(read, old, guard)
+                    this.after_store(&read.gen, old, guard)
                 }
                 None => {
                     this.insert_fresh(st, hash, key, new.publish(), guard);
@@ -441,12 +489,9 @@ impl<K, V> RawMap<K, V> {
         })
     }
 
-    fn after_store<'g>(
-        &self,
-        read: &Tier<K, V>,
-        old: Option<*mut V>,
-        guard: &'g Guard,
-    ) -> Option<&'g V> {
+    /// Retires the value an insert replaced, or counts a revived key in `gen` (the generation
+    /// of the entry that was written).
+    fn after_store<'g>(&self, gen: &Gen, old: Option<*mut V>, guard: &'g Guard) -> Option<&'g V> {
         match old {
             Some(old) => {
                 // SAFETY: we unlinked `old` with our CAS; it is retired once, here.
@@ -457,7 +502,7 @@ impl<K, V> RawMap<K, V> {
             }
             None => {
                 // Relaxed: a counter; see `Gen::live`.
-                read.gen.live.fetch_add(1, Relaxed);
+                gen.live.fetch_add(1, Relaxed);
                 None
             }
         }
@@ -490,6 +535,23 @@ impl<K, V> RawMap<K, V> {
         read.amended.store(true, Release);
     }
 
+    /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
+    /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
+    fn set_dirty(
+        &self,
+        st: &mut Dirty<K, V>,
+        tier: Option<Box<Tier<K, V>>>,
+    ) -> Option<Box<Tier<K, V>>> {
+        let view = tier.as_deref().map_or(ptr::null_mut(), |t| {
+            t as *const Tier<K, V> as *mut Tier<K, V>
+        });
+        let old = std::mem::replace(&mut st.tier, tier);
+        // Release: a lookup that loads the pointer sees the tier's slots written so far (and
+        // each later slot is published by its own release store in `Table::insert_unique`).
+        self.dirty_view.store(view, Release);
+        old
+    }
+
     /// Starts filling a dirty tier from the read tier (Go's `dirtyLocked`, spread over later
     /// operations instead of copying everything now).
     fn start_migration(&self, st: &mut Dirty<K, V>, read: &Tier<K, V>, compacting: bool) {
@@ -505,7 +567,7 @@ impl<K, V> RawMap<K, V> {
         // load factor 1/2.
         let ops = work.div_ceil(budget) + 1;
         let slots = 2 * (t.len() + ops);
-        st.tier = Some(Tier::boxed(slots, read.gen.clone()));
+        self.set_dirty(st, Some(Tier::boxed(slots, read.gen.clone())));
         st.cursor = 0;
         st.budget = budget;
         st.expunged = 0;
@@ -535,7 +597,10 @@ impl<K, V> RawMap<K, V> {
 
     /// Makes the (complete) dirty tier the read tier and retires the old read tier.
     fn promote(&self, st: &mut Dirty<K, V>, guard: &Guard) {
-        let new = Box::into_raw(st.tier.take().expect("dirty tier to promote"));
+        let new = st.tier.take().expect("dirty tier to promote");
+        // `dirty_view` still points at `new`, which stays alive as the read tier; it is cleared
+        // after `read` is swapped (the order `lookup` relies on).
+        let new = Box::into_raw(new);
         #[cfg(tiermap_mutation = "retire_before_publish")]
         let old = {
             let old = self.read.load(Acquire);
@@ -561,8 +626,10 @@ impl<K, V> RawMap<K, V> {
         // SAFETY: `new` is the tier we just published; it is alive while we hold the lock.
         let gen = unsafe { &(*new).gen };
         gen.entries.fetch_sub(st.expunged as isize, Relaxed);
+        // Release pairs with the acquire in `lookup` (see there).
+        self.dirty_view.store(ptr::null_mut(), Release);
         st.cursor = 0;
-        st.misses = 0;
+        self.misses.store(0, Relaxed);
         st.expunged = 0;
         st.compacting = false;
         st.retired = true;
@@ -590,7 +657,7 @@ impl<K, V> RawMap<K, V> {
             if st.cursor >= read.table.capacity() {
                 let d = st.tier.as_deref().expect("dirty tier");
                 let due = st.compacting
-                    || st.misses >= d.table.len()
+                    || self.misses.load(Relaxed) >= d.table.len()
                     || d.table.len() >= d.table.max_len()
                     || self.needs_compaction(read);
                 if due {
@@ -617,52 +684,17 @@ impl<K, V> RawMap<K, V> {
         }
     }
 
-    /// Removes `key`, returning its value.
+    /// Removes `key`, returning its value. Lock-free: a dirty-tier entry is deleted in place
+    /// (Go unlinks it from the dirty map; here the next migration expunges it, so that dirty
+    /// tables stay insert-only for lock-free readers).
     pub(crate) fn remove<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let read = self.read(guard);
-        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
-            if let Some(old) = e.try_delete() {
-                return Some(self.after_remove(&read.gen, old, guard));
-            }
-            if !e.is_expunged() {
-                return None;
-            }
-        }
-        if !read.amended.load(Acquire) {
-            return None;
-        }
-        self.slow(guard, |this, st, guard| {
-            let read = this.read_locked(read, guard);
-            let old = match this.locate(st, read, hash, key) {
-                // SAFETY: found while `guard` is pinned.
-                Place::Read(e) => unsafe { &*e }.try_delete(),
-                Place::Dirty(e, i) => {
-                    // A dirty-only entry (I2): nobody can reach it without the lock, so unlink
-                    // it from the dirty table now rather than leave a deleted entry behind.
-                    st.misses += 1;
-                    let d = st.tier.as_ref().expect("dirty tier");
-                    let unlinked = d.table.remove_at(i);
-                    debug_assert!(ptr::eq(unlinked, e));
-                    d.gen.entries.fetch_sub(1, Relaxed);
-                    // SAFETY: found while `guard` is pinned; retired below, not freed.
-                    let old = unsafe { &*e }.try_delete();
-                    // SAFETY: unlinked from the only table that held it; readers that found
-                    // it under the lock are pinned, and the epoch defers the free past them.
-                    unsafe { retire_entry(guard, unlinked) };
-                    old
-                }
-                Place::Absent => {
-                    st.misses += 1;
-                    None
-                }
-            };
-            // The decrement happens before `maintain` runs, so a compaction sees it.
-            old.map(|old| this.unlinked(&read.gen, old, guard))
-        })
+        let (e, gen) = self.lookup(hash, key, guard, true)?;
+        let old = e.try_delete()?;
+        Some(self.after_remove(gen, old, guard))
     }
 
     /// Retires a value the caller unlinked with its CAS and counts the key as gone in `gen`,
@@ -701,7 +733,7 @@ impl<K, V> RawMap<K, V> {
                 .0
         };
         let read = self.read(guard);
-        if let Some((e, _)) = read.table.find(hash, |k| *k == key) {
+        if let Some((e, gen)) = self.lookup(hash, &key, guard, true) {
             loop {
                 match e.load() {
                     // SAFETY: live pointers loaded under the guard outlive it.
@@ -712,7 +744,7 @@ impl<K, V> RawMap<K, V> {
                         match e.try_revive(v) {
                             Ok(()) => {
                                 let _ = pending.take().map(Pending::publish);
-                                read.gen.live.fetch_add(1, Relaxed);
+                                gen.live.fetch_add(1, Relaxed);
                                 // SAFETY: just published under the guard.
                                 return GetOrInsert::Inserted(unsafe { &*v });
                             }
@@ -733,7 +765,7 @@ impl<K, V> RawMap<K, V> {
                 let k = key.as_ref().expect("key kept until inserted");
                 let place = this.locate(st, read, hash, k);
                 if let Place::Dirty(..) = place {
-                    st.misses += 1;
+                    this.misses.fetch_add(1, Relaxed);
                 }
                 // SAFETY: found while `guard` is pinned.
                 match unsafe { place.entry(guard) } {
@@ -788,7 +820,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let Some((e, _)) = self.lookup(hash, key, guard) else {
+        let Some((e, _)) = self.lookup(hash, key, guard, true) else {
             return Replace::Absent(new);
         };
         let new = Pending::new(new);
@@ -828,7 +860,7 @@ impl<K, V> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (e, gen) = self.lookup(hash, key, guard)?;
+        let (e, gen) = self.lookup(hash, key, guard, true)?;
         loop {
             match e.load() {
                 State::Live(p) => {
@@ -900,7 +932,7 @@ impl<K, V> RawMap<K, V> {
         let old = self.read.swap(Box::into_raw(fresh), AcqRel);
         // Release pairs with the acquire in `generation_is`.
         self.generation.store(id, Release);
-        let dirty = st.tier.take();
+        let dirty = self.set_dirty(&mut st, None);
         let upto = if dirty.is_some() { st.cursor } else { 0 };
         // SAFETY: `old` is unpublished; with the cursor (I3) it and `dirty` own every entry of
         // the generation exactly once.
@@ -915,7 +947,7 @@ impl<K, V> RawMap<K, V> {
             )
         };
         st.cursor = 0;
-        st.misses = 0;
+        self.misses.store(0, Relaxed);
         st.expunged = 0;
         st.compacting = false;
         drop(st);
@@ -1049,9 +1081,9 @@ impl<K, V> RawMap<K, V> {
         drop(unsafe { Box::from_raw(empty) });
         self.generation.store(id, Release);
         let mut st = lock(&self.dirty);
-        st.tier = (slots > 0).then(|| Tier::boxed(slots, gen));
+        self.set_dirty(&mut st, (slots > 0).then(|| Tier::boxed(slots, gen)));
         st.cursor = 0;
-        st.misses = 0;
+        self.misses.store(0, Relaxed);
         st.expunged = 0;
         st.compacting = false;
     }
@@ -1061,7 +1093,7 @@ impl<K, V> RawMap<K, V> {
         let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
         let read = self.read.swap(empty, AcqRel);
         let mut st = lock(&self.dirty);
-        let dirty = st.tier.take();
+        let dirty = self.set_dirty(&mut st, None);
         let upto = if dirty.is_some() { st.cursor } else { 0 };
         st.cursor = 0;
         (read, dirty.map_or(ptr::null_mut(), Box::into_raw), upto)
@@ -1096,15 +1128,6 @@ unsafe fn free_tier<K, V>(t: *mut Tier<K, V>, upto: usize) {
             drop(unsafe { Box::from_raw(e) });
         }
     });
-}
-
-/// Retires an entry unlinked from the dirty tier.
-///
-/// # Safety
-/// `e` was unlinked by the caller under the lock, is in no table, and is retired once.
-unsafe fn retire_entry<K, V>(guard: &Guard, e: *mut Entry<K, V>) {
-    // SAFETY: only guards pinned before now can hold `e`; the epoch frees it after them.
-    unsafe { guard.defer_unchecked(move || drop(Box::from_raw(e))) };
 }
 
 /// Iterates the present entries of one tier, in slot order.

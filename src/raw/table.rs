@@ -12,13 +12,17 @@
 //! A table never grows; the map grows by promoting a full dirty table and migrating into a
 //! bigger one, a few slots per operation.
 //!
-//! Orderings: slot fields are written before the table is published (release store of the read
-//! pointer, or the dirty mutex) and read after an acquire of the same, so `Relaxed` accesses
-//! are enough. The tag bit is only read back under the dirty lock or by the table's destructor,
-//! which runs after the epoch has synchronized with every earlier access.
+//! While a table is the dirty tier it only gains entries (a removal leaves a deleted entry in
+//! place), so lock-free readers may probe it concurrently with the lock holder's inserts: a slot
+//! is published by a release store of its entry pointer after its hash, and a chunk by a release
+//! store of its directory pointer after it was zeroed; readers load both with acquire, so they
+//! see a slot either empty or complete. Everything else about a table (counters, the `OWNED`
+//! tag) is only read under the dirty lock, after publication, or by the table's destructor
+//! (which runs after the epoch has synchronized with every earlier access), so `Relaxed`
+//! accesses suffice there.
 
 use std::ptr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::entry::Entry;
 use crate::facade::{zeroed_slice, AtomicPtr, AtomicU64, AtomicUsize, ZeroInit, CHUNK_SLOTS};
@@ -149,7 +153,8 @@ impl<K, V> Table<K, V> {
     /// The slot at `i`, or `None` if its chunk was never allocated (all its slots are empty).
     #[inline]
     fn slot(&self, i: usize) -> Option<&Slot<K, V>> {
-        let chunk = self.dir[i >> self.chunk_shift].load(Relaxed);
+        // Acquire pairs with the release store in `slot_alloc` (the chunk's zeroing).
+        let chunk = self.dir[i >> self.chunk_shift].load(Acquire);
         if chunk.is_null() {
             None
         } else {
@@ -165,7 +170,8 @@ impl<K, V> Table<K, V> {
         let mut chunk = self.dir[c].load(Relaxed);
         if chunk.is_null() {
             chunk = alloc_chunk::<K, V>(self.chunk_len());
-            self.dir[c].store(chunk, Relaxed);
+            // Release: lock-free readers of a dirty table see the chunk zeroed.
+            self.dir[c].store(chunk, Release);
             self.chunks_allocated.fetch_add(1, Relaxed);
         }
         // SAFETY: `chunk` is a live chunk of `chunk_len` slots owned by this table.
@@ -188,7 +194,9 @@ impl<K, V> Table<K, V> {
         let mut i = self.home(hash);
         loop {
             let slot = self.slot(i)?;
-            let e = slot.entry.load(Relaxed);
+            // Acquire pairs with the release store in `insert_unique`: the slot's hash and the
+            // entry's key were written before.
+            let e = slot.entry.load(Acquire);
             if e.is_null() {
                 return None;
             }
@@ -212,51 +220,15 @@ impl<K, V> Table<K, V> {
             let slot = self.slot_alloc(i);
             if slot.entry.load(Relaxed).is_null() {
                 slot.hash.store(hash, Relaxed);
-                slot.entry.store(entry, Relaxed);
+                // Release publishes the hash and the entry to lock-free readers (see the
+                // module docs).
+                slot.entry.store(entry, Release);
                 self.used[i >> self.chunk_shift].fetch_add(1, Relaxed);
                 self.len.fetch_add(1, Relaxed);
                 return;
             }
             i = self.next(i);
         }
-    }
-
-    /// Removes the entry at slot `i` (from [`Table::find`]) with backward-shift deletion, so the
-    /// table keeps no tombstones. Dirty table only, under the lock.
-    pub(crate) fn remove_at(&self, i: usize) -> *mut Entry<K, V> {
-        let removed = self
-            .slot(i)
-            .expect("slot of a found entry")
-            .entry
-            .load(Relaxed);
-        let mut hole = i;
-        let mut k = self.next(i);
-        while let Some(slot) = self.slot(k) {
-            let e = slot.entry.load(Relaxed);
-            if e.is_null() {
-                break;
-            }
-            let hash = slot.hash.load(Relaxed);
-            let home = self.home(hash);
-            // The entry at `k` may fill the hole if the hole lies on its probe path, i.e. the
-            // distance from its home to `k` is at least the distance from the hole to `k`.
-            let dist = |a: usize, b: usize| (b + self.cap - a) % self.cap;
-            if dist(home, k) >= dist(hole, k) {
-                let h = self.slot(hole).expect("hole chunk is allocated");
-                h.hash.store(hash, Relaxed);
-                h.entry.store(e, Relaxed);
-                self.used[hole >> self.chunk_shift].fetch_add(1, Relaxed);
-                self.used[k >> self.chunk_shift].fetch_sub(1, Relaxed);
-                hole = k;
-            }
-            k = self.next(k);
-        }
-        let h = self.slot(hole).expect("hole chunk is allocated");
-        h.entry.store(ptr::null_mut(), Relaxed);
-        h.hash.store(0, Relaxed);
-        self.used[hole >> self.chunk_shift].fetch_sub(1, Relaxed);
-        self.len.fetch_sub(1, Relaxed);
-        untag(removed)
     }
 
     /// Marks the entry at slot `i` as owned by this table (it was expunged here).
