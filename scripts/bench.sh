@@ -3,11 +3,13 @@
 #
 #   scripts/bench.sh            # everything except the 2^22 bustle runs   (~25 min on 2 cores)
 #   FULL=1 scripts/bench.sh     # also bustle at 2^22                       (~+15 min)
-#   ONLY=go|bustle|latency|memory|pool|charts scripts/bench.sh   # one part
+#   ONLY=go|bustle|headline|latency|memory|pool|charts scripts/bench.sh   # one part
 #
 # Outputs (all under docs/charts/, committed):
 #   go_sync_map.md        Go sync.Map benchmark set, Mops/s and tiermap / best peer, per thread count
-#   bustle.md, bustle.csv ReadHeavy / Exchange / RapidGrow tables (Mops/s, ratio to best peer)
+#   bustle.md, bustle.csv ReadHeavy / Exchange / RapidGrow tables (Mops/s, ratio to best peer);
+#                         bustle_steady.md (ReadHeavy, 10x operations), bustle_2e22.md (FULL=1)
+#   final_2threads.md     LoadMostlyHits and the three mixes re-run at 2 threads (headline)
 #   latency.md, *.csv     first new-key insert after a read-only phase; churn insert percentiles
 #   memory.md, *.csv      bytes per entry, held bytes after remove-all / clear / shrink; churn
 #   pool.md               MapPool vs other pools (only if benches/pool.rs exists)
@@ -37,9 +39,23 @@ fi
 if want bustle; then
     echo "== bustle mixes" >&2
     rm -f "$OUT/bustle.csv"
-    sizes=16
-    [[ "${FULL:-0}" == 1 ]] && sizes=16,22
-    BUSTLE_SIZES=$sizes BUSTLE_CSV="$OUT/bustle.csv" cargo bench --bench bustle_mixes >"$OUT/bustle.md"
+    BUSTLE_SIZES=16 BUSTLE_CSV="$OUT/bustle.csv" cargo bench --bench bustle_mixes >"$OUT/bustle.md"
+    BUSTLE_SIZES=16 BUSTLE_MIXES=ReadHeavy BUSTLE_OPS=10 BUSTLE_REPS=5 BUSTLE_CSV="$OUT/bustle.csv" \
+        cargo bench --bench bustle_mixes >"$OUT/bustle_steady.md"
+    if [[ "${FULL:-0}" == 1 ]]; then
+        BUSTLE_SIZES=22 BUSTLE_REPS=1 BUSTLE_CSV="$OUT/bustle.csv" \
+            cargo bench --bench bustle_mixes >"$OUT/bustle_2e22.md"
+    fi
+fi
+
+if want headline; then
+    # The key numbers re-run at 2 threads, for the table at the top of BENCHMARKS.md.
+    echo "== headline (2 threads)" >&2
+    rm -rf target/criterion-headline
+    CRITERION_HOME=target/criterion-headline BENCH_THREADS=2 BENCH_WORKLOADS=LoadMostlyHits \
+        BENCH_TIME_MS=2000 cargo bench --bench go_sync_map >/dev/null 2>&1
+    python3 scripts/plot.py go-table target/criterion-headline "$OUT/final_2threads.md"
+    BENCH_THREADS=2 cargo bench --bench bustle_mixes >>"$OUT/final_2threads.md"
 fi
 
 if want latency; then

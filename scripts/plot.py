@@ -129,7 +129,7 @@ def charts(chart_dir):
                 mix = f"{mix}-ops{ops:g}x"
             pts[(mix, int(log2), m, int(t))] = float(mops)
         for mix, log2 in sorted({(k[0], k[1]) for k in pts}):
-            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            fig, ax = plt.subplots(figsize=(7.6, 4.2))
             maps = sorted({k[2] for k in pts if k[0] == mix and k[1] == log2},
                           key=lambda m: MAP_ORDER.index(short(m)) if short(m) in MAP_ORDER else 99)
             for m in maps:
@@ -143,7 +143,7 @@ def charts(chart_dir):
             ax.set_title(f"bustle {mix}, capacity 2^{log2}, ahash")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             fig.tight_layout()
             fig.savefig(os.path.join(chart_dir, f"{mix.lower()}_2e{log2}_threads.svg"))
             plt.close(fig)
@@ -153,7 +153,7 @@ def charts(chart_dir):
         series = defaultdict(list)
         for r in csv.DictReader(open(churn)):
             series[r["map"]].append((int(r["step"]), int(r["held_bytes"]) / 1048576))
-        fig, ax = plt.subplots(figsize=(7.2, 4.2))
+        fig, ax = plt.subplots(figsize=(8.4, 4.2))
         for m, v in series.items():
             ax.plot([s for s, _ in v], [b for _, b in v], label=m, color=colors.get(m),
                     linewidth=2.5 if m == "tiermap" else 1.3)
@@ -162,7 +162,7 @@ def charts(chart_dir):
         ax.set_title("Held memory along a sliding-window churn, u64 -> u64")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(os.path.join(chart_dir, "memory_churn.svg"))
         plt.close(fig)
