@@ -1,8 +1,8 @@
 //! `serde` support, behind the `serde` feature.
 //!
 //! * [`SyncMap`] serializes as a map (like `HashMap`) and deserializes from one;
-//! * [`MapStats`] and [`Released`] serialize as structs with their field names, so that a
-//!   server can return them as JSON as they are.
+//! * [`MapStats`], [`Released`] and [`PoolStats`] serialize as structs with their field names,
+//!   so that a server can return them as JSON as they are (`examples/server` does).
 //!
 //! ```
 //! use tiermap::SyncMap;
@@ -27,6 +27,7 @@ use std::marker::PhantomData;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeStruct, Serializer};
 
+use crate::pool::PoolStats;
 use crate::{MapStats, Released, SyncMap};
 
 /// Serializes the map as a map of its entries, in no particular order.
@@ -84,7 +85,11 @@ where
     }
 }
 
-struct SyncMapVisitor<K, V, S>(PhantomData<fn() -> SyncMap<K, V, S>>);
+/// `fn() -> ..`: the visitor makes maps, it owns none (so it is `Send` and `Sync` whatever `K`
+/// and `V` are).
+type Makes<K, V, S> = fn() -> SyncMap<K, V, S>;
+
+struct SyncMapVisitor<K, V, S>(PhantomData<Makes<K, V, S>>);
 
 impl<'de, K, V, S> Visitor<'de> for SyncMapVisitor<K, V, S>
 where
@@ -173,6 +178,46 @@ impl Serialize for Released {
         let mut s = serializer.serialize_struct("Released", 2)?;
         s.serialize_field("released_bytes", &released_bytes)?;
         s.serialize_field("pending_bytes", &pending_bytes)?;
+        s.end()
+    }
+}
+
+/// Serializes the snapshot as a struct of its public fields (`gets`, `hits`, `misses`,
+/// `returns`, `returns_shrunk`, `returns_dropped`, `detached`, `idle`, `retained_bytes`).
+///
+/// ```
+/// use tiermap::pool::MapPool;
+///
+/// let pool: MapPool<Vec<u64>> = MapPool::new();
+/// drop(pool.get());
+/// let json = serde_json::to_value(pool.stats()).unwrap();
+/// assert_eq!(json["gets"], 1);
+/// assert_eq!(json["idle"], 1);
+/// ```
+impl Serialize for PoolStats {
+    fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        // Destructured so that a new field cannot be forgotten here.
+        let PoolStats {
+            gets,
+            hits,
+            misses,
+            returns,
+            returns_shrunk,
+            returns_dropped,
+            detached,
+            idle,
+            retained_bytes,
+        } = *self;
+        let mut s = serializer.serialize_struct("PoolStats", 9)?;
+        s.serialize_field("gets", &gets)?;
+        s.serialize_field("hits", &hits)?;
+        s.serialize_field("misses", &misses)?;
+        s.serialize_field("returns", &returns)?;
+        s.serialize_field("returns_shrunk", &returns_shrunk)?;
+        s.serialize_field("returns_dropped", &returns_dropped)?;
+        s.serialize_field("detached", &detached)?;
+        s.serialize_field("idle", &idle)?;
+        s.serialize_field("retained_bytes", &retained_bytes)?;
         s.end()
     }
 }
