@@ -13,9 +13,14 @@
 //! revive), deleted -> expunged (migration, under the dirty lock). Nothing leaves `expunged`: a
 //! key whose read-tier entry is expunged is re-inserted as a new entry in the dirty tier.
 //!
-//! Values live in their own allocation (at least one byte, so that two values never share an
-//! address and a compare-and-swap on the pointer cannot confuse them) and are retired through
-//! the epoch when replaced or removed.
+//! A value lives in its own allocation (at least one byte, so that two values never share an
+//! address and a compare-and-swap on the pointer cannot confuse them) and is retired through
+//! the epoch when replaced or removed. The exception is the first value of an entry whose type
+//! has no drop glue (`u64`, `&'static str`, plain structs...): it is stored *inline*, in the
+//! entry's own allocation, which saves an allocation per insert and a cache miss per read. An
+//! inline value that is replaced or removed needs no retirement: it has nothing to drop, and
+//! its bytes stay valid (never written again) for as long as the entry, which readers already
+//! rely on.
 
 use std::alloc::{self, Layout};
 use std::ptr;
@@ -41,19 +46,119 @@ pub(crate) enum State<V> {
 }
 
 /// One key and its value cell. Shared by the read and the dirty table while both hold it.
+///
+/// Allocated by [`Entry::create`] with [`entry_layout`] (the entry, then the inline value slot
+/// when `V` has no drop glue) and freed by [`Entry::destroy`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
-    // Invariant: null, `expunged()`, or a pointer from `alloc_value` that no other entry holds.
+    // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
+    // that no other entry holds.
     value: AtomicPtr<V>,
 }
 
+/// Whether values of type `V` are stored inline in their entry (see the module docs).
+#[inline]
+const fn inline<V>() -> bool {
+    !std::mem::needs_drop::<V>()
+}
+
+/// The layout of an entry allocation and the offset of its inline value slot (0 if none).
+#[inline]
+fn entry_layout<K, V>() -> (Layout, usize) {
+    let base = Layout::new::<Entry<K, V>>();
+    if inline::<V>() {
+        let (layout, offset) = base.extend(value_layout::<V>()).expect("entry layout");
+        (layout.pad_to_align(), offset)
+    } else {
+        (base, 0)
+    }
+}
+
 impl<K, V> Entry<K, V> {
-    /// Allocates an entry holding `value` (a pointer from [`alloc_value`]).
-    pub(crate) fn boxed(key: K, value: *mut V) -> *mut Entry<K, V> {
-        Box::into_raw(Box::new(Entry {
-            key,
-            value: AtomicPtr::new(value),
-        }))
+    /// Allocates an entry holding `value`.
+    pub(crate) fn create(key: K, value: V) -> *mut Entry<K, V> {
+        let (layout, offset) = entry_layout::<K, V>();
+        // SAFETY: an entry has a non-zero size (it holds a pointer).
+        let e = unsafe { alloc::alloc(layout) }.cast::<Entry<K, V>>();
+        if e.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        let v = if inline::<V>() {
+            // SAFETY: `offset` is inside the allocation and aligned for `V` (Layout::extend).
+            let v = unsafe { e.cast::<u8>().add(offset) }.cast::<V>();
+            // SAFETY: as above; the slot is fresh.
+            unsafe { v.write(value) };
+            v
+        } else {
+            alloc_value(value)
+        };
+        // SAFETY: `e` is a fresh allocation with the layout of `Entry` at offset 0.
+        unsafe {
+            e.write(Entry {
+                key,
+                value: AtomicPtr::new(v),
+            })
+        };
+        e
+    }
+
+    /// Drops an entry (its key, and its value if live) and frees its allocation.
+    ///
+    /// # Safety
+    /// `e` came from [`Entry::create`], is freed once, and no reader can reach it any more.
+    pub(crate) unsafe fn destroy(e: *mut Entry<K, V>) {
+        // SAFETY: per the caller; the layout is the one `create` used.
+        unsafe {
+            ptr::drop_in_place(e);
+            alloc::dealloc(e.cast(), entry_layout::<K, V>().0);
+        }
+    }
+
+    /// Moves the key and the live value (if any) out of an entry and frees it.
+    ///
+    /// # Safety
+    /// As for [`Entry::destroy`].
+    pub(crate) unsafe fn into_parts(e: *mut Entry<K, V>) -> (K, Option<V>) {
+        // SAFETY: per the caller, `e` is live and exclusively ours.
+        unsafe {
+            let value = (*e).take_exclusive().map(|p| (*e).take_value(p));
+            let key = ptr::read(&(*e).key);
+            ptr::drop_in_place(ptr::addr_of_mut!((*e).value));
+            alloc::dealloc(e.cast(), entry_layout::<K, V>().0);
+            (key, value)
+        }
+    }
+
+    /// Whether `p` is this entry's inline value slot. Compares addresses only.
+    #[inline]
+    fn is_inline(&self, p: *mut V) -> bool {
+        inline::<V>() && p.addr() == (self as *const Self).addr() + entry_layout::<K, V>().1
+    }
+
+    /// Retires a value that the caller unlinked from this entry with its CAS.
+    ///
+    /// # Safety
+    /// As for [`retire_value`]; `p` was this entry's value.
+    pub(crate) unsafe fn retire(&self, guard: &Guard, p: *mut V) {
+        if !self.is_inline(p) {
+            // SAFETY: per the caller. (An inline value has no drop glue and lives as long as
+            // the entry, so it needs no retirement.)
+            unsafe { retire_value(guard, p) };
+        }
+    }
+
+    /// Moves a value taken from this entry out of its storage.
+    ///
+    /// # Safety
+    /// `p` was taken from this entry with exclusive access and is not used afterwards.
+    unsafe fn take_value(&self, p: *mut V) -> V {
+        if self.is_inline(p) {
+            // SAFETY: the inline slot holds an initialized `V`; it is not dropped by the entry.
+            unsafe { ptr::read(p) }
+        } else {
+            // SAFETY: per the caller.
+            unsafe { take_value(p) }
+        }
     }
 
     #[inline]
@@ -171,17 +276,6 @@ impl<K, V> Entry<K, V> {
         }
     }
 
-    /// Moves the key out of an entry whose value was taken (see [`Entry::take_exclusive`]).
-    pub(crate) fn into_key(self) -> K {
-        let mut this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so `key` is moved out exactly once and `value` (null,
-        // owning nothing) is dropped in place exactly once.
-        unsafe {
-            ptr::drop_in_place(&mut this.value);
-            ptr::read(&this.key)
-        }
-    }
-
     /// Takes the value out of an entry the caller owns exclusively.
     pub(crate) fn take_exclusive(&mut self) -> Option<*mut V> {
         let p = self.value.swap(ptr::null_mut(), AcqRel);
@@ -196,10 +290,13 @@ impl<K, V> Entry<K, V> {
 impl<K, V> Drop for Entry<K, V> {
     fn drop(&mut self) {
         if let Some(p) = self.take_exclusive() {
-            // SAFETY: the entry is being dropped, so it is its value's only owner (entry
-            // invariant: no other entry holds the pointer), and whoever drops an entry has
-            // established that no reader can still reach it.
-            unsafe { free_value(p) };
+            if !self.is_inline(p) {
+                // SAFETY: the entry is being dropped, so it is its value's only owner (entry
+                // invariant: no other entry holds the pointer), and whoever drops an entry has
+                // established that no reader can still reach it. (An inline value has no drop
+                // glue; its bytes are freed with the entry.)
+                unsafe { free_value(p) };
+            }
         }
     }
 }

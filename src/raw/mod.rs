@@ -35,7 +35,7 @@ use crate::facade::{
 };
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
-use entry::{alloc_value, free_value, retire_value, take_value, Entry, State};
+use entry::{alloc_value, free_value, take_value, Entry, State};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -155,6 +155,12 @@ struct Pending<V>(*mut V);
 impl<V> Pending<V> {
     fn new(value: V) -> Self {
         Pending(alloc_value(value))
+    }
+
+    /// The allocation in `slot`, made from `value` the first time.
+    fn boxed(slot: &mut Option<Pending<V>>, value: &mut Option<V>) -> *mut V {
+        slot.get_or_insert_with(|| Pending::new(value.take().expect("value moved once")))
+            .0
     }
     fn publish(self) -> *mut V {
         let p = self.0;
@@ -455,16 +461,21 @@ impl<K, V> RawMap<K, V> {
     }
 
     /// Inserts or replaces. Returns the previous value.
+    ///
+    /// The value is moved to its own allocation only if it replaces or revives the value of an
+    /// existing entry; a new key gets an entry that holds its first value (inline when `V` has
+    /// no drop glue).
     pub(crate) fn insert<'g>(&self, hash: u64, key: K, value: V, guard: &'g Guard) -> Option<&'g V>
     where
         K: Eq,
     {
-        let new = Pending::new(value);
+        let mut value = Some(value);
+        let mut new: Option<Pending<V>> = None;
         let read = self.read(guard);
         if let Some((e, gen)) = self.lookup(hash, &key, guard, false) {
-            if let Ok(old) = e.try_store(new.0) {
-                let _ = new.publish();
-                return self.after_store(gen, old, guard);
+            if let Ok(old) = e.try_store(Pending::boxed(&mut new, &mut value)) {
+                let _ = new.take().map(Pending::publish);
+                return self.after_store(e, gen, old, guard);
             }
         }
         self.slow(guard, |this, st, guard| {
@@ -476,13 +487,18 @@ impl<K, V> RawMap<K, V> {
                     // Not expunged: a read entry was checked under the lock (only migration,
                     // under the lock, expunges) and a dirty entry never is.
                     let old = e
-                        .try_store(new.0)
+                        .try_store(Pending::boxed(&mut new, &mut value))
                         .expect("entry under lock is not expunged");
-                    let _ = new.publish();
-                    this.after_store(&read.gen, old, guard)
+                    let _ = new.take().map(Pending::publish);
+                    this.after_store(e, &read.gen, old, guard)
                 }
                 None => {
-                    this.insert_fresh(st, hash, key, new.publish(), guard);
+                    let v = match new.take() {
+                        // SAFETY: never published; we own it.
+                        Some(p) => unsafe { take_value(p.publish()) },
+                        None => value.take().expect("value moved once"),
+                    };
+                    this.insert_fresh(st, hash, key, v, guard);
                     None
                 }
             }
@@ -491,11 +507,17 @@ impl<K, V> RawMap<K, V> {
 
     /// Retires the value an insert replaced, or counts a revived key in `gen` (the generation
     /// of the entry that was written).
-    fn after_store<'g>(&self, gen: &Gen, old: Option<*mut V>, guard: &'g Guard) -> Option<&'g V> {
+    fn after_store<'g>(
+        &self,
+        e: &Entry<K, V>,
+        gen: &Gen,
+        old: Option<*mut V>,
+        guard: &'g Guard,
+    ) -> Option<&'g V> {
         match old {
             Some(old) => {
-                // SAFETY: we unlinked `old` with our CAS; it is retired once, here.
-                unsafe { retire_value(guard, old) };
+                // SAFETY: we unlinked `old` from `e` with our CAS; it is retired once, here.
+                unsafe { e.retire(guard, old) };
                 // SAFETY: retired values outlive the guard that was pinned when they were
                 // unlinked.
                 Some(unsafe { &*old })
@@ -509,7 +531,15 @@ impl<K, V> RawMap<K, V> {
     }
 
     /// Adds a key that no tier holds (or whose read entry is expunged) to the dirty tier.
-    fn insert_fresh(&self, st: &mut Dirty<K, V>, hash: u64, key: K, value: *mut V, guard: &Guard) {
+    /// Returns the new entry's value pointer.
+    fn insert_fresh(
+        &self,
+        st: &mut Dirty<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+        guard: &Guard,
+    ) -> *const V {
         let mut read = self.read(guard);
         match &st.tier {
             None => self.start_migration(st, read, false),
@@ -526,13 +556,20 @@ impl<K, V> RawMap<K, V> {
             Some(_) => {}
         }
         let d = st.tier.as_ref().expect("dirty tier exists");
-        d.table.insert_unique(hash, Entry::boxed(key, value));
+        let e = Entry::create(key, value);
+        // SAFETY: just created; not yet shared.
+        let v = match unsafe { &*e }.load() {
+            State::Live(v) => v,
+            State::Deleted | State::Expunged => unreachable!("a new entry is live"),
+        };
+        d.table.insert_unique(hash, e);
         // Relaxed: counters; see `Gen::live`.
         d.gen.live.fetch_add(1, Relaxed);
         d.gen.entries.fetch_add(1, Relaxed);
-        // Release pairs with the acquire in `lookup`: a reader that sees `amended` and takes the
-        // lock will find the key (the mutex orders the insert before its critical section).
+        // Release pairs with the acquire in `lookup`: a reader that sees `amended` finds the
+        // key's slot in the dirty table (published by `insert_unique` before this store).
         read.amended.store(true, Release);
+        v
     }
 
     /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
@@ -694,22 +731,22 @@ impl<K, V> RawMap<K, V> {
     {
         let (e, gen) = self.lookup(hash, key, guard, true)?;
         let old = e.try_delete()?;
-        Some(self.after_remove(gen, old, guard))
+        Some(self.after_remove(e, gen, old, guard))
     }
 
     /// Retires a value the caller unlinked with its CAS and counts the key as gone in `gen`,
     /// the generation of the entry it was unlinked from.
-    fn unlinked<'g>(&self, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
-        // SAFETY: the caller unlinked `old` with its CAS; it is retired once, here.
-        unsafe { retire_value(guard, old) };
+    fn unlinked<'g>(&self, e: &Entry<K, V>, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
+        // SAFETY: the caller unlinked `old` from `e` with its CAS; it is retired once, here.
+        unsafe { e.retire(guard, old) };
         // Relaxed: a counter; see `Gen::live`.
         gen.live.fetch_sub(1, Relaxed);
         // SAFETY: retired values outlive the guard pinned when they were unlinked.
         unsafe { &*old }
     }
 
-    fn after_remove<'g>(&self, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
-        let v = self.unlinked(gen, old, guard);
+    fn after_remove<'g>(&self, e: &Entry<K, V>, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
+        let v = self.unlinked(e, gen, old, guard);
         self.after_delete(self.read(guard), guard);
         v
     }
@@ -788,10 +825,12 @@ impl<K, V> RawMap<K, V> {
                         }
                     }
                     None => {
-                        let v = pending.take()?.publish();
+                        // SAFETY: never published; we own it.
+                        let v = unsafe { take_value(pending.take()?.publish()) };
                         let k = key.take().expect("key kept until inserted");
-                        this.insert_fresh(st, hash, k, v, guard);
-                        // SAFETY: as above.
+                        let v = this.insert_fresh(st, hash, k, v, guard);
+                        // SAFETY: the value of the entry just published; it outlives the guard
+                        // (values and entries are retired through the epoch).
                         Some(GetOrInsert::Inserted(unsafe { &*v }))
                     }
                 }
@@ -836,7 +875,7 @@ impl<K, V> RawMap<K, V> {
                     if e.replace_exact(p, new.0).is_ok() {
                         let _ = new.publish();
                         // SAFETY: we unlinked `p` with our CAS; retired once, here.
-                        unsafe { retire_value(guard, p) };
+                        unsafe { e.retire(guard, p) };
                         return Replace::Done(cur);
                     }
                 }
@@ -869,7 +908,7 @@ impl<K, V> RawMap<K, V> {
                         return None;
                     }
                     if e.replace_exact(p, ptr::null_mut()).is_ok() {
-                        return Some(self.after_remove(gen, p, guard));
+                        return Some(self.after_remove(e, gen, p, guard));
                     }
                 }
                 State::Deleted | State::Expunged => return None,
@@ -887,7 +926,7 @@ impl<K, V> RawMap<K, V> {
     ) -> bool {
         let removed = e.replace_exact(p, ptr::null_mut()).is_ok();
         if removed {
-            self.unlinked(&tier.gen, p, guard);
+            self.unlinked(e, &tier.gen, p, guard);
         }
         removed
     }
@@ -1051,9 +1090,8 @@ impl<K, V> RawMap<K, V> {
                 let tier = Box::from_raw(t);
                 tier.table.for_each_raw(|i, e, owned| {
                     if owned || i >= upto {
-                        let mut entry = Box::from_raw(e);
-                        if let Some(v) = entry.take_exclusive() {
-                            out.push(((*entry).into_key(), take_value(v)));
+                        if let (key, Some(value)) = Entry::into_parts(e) {
+                            out.push((key, value));
                         }
                     }
                 });
@@ -1125,7 +1163,7 @@ unsafe fn free_tier<K, V>(t: *mut Tier<K, V>, upto: usize) {
     tier.table.for_each_raw(|i, e, owned| {
         if owned || i >= upto {
             // SAFETY: I3: this tier is the entry's only owner.
-            drop(unsafe { Box::from_raw(e) });
+            unsafe { Entry::destroy(e) };
         }
     });
 }
