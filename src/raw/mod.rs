@@ -621,12 +621,15 @@ impl<K, V> RawMap<K, V> {
         let Some(d) = &st.tier else { return };
         let mut expunged = 0;
         st.cursor = read.table.scan(st.cursor, budget, |i, hash, e| {
-            if e.expunge_if_deleted() {
+            // SAFETY: entries reachable from the read tier are alive while we hold the lock and
+            // `guard` (I3: only retirement through the epoch frees them).
+            if unsafe { &*e }.expunge_if_deleted() {
                 read.table.mark_owned(i);
                 expunged += 1;
             } else {
-                d.table
-                    .insert_unique(hash, e as *const Entry<K, V> as *mut Entry<K, V>);
+                // The stored pointer itself, not one derived from a reference: the dirty tier
+                // may be the one that frees the entry later.
+                d.table.insert_unique(hash, e);
             }
         });
         st.expunged += expunged;

@@ -242,7 +242,8 @@ impl<K, V> Table<K, V> {
         }
     }
 
-    /// Visits slots from `start`, calling `f(index, hash, entry)` for each occupied one, and
+    /// Visits slots from `start`, calling `f(index, hash, entry)` for each occupied one (with the
+    /// entry pointer as stored, so that it keeps the allocation's full provenance), and
     /// stops after about `budget` units of work (an occupied slot or a skipped empty chunk costs
     /// one unit, an empty slot in an allocated chunk a sixteenth). Returns the index to resume
     /// from (`capacity()` when done).
@@ -250,7 +251,7 @@ impl<K, V> Table<K, V> {
         &self,
         start: usize,
         budget: usize,
-        mut f: impl FnMut(usize, u64, &Entry<K, V>),
+        mut f: impl FnMut(usize, u64, *mut Entry<K, V>),
     ) -> usize {
         let mut work = 0usize;
         let budget = budget.saturating_mul(16);
@@ -273,8 +274,7 @@ impl<K, V> Table<K, V> {
                     if e.is_null() {
                         work += 1;
                     } else {
-                        // SAFETY: as in `find`.
-                        f(i, slot.hash.load(Relaxed), unsafe { &*untag(e) });
+                        f(i, slot.hash.load(Relaxed), untag(e));
                         work += 16;
                     }
                     i += 1;
