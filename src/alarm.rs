@@ -24,6 +24,7 @@
 //! same time, one runs the callback. Snapshots taken at about the same time on two threads may be
 //! judged in either order; the hysteresis band keeps that from turning into repeated firings.
 
+use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
@@ -999,15 +1000,20 @@ impl fmt::Debug for PoolRetentionAlarm {
     }
 }
 
-/// Returns per shard between two checks of a pool's sinks.
-const POOL_CHECK_EVERY: u64 = 64;
+/// Returns per thread between two checks of a pool's sinks.
+const POOL_CHECK_EVERY: u32 = 64;
+
+thread_local! {
+    /// Returns to pools with a sink set, made by this thread (all pools together).
+    static POOL_RETURNS: Cell<u32> = const { Cell::new(0) };
+}
 
 /// A pool's hook: the alarm and the metrics publisher, checked on the return path.
 ///
-/// A return checks (takes a [`PoolStats`] snapshot, which sums the shards' counters) when the
-/// home shard's return count reaches a multiple of 64, and at once when it kept an object of at
-/// least a sixteenth of the alarm's threshold (so one huge object is seen on its way in). With no
-/// sink set, a return pays one relaxed load.
+/// A return checks (takes a [`PoolStats`] snapshot, which sums the shards' counters) every 64
+/// returns a thread makes to watched pools, and at once when it kept an object of at least a
+/// sixteenth of the alarm's threshold (so one huge object is seen on its way in). With no sink
+/// set, a return pays one relaxed load; with one, two loads and a thread-local increment.
 #[derive(Default)]
 pub(crate) struct PoolHooks {
     /// Whether any sink is set.
@@ -1031,20 +1037,20 @@ impl fmt::Debug for PoolHooks {
 
 impl PoolHooks {
     /// Called after every return, outside every lock of the pool: `kept_bytes` are the bytes of
-    /// the object kept idle (0 if it was dropped), `shard_returns` the home shard's return count.
+    /// the object kept idle (0 if it was dropped).
     #[inline]
-    pub(crate) fn after_return(
-        &self,
-        kept_bytes: usize,
-        shard_returns: impl FnOnce() -> u64,
-        stats: impl FnOnce() -> PoolStats,
-    ) {
+    pub(crate) fn after_return(&self, kept_bytes: usize, stats: impl FnOnce() -> PoolStats) {
         // Relaxed: a hint; a sink set concurrently is seen at a later return.
         if !self.active.load(Relaxed) {
             return;
         }
         let big = self.big.load(Relaxed);
-        if (big > 0 && kept_bytes >= big) || shard_returns() % POOL_CHECK_EVERY == 0 {
+        let nth = POOL_RETURNS.with(|n| {
+            let next = n.get().wrapping_add(1);
+            n.set(next);
+            next
+        });
+        if (big > 0 && kept_bytes >= big) || nth % POOL_CHECK_EVERY == 0 {
             self.notify(&stats());
         }
     }
@@ -1091,13 +1097,14 @@ impl<T: Recycle> MapPool<T> {
     /// returning.
     ///
     /// **When it is checked.** After returns (a guard dropped, or [`MapPool::put`]), outside
-    /// every lock of the pool: every 64 returns to a shard, at once after a return that kept an
-    /// object of at least a sixteenth of the threshold, and after [`MapPool::clear`]. `get`
-    /// never checks.
+    /// every lock of the pool: every 64 returns a thread makes (to any watched pool), at once
+    /// after a return that kept an object of at least a sixteenth of the threshold, and after
+    /// [`MapPool::clear`]. `get` never checks.
     ///
     /// **Cost.** With no alarm and no metrics publisher, one relaxed load per return. With
-    /// one, a check every 64 returns per shard sums the shards' counters (a few atomic loads per
-    /// shard), plus one check per big object kept.
+    /// one, two relaxed loads and a thread-local increment per return, and every 64 returns a
+    /// check that sums the shards' counters (a few atomic loads per shard), plus one check per
+    /// big object kept.
     ///
     /// **The callback** runs on the returning thread, may use the pool (and `get` or `put`
     /// objects), and if it panics the panic is caught and counted

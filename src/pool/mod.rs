@@ -486,8 +486,7 @@ impl<T: Recycle> MapPool<T> {
     pub(crate) fn give_back(&self, value: T) {
         let home = self.home();
         let kept = self.store_returned(home, value);
-        let returns = || self.shards[home].0.counts().returns;
-        self.hook.after_return(kept, returns, || self.stats());
+        self.hook.after_return(kept, || self.stats());
     }
 
     /// `give_back`'s work; returns the bytes of the object if it was kept, else 0.
