@@ -350,3 +350,52 @@ async fn concurrent_clients() {
     let body = json!(s["cache"]);
     assert_eq!(body["len"], 40);
 }
+
+/// A chunked body (no `Content-Length`) is cut off at the limit while it is read: 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_the_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (addr, state) = start(limits()).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // 80 KiB in 8 KiB chunks, over the 64 KiB limit; the server may stop reading early.
+    let chunk = format!("2000\r\n{}\r\n", " ".repeat(0x2000));
+    for _ in 0..10 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "{}",
+        &response[..response.len().min(300)]
+    );
+    assert!(response.contains("body larger than 65536 bytes"));
+    assert_eq!(
+        state.pool.stats().gets,
+        0,
+        "no scratch map for a refused body"
+    );
+
+    // A chunked body within the limit is fine.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"sum\":1"), "{response}");
+}
