@@ -161,13 +161,17 @@ fn differential_reentrant_closures() {
 
 #[test]
 fn concurrent_owned_and_shared_keys() {
+    let (range, n) = if cfg!(miri) { (2, 8) } else { (32, 64) };
     let input = Input {
         hasher: HasherKind::Mod4,
         chaos: false,
         threads: (0..3)
             .map(|t| {
-                let mut ops = vec![COp::InsertRange { start: 0, len: 32 }];
-                for k in 0..64 {
+                let mut ops = vec![COp::InsertRange {
+                    start: 0,
+                    len: range,
+                }];
+                for k in 0..n {
                     ops.push(COp::Insert { k, shared: true });
                     ops.push(COp::CompareExchange {
                         k: k + t,
@@ -180,7 +184,10 @@ fn concurrent_owned_and_shared_keys() {
                     });
                 }
                 ops.push(COp::Iter);
-                ops.push(COp::RemoveRange { start: 0, len: 16 });
+                ops.push(COp::RemoveRange {
+                    start: 0,
+                    len: range / 2,
+                });
                 ops.push(COp::ShrinkToFit);
                 ops
             })
