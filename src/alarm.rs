@@ -20,9 +20,19 @@
 //! | tripped | value > threshold × (1 − hysteresis)     | tripped    | —                  |
 //! | tripped | value <= threshold × (1 − hysteresis)    | armed      | —                  |
 //!
+//! For [`RetentionCondition::RetiredBytes`], the value that trips is the smallest of the last
+//! `retired_window` snapshots (a promotion leaves a table pending for a check or two), while
+//! the value that re-arms is the latest one.
+//!
 //! The armed → tripped step is a compare-and-swap, so of two threads judging snapshots at the
 //! same time, one runs the callback. Snapshots taken at about the same time on two threads may be
 //! judged in either order; the hysteresis band keeps that from turning into repeated firings.
+//!
+//! # Pools
+//!
+//! A [`MapPool`] has no engine hook; its return path calls [`PoolHooks::after_return`], which
+//! checks every 64 returns per thread and at once for a big object (see there). The single
+//! condition, retained bytes, follows the same state machine.
 
 use std::cell::Cell;
 use std::fmt;
