@@ -108,9 +108,45 @@ pub(crate) struct Shared {
     pub(crate) compactions: std::sync::atomic::AtomicU64,
 }
 
+/// The dirty tier's owning pointer (null when there is none).
+///
+/// A raw pointer rather than a `Box`: lock-free readers hold pointers to the same tier (through
+/// `RawMap::dirty_view`), which a `Box`'s uniqueness would forbid. The tier is freed only by
+/// whoever takes it out of the slot (`take`), through the epoch or with exclusive access.
+pub(crate) struct TierSlot<K, V>(*mut Tier<K, V>);
+
+impl<K, V> TierSlot<K, V> {
+    fn new(tier: Option<Box<Tier<K, V>>>) -> Self {
+        TierSlot(tier.map_or(ptr::null_mut(), Box::into_raw))
+    }
+
+    pub(crate) fn is_some(&self) -> bool {
+        !self.0.is_null()
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.0.is_null()
+    }
+
+    pub(crate) fn as_deref(&self) -> Option<&Tier<K, V>> {
+        // SAFETY: a non-null slot points to a live tier that the slot owns; it is freed only
+        // after being taken out, which needs `&mut self`.
+        unsafe { self.0.as_ref() }
+    }
+
+    fn ptr(&self) -> *mut Tier<K, V> {
+        self.0
+    }
+
+    /// Takes the tier out (null if none); the caller now owns it.
+    fn take(&mut self) -> *mut Tier<K, V> {
+        std::mem::replace(&mut self.0, ptr::null_mut())
+    }
+}
+
 /// State under the dirty lock.
 pub(crate) struct Dirty<K, V> {
-    pub(crate) tier: Option<Box<Tier<K, V>>>,
+    pub(crate) tier: TierSlot<K, V>,
     /// Slots of the read tier decided by the migration (I4). 0 when there is no dirty tier.
     pub(crate) cursor: usize,
     /// Work units per slow operation for the running migration.
@@ -224,9 +260,8 @@ impl<K, V> RawMap<K, V> {
         let gen = Gen::new(0);
         let read = Tier::boxed(0, gen.clone());
         let dirty = (capacity > 0).then(|| Tier::boxed(capacity.saturating_mul(2), gen));
-        let view = dirty
-            .as_deref()
-            .map_or(ptr::null_mut(), |d| d as *const _ as *mut _);
+        let dirty = TierSlot::new(dirty);
+        let view = dirty.ptr();
         RawMap {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
@@ -298,7 +333,7 @@ impl<K, V> RawMap<K, V> {
                 return Place::Read(e);
             }
         }
-        if let Some(d) = &st.tier {
+        if let Some(d) = st.tier.as_deref() {
             if let Some((e, _)) = d.table.find(hash, |k| k.borrow() == key) {
                 return Place::Dirty(e);
             }
@@ -541,7 +576,7 @@ impl<K, V> RawMap<K, V> {
         guard: &Guard,
     ) -> *const V {
         let mut read = self.read(guard);
-        match &st.tier {
+        match st.tier.as_deref() {
             None => self.start_migration(st, read, false),
             Some(d) if d.table.len() >= d.table.max_len() => {
                 if st.cursor < read.table.capacity() {
@@ -555,7 +590,7 @@ impl<K, V> RawMap<K, V> {
             }
             Some(_) => {}
         }
-        let d = st.tier.as_ref().expect("dirty tier exists");
+        let d = st.tier.as_deref().expect("dirty tier exists");
         let e = Entry::create(key, value);
         // SAFETY: just created; not yet shared.
         let v = match unsafe { &*e }.load() {
@@ -574,15 +609,10 @@ impl<K, V> RawMap<K, V> {
 
     /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
     /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
-    fn set_dirty(
-        &self,
-        st: &mut Dirty<K, V>,
-        tier: Option<Box<Tier<K, V>>>,
-    ) -> Option<Box<Tier<K, V>>> {
-        let view = tier.as_deref().map_or(ptr::null_mut(), |t| {
-            t as *const Tier<K, V> as *mut Tier<K, V>
-        });
-        let old = std::mem::replace(&mut st.tier, tier);
+    fn set_dirty(&self, st: &mut Dirty<K, V>, tier: Option<Box<Tier<K, V>>>) -> *mut Tier<K, V> {
+        let tier = TierSlot::new(tier);
+        let view = tier.ptr();
+        let old = std::mem::replace(&mut st.tier, tier).take();
         // Release: a lookup that loads the pointer sees the tier's slots written so far (and
         // each later slot is published by its own release store in `Table::insert_unique`).
         self.dirty_view.store(view, Release);
@@ -618,7 +648,7 @@ impl<K, V> RawMap<K, V> {
     /// Copies up to `budget` units of the read tier into the dirty tier (I4).
     fn migrate(&self, st: &mut Dirty<K, V>, budget: usize, guard: &Guard) {
         let read = self.read(guard);
-        let Some(d) = &st.tier else { return };
+        let Some(d) = st.tier.as_deref() else { return };
         let mut expunged = 0;
         st.cursor = read.table.scan(st.cursor, budget, |i, hash, e| {
             // SAFETY: entries reachable from the read tier are alive while we hold the lock and
@@ -637,10 +667,10 @@ impl<K, V> RawMap<K, V> {
 
     /// Makes the (complete) dirty tier the read tier and retires the old read tier.
     fn promote(&self, st: &mut Dirty<K, V>, guard: &Guard) {
-        let new = st.tier.take().expect("dirty tier to promote");
+        let new = st.tier.take();
+        assert!(!new.is_null(), "dirty tier to promote");
         // `dirty_view` still points at `new`, which stays alive as the read tier; it is cleared
         // after `read` is swapped (the order `lookup` relies on).
-        let new = Box::into_raw(new);
         #[cfg(tiermap_mutation = "retire_before_publish")]
         let old = {
             let old = self.read.load(Acquire);
@@ -975,18 +1005,12 @@ impl<K, V> RawMap<K, V> {
         // Release pairs with the acquire in `generation_is`.
         self.generation.store(id, Release);
         let dirty = self.set_dirty(&mut st, None);
-        let upto = if dirty.is_some() { st.cursor } else { 0 };
+        let upto = if dirty.is_null() { 0 } else { st.cursor };
         // SAFETY: `old` is unpublished; with the cursor (I3) it and `dirty` own every entry of
         // the generation exactly once.
         unsafe {
             let owned = (*old).gen.entries();
-            self.retire_tiers(
-                old,
-                upto,
-                owned,
-                dirty.map_or(ptr::null_mut(), Box::into_raw),
-                guard,
-            )
+            self.retire_tiers(old, upto, owned, dirty, guard)
         };
         st.cursor = 0;
         self.misses.store(0, Relaxed);
@@ -1135,9 +1159,9 @@ impl<K, V> RawMap<K, V> {
         let read = self.read.swap(empty, AcqRel);
         let mut st = lock(&self.dirty);
         let dirty = self.set_dirty(&mut st, None);
-        let upto = if dirty.is_some() { st.cursor } else { 0 };
+        let upto = if dirty.is_null() { 0 } else { st.cursor };
         st.cursor = 0;
-        (read, dirty.map_or(ptr::null_mut(), Box::into_raw), upto)
+        (read, dirty, upto)
     }
 }
 
