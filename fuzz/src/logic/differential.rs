@@ -119,9 +119,13 @@ fuzz_input! {
 /// name in `TIERMAP_FUZZ_SKIP` (comma-separated). Each has a regression test in
 /// `tests/fuzz_replay.rs` named after it.
 ///
-/// Empty while every bug found is fixed. The first one, `remove_if_clear` (a `remove_if` whose
-/// entry a `clear` orphaned decremented the new generation's live count), was fixed in 027d330.
-pub const KNOWN_BUGS: &[&str] = &[];
+/// Fixed ones leave the list: the first, `remove_if_clear` (a `remove_if` whose entry a `clear`
+/// orphaned decremented the new generation's live count), was fixed in 027d330.
+pub const KNOWN_BUGS: &[&str] = &[
+    // A compaction already running when `retain` removes many entries advances one step only
+    // (`retain_compaction_stalls_under_reads`): skipping relaxes the `deleted` bound.
+    "retain_stall",
+];
 
 /// The bit of a known bug named in `TIERMAP_FUZZ_SKIP`.
 fn skipped_from_env() -> u32 {
@@ -261,7 +265,6 @@ impl<'m> Runner<'m> {
     }
 
     /// Whether the known bug `name` is to be stepped around (see [`KNOWN_BUGS`]).
-    #[allow(dead_code)]
     fn skips(&self, name: &str) -> bool {
         let i = KNOWN_BUGS
             .iter()
@@ -444,7 +447,7 @@ impl<'m> Runner<'m> {
         // once they pass len/2 + 64, a few slots per operation; leave generous room for a
         // compaction in progress.
         assert!(
-            s.deleted <= 2 * len + 2 * 64 + 1024,
+            s.deleted <= 2 * len + 2 * 64 + 1024 || self.skips("retain_stall"),
             "deleted entries pile up: {s}"
         );
         let bound = 1024 * (len + s.deleted) + 256 * 1024;
