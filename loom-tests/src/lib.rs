@@ -267,6 +267,46 @@ impl Drop for Val {
     }
 }
 
+/// Puts `pairs` in the read tier of an empty `map`: inserts them (they land in the dirty tier)
+/// and iterates, which promotes the dirty tier because it holds keys the read tier lacks.
+pub fn fill_read(t: &std::sync::Arc<Tracker>, map: &Map, pairs: &[(u32, u64)]) {
+    for &(k, v) in pairs {
+        assert!(map.insert(t.key(k), t.val(v)).is_none());
+    }
+    assert_eq!(map.pin().iter().count(), pairs.len());
+    let s = map.stats();
+    assert!(s.dirty_capacity == 0 && s.read_capacity > 0, "setup: {s}");
+}
+
+/// Adds `pairs` as new keys: they go to the dirty tier only (the slow path also finishes the
+/// migration of the tiny read tier, so the dirty tier then holds every key).
+pub fn fill_dirty(t: &std::sync::Arc<Tracker>, map: &Map, pairs: &[(u32, u64)]) {
+    for &(k, v) in pairs {
+        assert!(map.insert(t.key(k), t.val(v)).is_none());
+    }
+    let s = map.stats();
+    assert!(s.dirty_capacity > 0 && !s.migrating, "setup: {s}");
+}
+
+/// The value of `k` as a number (reading it checks it is not freed).
+pub fn get(map: &Map, k: u32) -> Option<u64> {
+    map.get(&k).map(|r| r.get())
+}
+
+/// Every key and value seen by one iteration, sorted, asserting that no key is seen twice.
+pub fn snapshot(map: &Map) -> Vec<(u32, u64)> {
+    let mut all: Vec<(u32, u64)> = map.pin().iter().map(|(k, v)| (k.k(), v.get())).collect();
+    all.sort();
+    for w in all.windows(2) {
+        assert!(
+            w[0].0 != w[1].0,
+            "key {} seen twice by one iteration: {all:?}",
+            w[0].0
+        );
+    }
+    all
+}
+
 /// A hasher that passes a `u32` key through (the map mixes it), so slot placement is the same
 /// in every execution. (`RandomState` would make executions differ, which loom rejects.)
 #[derive(Default)]
@@ -299,6 +339,29 @@ pub fn builder(preemptions: usize) -> loom::model::Builder {
         b.max_branches = 100_000;
     }
     b
+}
+
+/// Runs `f` under [`builder`]`(preemptions)` and prints how many executions loom explored and
+/// how long it took (shown with `--nocapture`; `ci/loom.sh` passes it).
+pub fn check<F>(name: &str, preemptions: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let b = builder(preemptions);
+    let bound = b.preemption_bound;
+    let start = std::time::Instant::now();
+    b.check(move || {
+        counter.fetch_add(1, Relaxed);
+        f()
+    });
+    eprintln!(
+        "loom model {name}: {} executions, preemption bound {bound:?}, {:.1?}",
+        runs.load(Relaxed),
+        start.elapsed()
+    );
 }
 
 /// A global allocator that poisons freed blocks and delays their reuse.

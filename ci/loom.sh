@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Model-checks tiermap's real SyncMap code with loom (loom-tests/, see loom-tests/README.md).
+#
+# What it turns on:
+#   --cfg tiermap_loom    tiermap's facade (src/facade.rs) takes every atomic and the dirty Mutex
+#                         from loom, gives each map its own crossbeam_epoch::Collector (one
+#                         participant registered per pin) and 4-slot table chunks.
+#   --cfg crossbeam_loom  crossbeam-epoch's own atomics come from loom too (with the `loom`
+#                         feature, which loom-tests enables), so the epoch is model-checked along
+#                         with the map.
+#   --release             loom explores 10^4-10^5 executions per model; debug builds are ~10x
+#                         slower.
+#   CARGO_TARGET_DIR      target/loom: the RUSTFLAGS change every crate's fingerprint, so a
+#                         separate directory keeps the normal build's cache intact.
+#
+# Bounds: each model sets its own preemption bound (loom::model::Builder::preemption_bound, the
+# second argument of `check(...)` in loom-tests/tests/models/*.rs): 2 for the cheap races, 1 for
+# the models whose executions are long (promotion + iteration, clear_and_release, shrink_to_fit:
+# every pin registers a participant and every SeqCst fence of crossbeam-epoch costs loom a scan of
+# all atomics, so a bound of 2 there takes many minutes). LOOM_MAX_PREEMPTIONS, if set, overrides
+# every model's bound (e.g. LOOM_MAX_PREEMPTIONS=2 for a long local run). LOOM_MAX_BRANCHES
+# defaults to 100000 in the models (an execution takes a few thousand scheduling points).
+#
+# Time: BUDGET_LINE
+#
+# Installs nothing: cargo only. Extra arguments go to the test binary (e.g. a model name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export RUSTFLAGS="--cfg tiermap_loom --cfg crossbeam_loom ${TIERMAP_LOOM_RUSTFLAGS:-}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
+# Loom prints a failing execution's schedule only with LOOM_LOG/LOOM_LOCATION; keep a backtrace.
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+start=$(date +%s)
+# Two test threads: the models are independent and each is single-threaded under loom.
+cargo test --release -p tiermap-loom-tests --test models -- \
+  --nocapture --test-threads="${LOOM_TEST_THREADS:-2}" "$@"
+echo "ci/loom.sh: all loom models passed in $(( $(date +%s) - start )) s"
