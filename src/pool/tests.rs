@@ -363,7 +363,7 @@ fn clear_drops_idle_objects_only() {
 fn zero_sized_elements_never_trip_the_ceiling() {
     let pool: MapPool<Vec<()>> = MapPool::builder().capacity_ceiling(4).build();
     assert_eq!(pool.capacity_ceiling(), Some(usize::MAX));
-    pool.get().extend(std::iter::repeat(()).take(100));
+    pool.get().extend(std::iter::repeat_n((), 100));
     let stats = pool.stats();
     assert_eq!(
         (stats.returns_shrunk, stats.idle, stats.retained_bytes),
@@ -457,7 +457,7 @@ proptest! {
                 Op::Get => {
                     let v = pool.get();
                     prop_assert!(v.is_empty());
-                    prop_assert!(ceiling.map_or(true, |c| v.capacity() <= c));
+                    prop_assert!(ceiling.is_none_or(|c| v.capacity() <= c));
                     model.gets += 1;
                     if model.idle > 0 {
                         model.idle -= 1;
