@@ -738,16 +738,17 @@ where
     pub fn retain(&self, mut f: impl FnMut(&K, &V) -> bool) {
         let guard = self.raw.reclaimer.pin();
         let tier = self.raw.snapshot(&guard);
+        let mut removed = 0;
         for (e, p) in RawIter::new(tier) {
             if !self.raw.generation_is(tier.gen.id) {
                 break;
             }
             // SAFETY: `p` was loaded live under `guard`.
-            if !f(&e.key, unsafe { &*p }) {
-                self.raw.remove_exact(e, p, tier, &guard);
+            if !f(&e.key, unsafe { &*p }) && self.raw.remove_exact(e, p, tier, &guard) {
+                removed += 1;
             }
         }
-        self.raw.settle(&guard);
+        self.raw.settle(&guard, removed);
     }
 
     /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and

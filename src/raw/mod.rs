@@ -624,12 +624,8 @@ impl<K, V> RawMap<K, V> {
     fn start_migration(&self, st: &mut Dirty<K, V>, read: &Tier<K, V>, compacting: bool) {
         debug_assert!(st.tier.is_none());
         let t = &read.table;
-        let live = read.gen.live();
-        // Work units of the whole migration: occupied slots, chunks, and empty slots at 1/16.
-        let work = t.len() + t.chunks() + t.capacity() / 16 + 1;
-        // Finish before half of the live entries can be removed (so compaction keeps up), and
-        // never do less than MIN_BUDGET per operation.
-        let budget = (2 * work).div_ceil(live.max(1)).max(MIN_BUDGET);
+        let work = Self::work(t);
+        let budget = Self::budget(t, read.gen.live());
         // I5: room for every read entry plus one fresh key per operation of the migration, at
         // load factor 1/2.
         let ops = work.div_ceil(budget) + 1;
@@ -643,6 +639,18 @@ impl<K, V> RawMap<K, V> {
         if compacting {
             self.shared.compactions.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Work units of a whole migration of `t`: occupied slots, chunks, and empty slots at 1/16.
+    fn work(t: &Table<K, V>) -> usize {
+        t.len() + t.chunks() + t.capacity() / 16 + 1
+    }
+
+    /// Work units per slow operation for a migration of `t` with `live` entries present: enough
+    /// to finish before half of the live entries can be removed (so a compaction keeps up), and
+    /// never less than `MIN_BUDGET`.
+    fn budget(t: &Table<K, V>, live: usize) -> usize {
+        (2 * Self::work(t)).div_ceil(live.max(1)).max(MIN_BUDGET)
     }
 
     /// Copies up to `budget` units of the read tier into the dirty tier (I4).
@@ -722,7 +730,11 @@ impl<K, V> RawMap<K, V> {
         if st.tier.is_some() {
             let read = self.read(guard);
             if st.cursor < read.table.capacity() {
-                self.migrate(st, st.budget, guard);
+                // Re-derive the budget from the live count now: if removals shrank it since the
+                // migration started, finish sooner (a compaction must not lag the removals).
+                let budget = Self::budget(&read.table, read.gen.live()).max(st.budget);
+                st.budget = budget;
+                self.migrate(st, budget, guard);
             }
             if st.cursor >= read.table.capacity() {
                 let d = st.tier.as_deref().expect("dirty tier");
@@ -964,10 +976,14 @@ impl<K, V> RawMap<K, V> {
         removed
     }
 
-    /// After a batch of lock-free removals: start or help a compaction if due.
-    pub(crate) fn settle(&self, guard: &Guard) {
-        let read = self.read(guard);
-        self.after_delete(read, guard);
+    /// After a bulk removal (`retain`) of `removed` entries: if that made a compaction due, run
+    /// it to the end now, in steps with the lock released between them. A bulk removal already
+    /// paid O(n) to scan the map, so it pays for the compaction it causes instead of leaving
+    /// deleted entries to later operations (which, if they are all reads, never come).
+    pub(crate) fn settle(&self, guard: &Guard, removed: usize) {
+        if removed > 0 && self.needs_compaction(self.read(guard)) {
+            self.compact(guard);
+        }
     }
 
     /// A read tier that holds every present key, for iteration: completes a running migration
