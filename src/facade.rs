@@ -13,46 +13,7 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(tiermap_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize};
-#[cfg(tiermap_loom)]
-pub(crate) use loom_ptr::AtomicPtr;
-
-/// loom's `AtomicPtr` has no `fetch_or` (std's strict-provenance tag API, used by
-/// `Table::mark_owned`); this wrapper adds it as a read-modify-write loop, which loom models as
-/// one atomic RMW per attempt, and derefs to loom's type for everything else.
-#[cfg(tiermap_loom)]
-mod loom_ptr {
-    use std::sync::atomic::Ordering;
-
-    pub(crate) struct AtomicPtr<T>(loom::sync::atomic::AtomicPtr<T>);
-
-    impl<T> AtomicPtr<T> {
-        pub(crate) fn new(p: *mut T) -> Self {
-            AtomicPtr(loom::sync::atomic::AtomicPtr::new(p))
-        }
-
-        pub(crate) fn fetch_or(&self, bits: usize, order: Ordering) -> *mut T {
-            let fail = match order {
-                Ordering::Release | Ordering::Relaxed => Ordering::Relaxed,
-                Ordering::SeqCst => Ordering::SeqCst,
-                _ => Ordering::Acquire,
-            };
-            let r = self
-                .0
-                .fetch_update(order, fail, |p| Some(p.map_addr(|a| a | bits)));
-            match r {
-                Ok(p) | Err(p) => p,
-            }
-        }
-    }
-
-    impl<T> std::ops::Deref for AtomicPtr<T> {
-        type Target = loom::sync::atomic::AtomicPtr<T>;
-        fn deref(&self) -> &Self::Target {
-            &self.0
-        }
-    }
-}
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(tiermap_loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 
@@ -95,13 +56,24 @@ pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
 pub(crate) struct Reclaimer {
     #[cfg(tiermap_loom)]
     collector: crossbeam_epoch::Collector,
+    /// Collection rounds run since the last ordinary pin (loom builds; see `collect`). A plain
+    /// std counter: bookkeeping of the model harness, not part of the modelled algorithm.
+    #[cfg(tiermap_loom)]
+    idle_rounds: std::sync::atomic::AtomicUsize,
 }
+
+/// Loom builds: most collection rounds in a row with no ordinary pin in between. One more than
+/// the three rounds that free this thread's garbage when no guard is in the way.
+#[cfg(tiermap_loom)]
+const LOOM_MAX_IDLE_ROUNDS: usize = 4;
 
 impl Reclaimer {
     pub(crate) fn new() -> Self {
         Reclaimer {
             #[cfg(tiermap_loom)]
             collector: crossbeam_epoch::Collector::new(),
+            #[cfg(tiermap_loom)]
+            idle_rounds: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -114,6 +86,8 @@ impl Reclaimer {
         }
         #[cfg(tiermap_loom)]
         {
+            self.idle_rounds
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             self.collector.register().pin()
         }
     }
@@ -124,10 +98,28 @@ impl Reclaimer {
     /// Three rounds are enough for garbage retired by this thread to become reclaimable when no
     /// other participant is pinned in an older epoch (an object is freed two epoch advances after
     /// it was sealed); more rounds let a collection work through a longer global queue.
+    ///
+    /// Loom builds run at most `LOOM_MAX_IDLE_ROUNDS` rounds in a row with no ordinary pin in
+    /// between and skip the rest: while another thread holds a guard, `SyncMap::reclaim` would
+    /// otherwise register 64 participants that all fail to advance the epoch, which multiplies
+    /// the executions loom must explore (and each one's length) without exploring anything new.
     pub(crate) fn collect(&self, rounds: usize) {
         for _ in 0..rounds {
-            let guard = self.pin();
-            guard.flush();
+            #[cfg(tiermap_loom)]
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                if self.idle_rounds.load(Relaxed) >= LOOM_MAX_IDLE_ROUNDS {
+                    return;
+                }
+                let guard = self.collector.register().pin();
+                self.idle_rounds.fetch_add(1, Relaxed);
+                guard.flush();
+            }
+            #[cfg(not(tiermap_loom))]
+            {
+                let guard = self.pin();
+                guard.flush();
+            }
         }
     }
 }

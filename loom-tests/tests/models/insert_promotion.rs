@@ -10,7 +10,7 @@ use crate::drop_map;
 
 #[test]
 fn insert_and_miss_vs_miss_driven_promotion() {
-    check("insert_and_miss_vs_miss_driven_promotion", 2, || {
+    check("insert_and_miss_vs_miss_driven_promotion", 1, || {
         let t = Tracker::new();
         let map = Arc::new(new_map());
         // Read tier {1}; dirty tier {1, 2}, migration done, no misses yet: two slow-path

@@ -10,7 +10,7 @@ use crate::drop_map;
 
 #[test]
 fn iter_vs_remove_insert_promotion() {
-    check("iter_vs_remove_insert_promotion", 2, || {
+    check("iter_vs_remove_insert_promotion", 1, || {
         let t = Tracker::new();
         let map = Arc::new(new_map());
         fill_read(&t, &map, &[(1, 10)]);
