@@ -20,12 +20,13 @@ if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 survivors=0
 summary=()
 for m in "${mutations[@]}"; do
-  log="target/loom-mut-$m.log"
-  mkdir -p target
+  dir="${LOOM_MUT_TARGET_PREFIX:-target/loom-mut-}$m"
+  log="$dir.log"
+  mkdir -p "$(dirname "$dir")"
   echo "=== mutation $m (log: $log)"
   start=$(date +%s)
   RUSTFLAGS="--cfg tiermap_loom --cfg crossbeam_loom --cfg tiermap_mutation=\"$m\"" \
-  CARGO_TARGET_DIR="target/loom-mut-$m" \
+  CARGO_TARGET_DIR="$dir" \
   RUST_BACKTRACE=0 \
     cargo test --release -p tiermap-loom-tests --test models --no-fail-fast -- \
       --nocapture --test-threads="${LOOM_TEST_THREADS:-2}" >"$log" 2>&1
