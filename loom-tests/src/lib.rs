@@ -70,7 +70,7 @@ impl Tracker {
     fn dropped(&self, id: usize) {
         let mut d = self.drops.lock().unwrap();
         d[id] += 1;
-        if d[id] > 1 {
+        if d[id] > 1 && !std::thread::panicking() {
             let (is_val, n) = self.what.lock().unwrap()[id];
             drop(d);
             panic!(
@@ -193,6 +193,9 @@ impl std::fmt::Debug for Key {
 impl Drop for Key {
     fn drop(&mut self) {
         let magic = unsafe { std::ptr::read_volatile(&self.magic) };
+        if std::thread::panicking() && magic != KEY_MAGIC {
+            return; // already failing; a second panic would abort the test binary
+        }
         assert!(
             magic == KEY_MAGIC,
             "double free: key dropped with a poisoned magic ({magic:#x})"
@@ -255,12 +258,19 @@ impl std::fmt::Debug for Val {
 impl Drop for Val {
     fn drop(&mut self) {
         let magic = unsafe { std::ptr::read_volatile(&self.magic) };
+        if std::thread::panicking() && magic != VAL_MAGIC {
+            return; // already failing; a second panic would abort the test binary
+        }
         assert!(
             magic == VAL_MAGIC,
             "double free: value dropped with a poisoned magic ({magic:#x})"
         );
         // A write access: loom reports a race with any read that does not happen-before it.
-        self.cell.0.with_mut(|p| unsafe { *p = 0 });
+        // Skipped while unwinding from a failed model: loom may have left the cell marked as
+        // being read, and a second panic would abort the whole test binary.
+        if !std::thread::panicking() {
+            self.cell.0.with_mut(|p| unsafe { *p = 0 });
+        }
         self.tracker.dropped(self.id);
         // SAFETY: `self` is alive; poisoning makes a later use visible.
         unsafe { std::ptr::write_volatile(&mut self.magic, POISON) };
