@@ -81,10 +81,10 @@ fn minimize(mut p: Program, check: &impl Fn(&Program)) -> Program {
 
 #[test]
 fn differential_random_sequences() {
-    let max_ops = if cfg!(miri) { 24 } else { 96 };
+    let max_ops = if cfg!(miri) { 16 } else { 96 };
     for_seeds(
         0xD1FF,
-        cases(3000, 4),
+        cases(3000, 3),
         |rng| Program::random(rng, max_ops),
         |p| {
             let check = |p: &Program| differential::run(p, Config::shared());
@@ -98,10 +98,10 @@ fn differential_random_sequences() {
 
 #[test]
 fn concurrent_random_sequences() {
-    let max_ops = if cfg!(miri) { 12 } else { 64 };
+    let max_ops = if cfg!(miri) { 8 } else { 64 };
     for_seeds(
         0xC0C0,
-        cases(300, 2),
+        cases(300, 1),
         |rng| Input::random(rng, max_ops),
         |i| concurrent::run(i, Duration::from_secs(30)),
     );
