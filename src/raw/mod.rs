@@ -839,6 +839,9 @@ impl<K, V> RawMap<K, V> {
                 }
             }
         }
+        // The lock-free lookup saw the key absent (or expunged, which is absent too): build the
+        // value now, outside the lock, so that the locked pass below usually runs once.
+        make(&mut pending);
         let mut key = Some(key);
         loop {
             // `None`: the key is absent and no value is computed yet.
@@ -907,26 +910,33 @@ impl<K, V> RawMap<K, V> {
         let Some((e, _)) = self.lookup(hash, key, guard, true) else {
             return Replace::Absent(new);
         };
-        let new = Pending::new(new);
+        // The value is moved to its own allocation only once the comparison succeeded, so a
+        // failing compare-exchange allocates nothing.
+        let mut value = Some(new);
+        let mut boxed: Option<Pending<V>> = None;
+        let give_back = |value: Option<V>, boxed: Option<Pending<V>>| match boxed {
+            // SAFETY: never published; we own it.
+            Some(b) => unsafe { take_value(b.publish()) },
+            None => value.expect("value kept until published"),
+        };
         loop {
             match e.load() {
                 State::Live(p) => {
                     // SAFETY: live pointers loaded under the guard outlive it.
                     let cur = unsafe { &*p };
                     if !pred(cur) {
-                        // SAFETY: `new` was never published; we own it.
-                        return Replace::Mismatch(cur, unsafe { take_value(new.publish()) });
+                        return Replace::Mismatch(cur, give_back(value, boxed));
                     }
-                    if e.replace_exact(p, new.0).is_ok() {
-                        let _ = new.publish();
+                    let newp = Pending::boxed(&mut boxed, &mut value);
+                    if e.replace_exact(p, newp).is_ok() {
+                        let _ = boxed.take().map(Pending::publish);
                         // SAFETY: we unlinked `p` with our CAS; retired once, here.
                         unsafe { e.retire(guard, p) };
                         return Replace::Done(cur);
                     }
                 }
-                // SAFETY: as above.
                 State::Deleted | State::Expunged => {
-                    return Replace::Absent(unsafe { take_value(new.publish()) })
+                    return Replace::Absent(give_back(value, boxed))
                 }
             }
         }
