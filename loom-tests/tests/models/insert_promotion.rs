@@ -44,3 +44,40 @@ fn insert_and_miss_vs_miss_driven_promotion() {
         t.assert_all_dropped_once();
     });
 }
+
+/// Two inserts of the same new key while one of them is followed by a promotion: the later
+/// insert must see (and replace) the earlier one's value, even when the promotion ran between
+/// its lock-free lookup and its critical section (the critical section must re-read the read
+/// tier, or it inserts a second entry for the key).
+#[test]
+fn same_new_key_inserted_across_a_promotion() {
+    check("same_new_key_inserted_across_a_promotion", 1, || {
+        let t = Tracker::new();
+        let map = Arc::new(new_map());
+        fill_read(&t, &map, &[(1, 10)]);
+
+        let other = {
+            let map = map.clone();
+            let t = t.clone();
+            thread::spawn(move || map.insert(t.key(3), t.val(31)).map(|r| r.get()))
+        };
+        let mine = map.insert(t.key(3), t.val(30)).map(|r| r.get());
+        // The dirty tier holds key 3, which the read tier lacks: iterating promotes.
+        let seen = snapshot(&map);
+        assert!(
+            seen.iter().filter(|(k, _)| *k == 3).count() == 1,
+            "{seen:?}"
+        );
+        let theirs = other.join().unwrap();
+
+        let now = get(&map, 3);
+        let outcome = (mine, theirs, now);
+        assert!(
+            outcome == (None, Some(30), Some(31)) || outcome == (Some(31), None, Some(30)),
+            "not linearizable: (mine, theirs, now) = {outcome:?}"
+        );
+        assert_eq!(snapshot(&map), [(1, 10), (3, now.unwrap())]);
+        drop_map(map);
+        t.assert_all_dropped_once();
+    });
+}
