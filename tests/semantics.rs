@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tiermap::SyncMap;
 
+/// Sizes shrink under Miri, which interprets every instruction.
+const BIG: u64 = if cfg!(miri) { 400 } else { 10_000 };
+const HUGE: u64 = if cfg!(miri) { 2_000 } else { 100_000 };
+
 #[test]
 fn get_insert_remove_roundtrip() {
     let map = SyncMap::new();
@@ -215,17 +219,18 @@ fn clear_then_reuse() {
 
 #[test]
 fn shrink_to_fit_drops_deleted_entries() {
-    let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    let keep = BIG / 10;
+    let map: SyncMap<u64, u64> = (0..BIG).map(|i| (i, i)).collect();
     let _ = map.pin().iter().count();
-    for i in 0..9_000 {
+    for i in 0..BIG - keep {
         map.remove(&i);
     }
     map.shrink_to_fit();
     let s = map.stats();
-    assert_eq!(s.len, 1000);
+    assert_eq!(s.len, keep as usize);
     assert_eq!(s.deleted, 0, "{s}");
-    assert!(s.read_capacity <= 4 * 1000 + 16, "{s}");
-    for i in 9_000..10_000 {
+    assert!(s.read_capacity <= 4 * keep as usize + 16, "{s}");
+    for i in BIG - keep..BIG {
         assert_eq!(map.get_cloned(&i), Some(i));
     }
 }
@@ -233,13 +238,13 @@ fn shrink_to_fit_drops_deleted_entries() {
 #[test]
 fn deleted_entries_are_purged_without_new_inserts() {
     // Go keeps deleted read entries until a new key is inserted; tiermap purges them itself.
-    let map: SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    let map: SyncMap<u64, u64> = (0..BIG).map(|i| (i, i)).collect();
     let _ = map.pin().iter().count(); // everything in the read tier
-    for i in 0..10_000 {
+    for i in 0..BIG {
         map.remove(&i);
         let s = map.stats();
         assert!(
-            s.deleted <= s.len / 2 + 64 + 10_000 / 16,
+            s.deleted <= s.len / 2 + 64 + BIG as usize / 16,
             "after removing {i}: {s}"
         );
     }
@@ -251,18 +256,18 @@ fn deleted_entries_are_purged_without_new_inserts() {
 
 #[test]
 fn first_new_key_after_read_only_phase_does_not_copy_the_map() {
-    let map: SyncMap<u64, u64> = (0..100_000).map(|i| (i, i)).collect();
+    let map: SyncMap<u64, u64> = (0..HUGE).map(|i| (i, i)).collect();
     let _ = map.pin().iter().count(); // promote: no dirty tier now
     assert!(!map.stats().migrating);
     map.insert(u64::MAX, 0);
     let s = map.stats();
     assert!(s.migrating, "a migration started: {s}");
     assert!(
-        s.dirty_capacity > 0 && s.held_bytes < 100_000 * 64 + 200_000 * 16 + 100_000,
+        s.dirty_capacity > 0 && s.held_bytes < (HUGE * 64 + 2 * HUGE * 16 + HUGE) as usize,
         "the dirty tier's chunks are allocated lazily, not copied at once: {s}"
     );
     assert_eq!(map.get_cloned(&u64::MAX), Some(0));
-    assert_eq!(map.len(), 100_001);
+    assert_eq!(map.len(), HUGE as usize + 1);
 }
 
 #[test]
@@ -351,7 +356,7 @@ fn pooled_sync_map_is_reset_and_bounded() {
         .build();
     let ceiling = pool.capacity_ceiling().unwrap();
     for round in 0..3 {
-        let n = if round == 1 { 100_000 } else { 10 };
+        let n = if round == 1 { HUGE } else { 10 };
         {
             let map = pool.get();
             assert!(map.is_empty(), "a pooled map comes back empty");
