@@ -7,7 +7,11 @@
 #
 # Usage: ci/loom-mutations.sh [mutation...]   (default: all five)
 #
-# Time: MUTATION_BUDGET_LINE
+# Time: about 25 min on this shared 2-core machine with LOOM_MAX_PREEMPTIONS=1 (how the table in
+# the README was made): ~1-2 min per mutation to rebuild tiermap (plus ~3-10 min the first time a
+# mutation's target dir builds loom and its dependencies), ~10-100 s until the first model
+# fails, ~4 min for a mutation no model catches (every model runs to the end). With the
+# models' own bounds (LOOM_MAX_PREEMPTIONS unset) the surviving mutation costs a full ci/loom.sh.
 # Not run by CI (too slow for its budget); run it locally after changing the core or the models.
 # Installs nothing: cargo only. Each mutation builds in its own target dir (target/loom-mut-NAME,
 # ~100 MB each) so that re-runs are incremental.
@@ -17,6 +21,9 @@ cd "$(dirname "$0")/.."
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
+# Mutations shown harmless (see loom-tests/README.md): reported, but not counted as survivors
+# unless LOOM_MUT_STRICT=1.
+harmless=" ${LOOM_MUT_HARMLESS-retire_before_publish} "
 survivors=0
 summary=()
 for m in "${mutations[@]}"; do
@@ -45,9 +52,14 @@ for m in "${mutations[@]}"; do
       | grep -v '^\s*$' | sort | uniq -c | sort -rn | head -8 | sed 's/^/      /'
     summary+=("$m: caught by ${failed:-a crash}${crash} (${secs}s)")
   else
-    echo "    SURVIVED: every model passed (${secs}s)"
-    survivors=$((survivors + 1))
-    summary+=("$m: SURVIVED (${secs}s)")
+    if [[ "$harmless" == *" $m "* && "${LOOM_MUT_STRICT:-0}" != 1 ]]; then
+      echo "    not caught, as expected: harmless with crossbeam-epoch (see README) (${secs}s)"
+      summary+=("$m: not caught (known harmless) (${secs}s)")
+    else
+      echo "    SURVIVED: every model passed (${secs}s)"
+      survivors=$((survivors + 1))
+      summary+=("$m: SURVIVED (${secs}s)")
+    fi
   fi
 done
 

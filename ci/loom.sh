@@ -21,7 +21,12 @@
 # every model's bound (e.g. LOOM_MAX_PREEMPTIONS=2 for a long local run). LOOM_MAX_BRANCHES
 # defaults to 100000 in the models (an execution takes a few thousand scheduling points).
 #
-# Time: BUDGET_LINE
+# Time on this 2-core machine: about 4.5 min wall for the models while the machine was shared
+# with other jobs (184 s of CPU, two models at a time), plus ~2 min to build loom and its
+# dependencies in release on a fresh clone; about 2 min of models on an idle machine. The long
+# poles are the compaction model (~140 s wall, bound 1) and the bound-2 promotion models
+# (~100 s each). Per-model counts and times are printed (--nocapture) and listed in
+# loom-tests/README.md.
 #
 # Installs nothing: cargo only. Extra arguments go to the test binary (e.g. a model name filter).
 set -euo pipefail
