@@ -7,8 +7,8 @@
 #
 # Usage: ci/loom-mutations.sh [mutation...]   (default: all five)
 #
-# Time: about 25 min on this shared 2-core machine with LOOM_MAX_PREEMPTIONS=1 (how the table in
-# the README was made): ~1-2 min per mutation to rebuild tiermap (plus ~3-10 min the first time a
+# Time: about 7.5 min for all five on this shared 2-core machine with LOOM_MAX_PREEMPTIONS=1 (how
+# the table in the README was made) once the target dirs exist: ~1-2 min per mutation to rebuild tiermap (plus ~3-10 min the first time a
 # mutation's target dir builds loom and its dependencies), ~10-100 s until the first model
 # fails, ~4 min for a mutation no model catches (every model runs to the end). With the
 # models' own bounds (LOOM_MAX_PREEMPTIONS unset) the surviving mutation costs a full ci/loom.sh.
