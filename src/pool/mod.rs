@@ -822,7 +822,9 @@ fn drop_quietly<V>(value: V) {
 /// threads spread evenly over any pool's shards.
 #[inline]
 fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // std's atomic, not the facade's: a process-wide round-robin hint that no model checks
+    // (loom's atomics cannot live in a static).
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
     }
