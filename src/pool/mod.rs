@@ -150,7 +150,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
 
-use crate::facade::AtomicUsize;
 use shard::{ColdCounters, Padded, Shard};
 
 const DEFAULT_MAX_IDLE: usize = 64;
