@@ -14,6 +14,7 @@ mod compact;
 mod get_or_insert;
 mod insert_promotion;
 mod iter;
+mod pool;
 mod read_promotion;
 mod remove_insert;
 
