@@ -18,7 +18,10 @@ struct Owned {
 
 impl Owned {
     fn take(&self) {
-        assert!(!self.in_use.swap(true, SeqCst), "object handed to two owners");
+        assert!(
+            !self.in_use.swap(true, SeqCst),
+            "object handed to two owners"
+        );
     }
     fn release(&self) {
         assert!(self.in_use.swap(false, SeqCst), "object released twice");
@@ -98,9 +101,17 @@ fn pool_get_put_never_shares_an_object() {
         assert_eq!(s.gets, 2);
         assert_eq!(s.gets, s.hits + s.misses);
         let made = created.load(SeqCst);
-        assert_eq!(made, 1 + s.misses as usize, "prefill plus one object per miss");
+        assert_eq!(
+            made,
+            1 + s.misses as usize,
+            "prefill plus one object per miss"
+        );
         assert!(s.idle <= 1);
         drop(Arc::try_unwrap(pool).ok().expect("joined"));
-        assert_eq!(drops.load(SeqCst), made, "every object dropped exactly once");
+        assert_eq!(
+            drops.load(SeqCst),
+            made,
+            "every object dropped exactly once"
+        );
     });
 }
