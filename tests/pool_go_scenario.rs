@@ -213,14 +213,19 @@ fn retained_memory_stays_under_the_ceiling_budget() {
         "{stats}"
     );
 
-    // Dropping the pool frees exactly what it held (the output captured by
-    // `println!` above stays allocated, hence the difference of two readings).
+    // Dropping the pool frees everything it held: at least every idle object's bytes (what
+    // `stats` reports, which the allocator confirmed above within 256 bytes) plus the empty
+    // pool's own allocations, and no more than the thread allocated while using it. (An exact
+    // equality with `retained` does not hold: `retained` also counts a few hundred bytes of
+    // lazily created per-thread runtime state that outlive the pool.)
     let before_drop = thread_net_now();
     drop(pool);
-    assert_eq!(
-        before_drop - thread_net_now(),
-        isize::try_from(retained).unwrap(),
-        "dropping the pool did not give back all it held"
+    let freed = usize::try_from(before_drop - thread_net_now()).unwrap();
+    let must_free = stats.retained_bytes + usize::try_from(empty_pool).unwrap();
+    assert!(
+        freed + 256 >= must_free && freed <= retained,
+        "dropping the pool gave back {freed} bytes; it held {must_free} (idle objects and \
+         itself), and the thread allocated {retained} while using it"
     );
 }
 
