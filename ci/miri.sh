@@ -51,17 +51,22 @@ flags=(
 )
 export MIRIFLAGS="${MIRIFLAGS:-${flags[*]}}"
 
-# The integration tests to run, and why not the others:
+# The integration tests to run, and why not the others (times measured on a loaded 2-core
+# machine with nextest -j 2; expect about half on an idle one):
+#   unit tests       31 tests, 7 minutes (each test is its own Miri process under nextest)
 #   fuzz_replay      the fuzz targets' logic on a few generated sequences (the replay test
-#                    shrinks itself under cfg(miri)) plus every regression test
-#   panic_injection  every user-code panic point, on maps of 24 keys under cfg(miri)
-#   semantics        the Go sync.Map contract, small by construction
-#   concurrency      threads racing on one map (sizes shrink under cfg(miri)); Miri explores
-#                    interleavings with its own preemption and checks for data races
-# Not run: differential (proptest: hundreds of cases, each several minutes under Miri),
-# memory (asserts byte counts over 2,000+ step workloads: ~30 minutes under Miri, and measures
-# nothing Miri checks), alarm/metrics (observer plumbing, no unsafe code of their own).
-TESTS=(${MIRI_TESTS:-fuzz_replay panic_injection semantics concurrency})
+#                    shrinks itself under cfg(miri)) plus every regression test, 3.5 minutes
+#   panic_injection  user-code panics at call indices 0, 1, 2, 4, 8, ... on one map shape
+#                    under cfg(miri)
+#   semantics        the Go sync.Map contract, small by construction, except the test below
+# Skipped: semantics' deleted_entries_are_purged_without_new_inserts (9 minutes alone: it
+# churns thousands of keys to watch compaction, which measures memory, not UB).
+# Not run: concurrency (threads racing on one map; run it with MIRI_TESTS=concurrency when
+# touching the lock-free paths), differential (proptest: hundreds of cases, minutes each),
+# memory (byte accounting over 2,000+ step workloads), alarm/metrics (observer plumbing with
+# no unsafe code of its own).
+TESTS=(${MIRI_TESTS:-fuzz_replay panic_injection semantics})
+SKIP=(${MIRI_SKIP:-deleted_entries_are_purged_without_new_inserts})
 args=(--lib)
 for t in "${TESTS[@]}"; do
   [ -f "tests/$t.rs" ] && args+=(--test "$t")
@@ -70,8 +75,12 @@ done
 start=$(date +%s)
 if cargo nextest --version >/dev/null 2>&1; then
   # One Miri process per test, two at a time: uses both cores.
-  cargo +nightly miri nextest run -j 2 --no-fail-fast "${args[@]}"
+  filter="all()"
+  for s in "${SKIP[@]}"; do filter="$filter - test(=$s)"; done
+  cargo +nightly miri nextest run -j 2 --no-fail-fast "${args[@]}" -E "$filter"
 else
-  cargo +nightly miri test --no-fail-fast "${args[@]}"
+  skips=()
+  for s in "${SKIP[@]}"; do skips+=(--skip "$s"); done
+  cargo +nightly miri test --no-fail-fast "${args[@]}" -- "${skips[@]}"
 fi
 echo "miri: passed in $(($(date +%s) - start)) s (MIRIFLAGS=$MIRIFLAGS)"
