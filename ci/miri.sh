@@ -58,14 +58,18 @@ export MIRIFLAGS="${MIRIFLAGS:-${flags[*]}}"
 #                    shrinks itself under cfg(miri)) plus every regression test, 3.5 minutes
 #   panic_injection  user-code panics at call indices 0, 1, 2, 4, 8, ... on one map shape
 #                    under cfg(miri)
-#   semantics        the Go sync.Map contract, small by construction, except the test below
-# Skipped: semantics' deleted_entries_are_purged_without_new_inserts (9 minutes alone: it
-# churns thousands of keys to watch compaction, which measures memory, not UB).
-# Not run: concurrency (threads racing on one map; run it with MIRI_TESTS=concurrency when
-# touching the lock-free paths), differential (proptest: hundreds of cases, minutes each),
-# memory (byte accounting over 2,000+ step workloads), alarm/metrics (observer plumbing with
-# no unsafe code of its own).
-TESTS=(${MIRI_TESTS:-fuzz_replay panic_injection semantics})
+# Not run by default (select with MIRI_TESTS="..."):
+#   semantics        over 20 minutes: deleted_entries_are_purged_without_new_inserts alone
+#                    takes 9 (it churns thousands of keys to watch compaction: memory, not UB;
+#                    skipped through MIRI_SKIP when semantics runs), and
+#                    first_new_key_after_read_only_phase_does_not_copy_the_map and
+#                    pooled_sync_map_is_reset_and_bounded run for over 8 minutes each: they
+#                    need smaller sizes under cfg(miri) first
+#   concurrency      threads racing on one map; run it when touching the lock-free paths
+#   differential     proptest: hundreds of cases, minutes each
+#   memory           byte accounting over 2,000+ step workloads
+#   alarm, metrics   observer plumbing with no unsafe code of its own
+TESTS=(${MIRI_TESTS:-fuzz_replay panic_injection})
 SKIP=(${MIRI_SKIP:-deleted_entries_are_purged_without_new_inserts})
 args=(--lib)
 for t in "${TESTS[@]}"; do
