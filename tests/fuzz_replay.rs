@@ -271,7 +271,7 @@ fn remove_if_racing_clear_miscounts_len_threads() {
     assert_eq!(map.stats().len, 1);
 }
 
-/// Found by `ci/miri.sh` (Tree Borrows): a migration copies each live entry into the dirty tier
+/// Fixed in c4c73d5. Found by `ci/miri.sh` (Tree Borrows): a migration copied each live entry into the dirty tier
 /// as `e as *const Entry as *mut Entry`, where `e: &Entry` comes from the `Table::scan`
 /// callback (`RawMap::migrate`, src/raw/mod.rs). The copied pointer carries the shared
 /// reference's read-only permission, and the tier that ends up owning the entry later frees it
@@ -290,7 +290,7 @@ fn migrated_entry_freed_through_shared_ref_provenance() {
     drop(map); // frees entry 1 through the copied pointer
 }
 
-/// Found by `differential` (minimized by hand from its crash input, which removed everything
+/// Fixed in 03113bc. Found by `differential` (minimized by hand from its crash input, which removed everything
 /// with `retain` inside an iteration body): a compaction that is already running when a bulk
 /// removal happens is advanced by one budget step only, and reads never advance it (a read
 /// that misses takes no slow path unless the read tier is amended). `retain` calls `settle()`
@@ -320,7 +320,7 @@ fn retain_compaction_stalls_under_reads() {
     );
 }
 
-/// Found by `ci/miri.sh` (Tree Borrows; present since 760a940, "lock-free probes of the dirty
+/// Fixed in 979a85f. Found by `ci/miri.sh` (Tree Borrows; present since 760a940, "lock-free probes of the dirty
 /// tier"): `RawMap::set_dirty` derives the published `dirty_view` pointer from
 /// `tier.as_deref()` and then moves the `Box` into `st.tier` with `mem::replace`; the move
 /// retags the box (Miri: "conflicting tag ... created at `std::mem::replace(&mut st.tier,
