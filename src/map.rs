@@ -58,6 +58,20 @@ pub struct Ref<'m, V> {
     _map: PhantomData<&'m V>,
 }
 
+impl<'m, V> Ref<'m, V> {
+    /// Wraps a value pointer together with the guard that protects it.
+    ///
+    /// # Safety
+    /// `value` was loaded from a map that outlives `'m` while `guard` was pinned.
+    unsafe fn new(value: *const V, guard: Guard) -> Self {
+        Ref {
+            value,
+            _guard: guard,
+            _map: PhantomData,
+        }
+    }
+}
+
 impl<V> Deref for Ref<'_, V> {
     type Target = V;
     fn deref(&self) -> &V {
@@ -475,11 +489,8 @@ where
     ) -> Option<Ref<'m, V>> {
         let guard = self.raw.reclaimer.pin();
         let value: *const V = f(&guard)?;
-        Some(Ref {
-            value,
-            _guard: guard,
-            _map: PhantomData,
-        })
+        // SAFETY: `value` was loaded from this map under `guard`.
+        Some(unsafe { Ref::new(value, guard) })
     }
 
     /// The value for `key` (Go's `Load`), as a lock-free [`Ref`].
@@ -578,11 +589,8 @@ where
             .raw
             .get_or_insert_with(hash, key, make, &guard)
             .map(|v| v as *const V);
-        r.map(|value| Ref {
-            value,
-            _guard: guard,
-            _map: PhantomData,
-        })
+        // SAFETY: the value was loaded from this map under `guard`.
+        r.map(|value| unsafe { Ref::new(value, guard) })
     }
 
     /// Removes `key`, returning its value (Go's `LoadAndDelete`; `Delete` ignores the result).
@@ -668,26 +676,15 @@ where
         let r = self
             .raw
             .replace_if(hash, key, |v| v == current, new, &guard);
-        let wrap = |v: &V, guard| Ref {
-            value: v as *const V,
-            _guard: guard,
-            _map: PhantomData,
-        };
         match r {
-            Replace::Done(v) => {
-                let v: *const V = v;
-                // SAFETY: `v` was loaded under `guard`, which moves into the `Ref`.
-                Ok(wrap(unsafe { &*v }, guard))
-            }
+            // SAFETY: `v` was loaded from this map under `guard`, which moves into the `Ref`.
+            Replace::Done(v) => Ok(unsafe { Ref::new(v, guard) }),
             Replace::Absent(new) => Err(CompareExchangeError { current: None, new }),
-            Replace::Mismatch(v, new) => {
-                let v: *const V = v;
-                Err(CompareExchangeError {
-                    // SAFETY: as above.
-                    current: Some(wrap(unsafe { &*v }, guard)),
-                    new,
-                })
-            }
+            Replace::Mismatch(v, new) => Err(CompareExchangeError {
+                // SAFETY: as above.
+                current: Some(unsafe { Ref::new(v, guard) }),
+                new,
+            }),
         }
     }
 
