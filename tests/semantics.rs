@@ -211,7 +211,21 @@ fn clear_then_reuse() {
     assert_eq!(map.get_cloned(&5).as_deref(), Some("five"));
     assert_eq!(map.len(), 1);
     let released = map.clear_and_release();
-    assert_eq!(released.pending_bytes, 0);
+    // Other tests of this binary run in parallel and pin the same global epoch, so part of the
+    // release may be pending (`tests/memory.rs`, alone in its process, asserts 0); it must still
+    // be freed once their guards are gone.
+    assert!(
+        released.released_bytes + released.pending_bytes > 0,
+        "{released}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while map.reclaim() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending: {released}"
+        );
+        std::thread::yield_now();
+    }
     assert!(map.is_empty());
     map.insert(6, "six".into());
     assert_eq!(map.len(), 1);

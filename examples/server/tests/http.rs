@@ -31,6 +31,67 @@ async fn start(limits: Limits) -> (SocketAddr, Arc<AppState>) {
     (addr, state)
 }
 
+/// Writes `head` and then `body`, on a fresh connection, ignoring write errors (the server may
+/// close before taking the whole body), and returns everything the server sent until it closed
+/// (or, for a keep-alive reply, until the response is complete).
+async fn raw_exchange(addr: SocketAddr, head: &str, body: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for part in body {
+        if stream.write_all(part).await.is_err() {
+            break;
+        }
+    }
+    // Bytes that reached this socket before the server closed stay readable on Linux even when
+    // the close resets the connection; stop at the end of the first complete response.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no complete response within 10 s: {response:?}"),
+        }
+        if response_complete(&response) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Whether `bytes` hold a whole response with a `Content-Length` body.
+fn response_complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..end].lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|n| bytes.len() >= end + 4 + n)
+}
+
+/// Asserts that a raw response is `status`, with a JSON error mentioning `needle`.
+#[track_caller]
+fn assert_raw_rejected(response: &str, status: u16, needle: &str) {
+    let status_line = format!("HTTP/1.1 {status} ");
+    assert!(
+        response.starts_with(&status_line),
+        "{}",
+        &response[..response.len().min(300)]
+    );
+    let body = &response[response.find("\r\n\r\n").expect("a header block") + 4..];
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+}
+
 async fn stats(conn: &mut Conn) -> Value {
     let reply = conn.get("/stats").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -201,15 +262,27 @@ async fn bad_input_is_rejected_without_effect() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "keys must be 1 to 32 bytes",
     );
-    // Oversized body (the limit is 64 KiB).
+    // Oversized body (the limit is 64 KiB), declared by Content-Length. The server answers from
+    // the headers and closes without reading the body, so the upload may fail part way (a broken
+    // pipe): raw TCP, which still reads the 413 the server sent before closing.
     let huge = object(20_000);
     assert!(huge.len() > 64 << 10);
-    let reply = conn.post_json("/ingest", huge).await.unwrap();
-    assert_rejected(
-        &reply,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body larger than 65536 bytes",
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        huge.len()
     );
+    let response = raw_exchange(addr, &head, &[huge.as_bytes()]).await;
+    assert_raw_rejected(&response, 413, "body larger than 65536 bytes");
+    // A client that asks first (`Expect: 100-continue`) gets the 413 without sending a byte of
+    // the body, and never a `100 Continue`: the refusal comes from the headers alone.
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        huge.len()
+    );
+    let response = raw_exchange(addr, &head, &[]).await;
+    assert_raw_rejected(&response, 413, "body larger than 65536 bytes");
     // Not JSON.
     let reply = conn
         .request(
@@ -297,8 +370,20 @@ async fn admin_clear_releases_the_cache() {
     let cleared: Value = reply.json().unwrap();
     let released = cleared["released"]["released_bytes"].as_u64().unwrap();
     let pending = cleared["released"]["pending_bytes"].as_u64().unwrap();
-    assert!(released > 0);
+    // Tests run in parallel in this process and share the global epoch: a guard pinned by
+    // another test's request may hold part of the release back, as `pending_bytes`.
+    assert!(released + pending > 0, "{cleared}");
     assert!(released + pending <= held + 64 * 1024, "{cleared}");
+    if pending > 0 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state.cache.reclaim() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pending} bytes still pending after 10 s: {cleared}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     assert_eq!(cleared["cache"]["len"], 0);
     assert_eq!(cleared["pool_idle_dropped"], 1);
 
@@ -354,32 +439,17 @@ async fn concurrent_clients() {
 /// A chunked body (no `Content-Length`) is cut off at the limit while it is read: 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_the_limit() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (addr, state) = start(limits()).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /ingest HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
     // 80 KiB in 8 KiB chunks, over the 64 KiB limit; the server may stop reading early.
     let chunk = format!("2000\r\n{}\r\n", " ".repeat(0x2000));
-    for _ in 0..10 {
-        if stream.write_all(chunk.as_bytes()).await.is_err() {
-            break;
-        }
-    }
-    let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let response = String::from_utf8_lossy(&response);
-    assert!(
-        response.starts_with("HTTP/1.1 413"),
-        "{}",
-        &response[..response.len().min(300)]
-    );
-    assert!(response.contains("body larger than 65536 bytes"));
+    let mut parts = vec![chunk.as_bytes(); 10];
+    parts.push(b"0\r\n\r\n");
+    let response = raw_exchange(addr, &head, &parts).await;
+    assert_raw_rejected(&response, 413, "body larger than 65536 bytes");
     assert_eq!(
         state.pool.stats().gets,
         0,
@@ -387,15 +457,7 @@ async fn chunked_body_over_the_limit() {
     );
 
     // A chunked body within the limit is fine.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-        .write_all(b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response);
+    let response = raw_exchange(addr, &head, &[b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n"]).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"sum\":1"), "{response}");
 }
