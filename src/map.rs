@@ -344,6 +344,8 @@ impl<K, V, S> SyncMap<K, V, S> {
                 break;
             }
             self.raw.reclaimer.collect(1);
+            // Large retired tiers past their grace period wait in the graveyard.
+            self.raw.grave.drain(true);
         }
         self.raw.shared.retired_bytes.load(Relaxed)
     }
@@ -818,6 +820,12 @@ where
 }
 
 impl<K, V, S> SyncMap<K, V, S> {
+    /// The engine, for white-box tests of the crate.
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &RawMap<K, V> {
+        &self.raw
+    }
+
     /// Empties a map you own exclusively and frees its entries, values and tables at once (no
     /// epoch deferral is needed with `&mut self`), leaving a fresh table of `slots` slots whose
     /// chunks are allocated on first use. Used by [`MapPool`](crate::MapPool).

@@ -21,6 +21,7 @@
 //!   so it cannot fill up before it can be promoted.
 
 pub(crate) mod entry;
+pub(crate) mod grave;
 pub(crate) mod table;
 
 use std::borrow::Borrow;
@@ -36,6 +37,7 @@ use crate::facade::{
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
+use grave::{Corpse, Graveyard};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -225,6 +227,8 @@ pub(crate) struct RawMap<K, V> {
     /// (Go's promotion clock).
     misses: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
+    /// Large retired tiers past their grace period, freed a step per slow operation.
+    pub(crate) grave: Arc<Graveyard<K, V>>,
     /// Id of the current generation (bumped by `clear`); iterators stop when it changes.
     generation: AtomicU64,
     pub(crate) reclaimer: Reclaimer,
@@ -262,6 +266,7 @@ impl<K, V> RawMap<K, V> {
         let dirty = (capacity > 0).then(|| Tier::boxed(capacity.saturating_mul(2), gen));
         let dirty = TierSlot::new(dirty);
         let view = dirty.ptr();
+        let shared = Arc::new(Shared::default());
         RawMap {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
@@ -275,7 +280,8 @@ impl<K, V> RawMap<K, V> {
                 since_observed: 0,
                 compacting: false,
             }),
-            shared: Arc::new(Shared::default()),
+            shared: shared.clone(),
+            grave: Arc::new(Graveyard::new(shared)),
             generation: AtomicU64::new(0),
             reclaimer: Reclaimer::new(),
             observer: arc_swap::ArcSwapOption::empty(),
@@ -437,6 +443,8 @@ impl<K, V> RawMap<K, V> {
             // collection instead of waiting in this thread's bag.
             guard.flush();
         }
+        // Outside the lock: freeing runs the keys' and values' `Drop`, which may call the map.
+        self.grave.drain(false);
         if observe {
             self.observe(guard);
         }
@@ -1105,23 +1113,44 @@ impl<K, V> RawMap<K, V> {
     ) {
         // SAFETY: alive until the deferred free below runs.
         let mut bytes = unsafe { (*read).table.heap_bytes() } + size_of::<Tier<K, V>>();
+        // SAFETY: as above.
+        let mut slots = unsafe { (*read).table.capacity() };
+        bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
+        let mut dirty_bytes = 0;
         if !dirty.is_null() {
             // SAFETY: as above.
-            bytes += unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
+            dirty_bytes = unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
+            // SAFETY: as above.
+            slots += unsafe { (*dirty).table.capacity() };
         }
-        bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
         let shared = self.shared.clone();
         // Relaxed: a statistic.
-        shared.retired_bytes.fetch_add(bytes, Relaxed);
-        // SAFETY: the tiers are unpublished, so only guards pinned before now can reach them;
-        // the epoch runs this after all of those are dropped.
+        shared.retired_bytes.fetch_add(bytes + dirty_bytes, Relaxed);
+        if slots < grave::SMALL_SLOTS {
+            // SAFETY: the tiers are unpublished, so only guards pinned before now can reach
+            // them; the epoch runs this after all of those are dropped.
+            unsafe {
+                guard.defer_unchecked(move || {
+                    free_tier(read, upto);
+                    if !dirty.is_null() {
+                        free_tier(dirty, 0);
+                    }
+                    shared.retired_bytes.fetch_sub(bytes + dirty_bytes, Relaxed);
+                })
+            };
+            return;
+        }
+        // A large tier: the deferred closure only hands it to the graveyard, which frees it a
+        // step per slow operation (see `grave`).
+        let grave = self.grave.clone();
+        // SAFETY: as above; once the closure runs, no reader can reach the tiers, which own
+        // what I3 says (`upto` for the read tier, everything for the dirty tier).
         unsafe {
             guard.defer_unchecked(move || {
-                free_tier(read, upto);
+                grave.bury(Corpse::new(read, upto, bytes));
                 if !dirty.is_null() {
-                    free_tier(dirty, 0);
+                    grave.bury(Corpse::new(dirty, 0, dirty_bytes));
                 }
-                shared.retired_bytes.fetch_sub(bytes, Relaxed);
             })
         };
     }
@@ -1156,6 +1185,7 @@ impl<K, V> RawMap<K, V> {
     /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
     /// `slots` slots (chunks are allocated on first use, so this costs a directory).
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
+        self.grave.drain(true);
         let (read, dirty, upto) = self.take_tiers();
         // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
         unsafe {
@@ -1193,6 +1223,8 @@ impl<K, V> RawMap<K, V> {
 
 impl<K, V> Drop for RawMap<K, V> {
     fn drop(&mut self) {
+        // Tiers whose deferred closure has not run yet are freed by it, at once.
+        self.grave.close();
         let (read, dirty, upto) = self.take_tiers();
         // SAFETY: `&mut self`: no guard can reach the tiers (every reference handed out borrows
         // the map), so they are freed now; I3 says what each owns.

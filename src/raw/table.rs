@@ -302,6 +302,44 @@ impl<K, V> Table<K, V> {
         }
     }
 
+    /// Empties chunk `c` of a table nobody else can reach and frees it: each occupied slot is
+    /// cleared, then passed to `f` as `(index, entry, owned_tag)`. Returns the slots looked at
+    /// (0 if the chunk was never allocated or is already freed).
+    ///
+    /// A slot is cleared before `f` sees it, so if `f` panics, calling this again for `c` skips
+    /// the entries already handed out and the chunk is still freed (here or by `Drop`).
+    pub(crate) fn release_chunk(
+        &mut self,
+        c: usize,
+        mut f: impl FnMut(usize, *mut Entry<K, V>, bool),
+    ) -> usize {
+        let len = self.chunk_len();
+        // Relaxed throughout: `&mut self` means this thread is the only one touching the table
+        // (the epoch's grace period ordered every reader's accesses before this call).
+        let chunk = self.dir[c].load(Relaxed);
+        if chunk.is_null() {
+            return 0;
+        }
+        if self.used[c].load(Relaxed) != 0 {
+            for j in 0..len {
+                // SAFETY: `chunk` is live (dir invariant), `j < len`, and `&mut self` means no
+                // other thread looks at it.
+                let slot = unsafe { &*chunk.add(j) };
+                let e = slot.entry.load(Relaxed);
+                slot.entry.store(ptr::null_mut(), Relaxed);
+                if !e.is_null() {
+                    f((c << self.chunk_shift) + j, untag(e), e.addr() & OWNED != 0);
+                }
+            }
+        }
+        self.dir[c].store(ptr::null_mut(), Relaxed);
+        self.chunks_allocated.fetch_sub(1, Relaxed);
+        // SAFETY: allocated by `alloc_chunk(len)`; unlinked from the directory above, so neither
+        // a second call nor `Drop` frees it again.
+        unsafe { free_chunk(chunk, len) };
+        len
+    }
+
     /// Slot `i`'s entry, if any (for iteration by index over a published table).
     #[inline]
     pub(crate) fn entry_at(&self, i: usize) -> Option<&Entry<K, V>> {
