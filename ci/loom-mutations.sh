@@ -5,7 +5,7 @@
 # a use-after-free magic check, a leak/double-drop check, or a crash). Exits non-zero if any
 # mutation survives every model, and prints one line per mutation with the models that failed.
 #
-# Usage: ci/loom-mutations.sh [mutation...]   (default: all five)
+# Usage: ci/loom-mutations.sh [mutation...]   (default: all six)
 #
 # Time: about 7.5 min for all five on this shared 2-core machine with LOOM_MAX_PREEMPTIONS=1 (how
 # the table in the README was made) once the target dirs exist: ~1-2 min per mutation to rebuild tiermap (plus ~3-10 min the first time a
@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer)
+all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
 # Mutations shown harmless (see loom-tests/README.md): reported, but not counted as survivors

@@ -224,6 +224,9 @@ mod tests {
     use super::{BUDGET, SMALL_SLOTS};
     use crate::SyncMap;
 
+    /// Entries per map: enough for tables over `SMALL_SLOTS` slots.
+    const SIZE: u64 = if cfg!(miri) { 3_000 } else { 10_000 };
+
     /// A value that counts its drops in the given counter, and panics in `drop` if told to.
     struct Counted {
         drops: &'static AtomicUsize,
@@ -265,7 +268,7 @@ mod tests {
     #[test]
     fn a_large_retired_tier_is_freed_in_bounded_steps_by_slow_operations() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        const N: u64 = 20_000;
+        const N: u64 = if cfg!(miri) { 3_000 } else { 20_000 };
         let map = filled(N, &DROPS, None);
         assert!(map.stats().read_capacity + map.stats().dirty_capacity >= SMALL_SLOTS);
         map.clear();
@@ -314,44 +317,45 @@ mod tests {
     #[test]
     fn reclaim_empties_the_graveyard_at_once() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let map = filled(10_000, &DROPS, None);
+        let map = filled(SIZE, &DROPS, None);
         map.clear();
         until_buried(&map);
         assert_eq!(map.reclaim(), 0);
-        assert_eq!(DROPS.load(SeqCst), 10_000);
+        assert_eq!(DROPS.load(SeqCst), SIZE as usize);
         assert!(map.raw().grave.is_empty());
     }
 
     #[test]
     fn dropping_the_map_frees_queued_and_pending_tiers() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let map = filled(10_000, &DROPS, None);
+        let map = filled(SIZE, &DROPS, None);
         map.clear();
         until_buried(&map);
-        let second = filled(10_000, &DROPS, None);
+        let second = filled(SIZE, &DROPS, None);
         // Retired but perhaps not yet past its grace period when the map is dropped: the
         // deferred closure then finds the graveyard closed and frees the tier itself.
         second.clear();
         drop(second);
         drop(map);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while DROPS.load(SeqCst) < 20_000 {
+        while DROPS.load(SeqCst) < 2 * SIZE as usize {
+            let dropped = DROPS.load(SeqCst);
             assert!(
                 Instant::now() < deadline,
-                "{} of 20000 dropped",
-                DROPS.load(SeqCst)
+                "{dropped} of {} dropped",
+                2 * SIZE
             );
             crate::SyncMap::<u8, u8>::new().reclaim();
             std::thread::yield_now();
         }
-        assert_eq!(DROPS.load(SeqCst), 20_000);
+        assert_eq!(DROPS.load(SeqCst), 2 * SIZE as usize);
     }
 
     #[test]
     fn a_panicking_destructor_loses_nothing_else() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        const N: u64 = 10_000;
-        let map = filled(N, &DROPS, Some(4_321));
+        const N: u64 = SIZE;
+        let map = filled(N, &DROPS, Some(N / 2));
         map.clear();
         until_buried(&map);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map.reclaim()));

@@ -1143,6 +1143,20 @@ impl<K, V> RawMap<K, V> {
         // A large tier: the deferred closure only hands it to the graveyard, which frees it a
         // step per slow operation (see `grave`).
         let grave = self.grave.clone();
+        // Seeded bug for the loom models: skip the grace period, so that the next slow operation
+        // frees a tier that a reader pinned before the retirement may still be probing.
+        #[cfg(tiermap_mutation = "bury_without_grace")]
+        {
+            let _ = guard;
+            // SAFETY: none; this is the bug the models must catch.
+            unsafe {
+                grave.bury(Corpse::new(read, upto, bytes));
+                if !dirty.is_null() {
+                    grave.bury(Corpse::new(dirty, 0, dirty_bytes));
+                }
+            }
+        }
+        #[cfg(not(tiermap_mutation = "bury_without_grace"))]
         // SAFETY: as above; once the closure runs, no reader can reach the tiers, which own
         // what I3 says (`upto` for the read tier, everything for the dirty tier).
         unsafe {
