@@ -346,7 +346,7 @@ impl<K, V, S> SyncMap<K, V, S> {
             }
             self.raw.reclaimer.collect(1);
             // Large retired tiers past their grace period wait in the graveyard.
-            self.raw.grave.drain(true);
+            self.raw.grave.drain(usize::MAX);
         }
         self.raw.shared.retired_bytes.load(Relaxed)
     }

@@ -29,8 +29,9 @@ pub(crate) const SMALL_SLOTS: usize = 4096;
 #[cfg(tiermap_loom)]
 pub(crate) const SMALL_SLOTS: usize = 8;
 
-/// Slots freed per slow operation while one corpse is queued; doubled for each further corpse,
-/// so that the graveyard drains faster than promotions can fill it.
+/// Slots freed per slow operation while one corpse is queued; doubled for each further corpse
+/// (up to 64 times), and never less than the operation's migration budget, so that the graveyard
+/// drains faster than promotions can fill it.
 #[cfg(not(tiermap_loom))]
 pub(crate) const BUDGET: usize = 1024;
 #[cfg(tiermap_loom)]
@@ -146,18 +147,16 @@ impl<K, V> Graveyard<K, V> {
         self.queued.load(Relaxed) == 0
     }
 
-    /// Frees up to one step's worth ([`BUDGET`] slots, doubled per further queued corpse), or
-    /// everything with `all`. Runs user `Drop` code: call it without the dirty lock.
-    pub(crate) fn drain(&self, all: bool) {
+    /// Frees one step's worth: at least `floor` slots (the caller's migration budget, so that
+    /// freeing keeps pace with the migrations that retire tiers), at least [`BUDGET`], doubled
+    /// per further queued corpse up to 64 times that; `usize::MAX` frees everything. Runs user
+    /// `Drop` code: call it without the dirty lock.
+    pub(crate) fn drain(&self, floor: usize) {
         if self.is_empty() {
             return;
         }
         let queued = self.queued.load(Relaxed).max(1);
-        let mut budget = if all {
-            usize::MAX
-        } else {
-            BUDGET << (queued - 1).min(10)
-        };
+        let mut budget = floor.max(BUDGET << (queued - 1).min(6));
         while budget > 0 {
             let corpse = {
                 let mut yard = lock(&self.yard);
@@ -296,7 +295,8 @@ mod tests {
                 },
             );
             let now = DROPS.load(SeqCst);
-            let budget = BUDGET << (queued.max(1) - 1);
+            let floor = 2 * map.raw().dirty().budget;
+            let budget = floor.max(BUDGET << (queued.max(1) - 1).min(6));
             assert!(
                 now - last <= budget,
                 "one step dropped {} values",

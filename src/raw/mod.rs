@@ -152,7 +152,7 @@ pub(crate) struct Dirty<K, V> {
     /// Slots of the read tier decided by the migration (I4). 0 when there is no dirty tier.
     pub(crate) cursor: usize,
     /// Work units per slow operation for the running migration.
-    budget: usize,
+    pub(crate) budget: usize,
     /// Entries expunged (and tagged) in the read tier by the running migration.
     expunged: usize,
     /// A tier was retired in this critical section (flush the epoch bag after unlocking).
@@ -432,6 +432,7 @@ impl<K, V> RawMap<K, V> {
     fn finish(&self, mut st: MutexGuard<'_, Dirty<K, V>>, guard: &Guard) {
         self.maintain(&mut st, guard);
         let retired = std::mem::take(&mut st.retired);
+        let budget = st.budget;
         st.since_observed += 1;
         let observe = retired || st.since_observed >= OBSERVE_EVERY;
         if observe {
@@ -444,7 +445,8 @@ impl<K, V> RawMap<K, V> {
             guard.flush();
         }
         // Outside the lock: freeing runs the keys' and values' `Drop`, which may call the map.
-        self.grave.drain(false);
+        // At least the migration budget (x2: a corpse's entries cost more than a migrated slot).
+        self.grave.drain(budget.saturating_mul(2));
         if observe {
             self.observe(guard);
         }
@@ -1199,7 +1201,7 @@ impl<K, V> RawMap<K, V> {
     /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
     /// `slots` slots (chunks are allocated on first use, so this costs a directory).
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
-        self.grave.drain(true);
+        self.grave.drain(usize::MAX);
         let (read, dirty, upto) = self.take_tiers();
         // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
         unsafe {
