@@ -7,7 +7,9 @@
 //!    into a new dirty map under the lock. Median and max over several trials, each on a fresh
 //!    map.
 //! 2. **Sliding-window churn.** Insert key `i`, remove key `i - W`, for `STEPS` steps, timing
-//!    every insert; p50/p99/p99.9/max.
+//!    every step (the insert and the remove); p50/p99/p99.9/p99.99/max. `LAT_CLOCK=cpu` times
+//!    with the thread's CPU clock instead of the wall clock, which takes the scheduler of a
+//!    shared machine out of the tail.
 //!
 //! Environment: `BENCH_MAPS` (see benches/common), `LAT_SIZES=10000,100000,1000000`,
 //! `LAT_WINDOW=100000`, `LAT_STEPS=2000000`, `LAT_CSV=dir` writes `first_insert.csv` and
@@ -61,17 +63,55 @@ fn first_insert<M: BenchMap>(n: u64) -> u64 {
     ns
 }
 
-/// Per-insert nanoseconds along a sliding-window churn.
+/// Nanoseconds on the clock chosen by `LAT_CLOCK`: `wall` (default, `Instant`) or `cpu`
+/// (this thread's CPU time, `CLOCK_THREAD_CPUTIME_ID`: time the thread was descheduled is not
+/// counted, so a spike is work done by the operation, not the scheduler of a shared machine).
+#[derive(Clone, Copy)]
+enum Clock {
+    Wall(Instant),
+    Cpu,
+}
+
+impl Clock {
+    fn from_env() -> Clock {
+        match std::env::var("LAT_CLOCK").as_deref() {
+            Ok("cpu") => Clock::Cpu,
+            _ => Clock::Wall(Instant::now()),
+        }
+    }
+
+    fn now(self) -> u64 {
+        match self {
+            Clock::Wall(origin) => origin.elapsed().as_nanos() as u64,
+            Clock::Cpu => {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant that
+                // Linux supports for the calling thread.
+                let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+                ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+            }
+        }
+    }
+}
+
+/// Per-step nanoseconds along a sliding-window churn: a step inserts key `i` and removes key
+/// `i - window`. Both are timed: deferred frees run inside whichever operation pins next, and
+/// a remove may start a compaction.
 fn churn<M: BenchMap>(window: u64, steps: u64) -> Vec<u64> {
     let m = M::with_capacity(0);
+    let clock = Clock::from_env();
     let mut lat = Vec::with_capacity(steps as usize);
     for i in 0..steps {
-        let t = Instant::now();
+        let t = clock.now();
         m.store(i, i);
-        lat.push(t.elapsed().as_nanos() as u64);
         if i >= window {
             m.delete(i - window);
         }
+        lat.push(clock.now() - t);
     }
     lat
 }
@@ -150,13 +190,29 @@ fn main() {
 
     // ---- 2. sliding-window churn
     println!();
-    println!("### Insert latency along a sliding-window churn (insert i, remove i-{window}; {steps} steps, one thread)");
+    let clock = match Clock::from_env() {
+        Clock::Wall(_) => "wall clock",
+        Clock::Cpu => "thread CPU time",
+    };
+    println!("### Step latency along a sliding-window churn (insert i + remove i-{window}, {clock}; {steps} steps, one thread)");
     println!();
     println!("| map | p50 | p99 | p99.9 | p99.99 | max | mean |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut churn_csv = String::from("map,p50,p99,p999,p9999,max,mean\n");
     for (name, _, churn) in &maps {
         let mut v = churn(window, steps);
+        // `LAT_TOP=n` prints the n slowest steps (index and time), to tell a periodic stall from
+        // a one-off.
+        let top = env_u64("LAT_TOP", 0) as usize;
+        if top > 0 {
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_unstable_by_key(|&i| std::cmp::Reverse(v[i]));
+            let list: Vec<String> = idx[..top.min(idx.len())]
+                .iter()
+                .map(|&i| format!("step {i}: {}", fmt_ns(v[i])))
+                .collect();
+            eprintln!("{name} slowest: {}", list.join(", "));
+        }
         let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
         v.sort_unstable();
         let (p50, p99, p999, p9999, max) = (

@@ -22,8 +22,12 @@ use crate::facade::{lock, AtomicUsize, Mutex};
 
 /// Tiers with at least this many slots (both retired tables of one retirement together) go
 /// through the graveyard.
-#[cfg(not(tiermap_loom))]
+#[cfg(not(any(tiermap_loom, miri)))]
 pub(crate) const SMALL_SLOTS: usize = 4096;
+/// Under Miri, tests of a few hundred entries reach the graveyard (Miri runs them ~1000x
+/// slower than native).
+#[cfg(all(miri, not(tiermap_loom)))]
+pub(crate) const SMALL_SLOTS: usize = 512;
 /// Loom models use tiny tables (4-slot chunks): a two-chunk retirement already goes through the
 /// graveyard, so that the models cover it.
 #[cfg(tiermap_loom)]
@@ -33,7 +37,7 @@ pub(crate) const SMALL_SLOTS: usize = 8;
 /// (up to 64 times), and never less than the operation's migration budget, so that the graveyard
 /// drains faster than promotions can fill it.
 #[cfg(not(tiermap_loom))]
-pub(crate) const BUDGET: usize = 1024;
+pub(crate) const BUDGET: usize = 256;
 #[cfg(tiermap_loom)]
 pub(crate) const BUDGET: usize = 4;
 
@@ -224,7 +228,7 @@ mod tests {
     use crate::SyncMap;
 
     /// Entries per map: enough for tables over `SMALL_SLOTS` slots.
-    const SIZE: u64 = if cfg!(miri) { 3_000 } else { 10_000 };
+    const SIZE: u64 = if cfg!(miri) { 400 } else { 10_000 };
 
     /// A value that counts its drops in the given counter, and panics in `drop` if told to.
     struct Counted {
@@ -267,7 +271,7 @@ mod tests {
     #[test]
     fn a_large_retired_tier_is_freed_in_bounded_steps_by_slow_operations() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        const N: u64 = if cfg!(miri) { 3_000 } else { 20_000 };
+        const N: u64 = if cfg!(miri) { 800 } else { 20_000 };
         let map = filled(N, &DROPS, None);
         assert!(map.stats().read_capacity + map.stats().dirty_capacity >= SMALL_SLOTS);
         map.clear();
