@@ -37,7 +37,7 @@ pub struct MapStats {
     pub held_bytes: usize,
     /// Bytes of superseded tables (and the entries they own) retired but not yet freed, because
     /// a guard pinned before they were retired may still be alive, no collection ran since, or
-    /// (for tables of 4096 slots or more) the map's slow operations are still freeing them, 1024
+    /// (for tables of 4096 slots or more) the map's slow operations are still freeing them, 64
     /// slots per operation; [`SyncMap::reclaim`](crate::SyncMap::reclaim) frees them at once.
     /// Single values retired by `insert`/`remove` are not counted here (crossbeam-epoch frees
     /// them in batches of at most 64 per thread).

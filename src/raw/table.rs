@@ -302,42 +302,58 @@ impl<K, V> Table<K, V> {
         }
     }
 
-    /// Empties chunk `c` of a table nobody else can reach and frees it: each occupied slot is
-    /// cleared, then passed to `f` as `(index, entry, owned_tag)`. Returns the slots looked at
-    /// (0 if the chunk was never allocated or is already freed).
+    /// Empties up to `max` slots of a table nobody else can reach, from slot `from` to at most
+    /// the end of its chunk, freeing the chunk once its last slot is done: each occupied slot
+    /// is cleared, then passed to `f` as `(index, entry, owned_tag)`. Returns the index to
+    /// continue from and the slots looked at (0 for a chunk never allocated or without entries,
+    /// which is skipped or freed whole). `max` must be at least 1.
     ///
-    /// A slot is cleared before `f` sees it, so if `f` panics, calling this again for `c` skips
-    /// the entries already handed out and the chunk is still freed (here or by `Drop`).
-    pub(crate) fn release_chunk(
+    /// A slot is cleared before `f` sees it, so if `f` panics, calling this again from the
+    /// same `from` skips the entries already handed out, and the chunk is still freed (here or
+    /// by `Drop`).
+    pub(crate) fn release_slots(
         &mut self,
-        c: usize,
+        from: usize,
+        max: usize,
         mut f: impl FnMut(usize, *mut Entry<K, V>, bool),
-    ) -> usize {
+    ) -> (usize, usize) {
+        debug_assert!(max >= 1 && from < self.cap);
         let len = self.chunk_len();
+        let c = from >> self.chunk_shift;
+        let chunk_end = (c + 1) << self.chunk_shift;
         // Relaxed throughout: `&mut self` means this thread is the only one touching the table
         // (the epoch's grace period ordered every reader's accesses before this call).
         let chunk = self.dir[c].load(Relaxed);
         if chunk.is_null() {
-            return 0;
+            return (chunk_end, 0);
         }
-        if self.used[c].load(Relaxed) != 0 {
-            for j in 0..len {
-                // SAFETY: `chunk` is live (dir invariant), `j < len`, and `&mut self` means no
-                // other thread looks at it.
-                let slot = unsafe { &*chunk.add(j) };
+        // A chunk without entries is freed whole, at the cost of one slot.
+        let empty = self.used[c].load(Relaxed) == 0;
+        let to = if empty {
+            chunk_end
+        } else {
+            chunk_end.min(from.saturating_add(max))
+        };
+        if !empty {
+            for i in from..to {
+                // SAFETY: `chunk` is live (dir invariant), the offset is below `len`, and
+                // `&mut self` means no other thread looks at it.
+                let slot = unsafe { &*chunk.add(i & (len - 1)) };
                 let e = slot.entry.load(Relaxed);
                 slot.entry.store(ptr::null_mut(), Relaxed);
                 if !e.is_null() {
-                    f((c << self.chunk_shift) + j, untag(e), e.addr() & OWNED != 0);
+                    f(i, untag(e), e.addr() & OWNED != 0);
                 }
             }
         }
-        self.dir[c].store(ptr::null_mut(), Relaxed);
-        self.chunks_allocated.fetch_sub(1, Relaxed);
-        // SAFETY: allocated by `alloc_chunk(len)`; unlinked from the directory above, so neither
-        // a second call nor `Drop` frees it again.
-        unsafe { free_chunk(chunk, len) };
-        len
+        if to == chunk_end {
+            self.dir[c].store(ptr::null_mut(), Relaxed);
+            self.chunks_allocated.fetch_sub(1, Relaxed);
+            // SAFETY: allocated by `alloc_chunk(len)`; unlinked from the directory above, so
+            // neither a later call nor `Drop` frees it again.
+            unsafe { free_chunk(chunk, len) };
+        }
+        (to, if empty { 0 } else { to - from })
     }
 
     /// Slot `i`'s entry, if any (for iteration by index over a published table).
