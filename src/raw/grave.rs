@@ -47,6 +47,19 @@ pub(crate) const BUDGET: usize = 64;
 #[cfg(tiermap_loom)]
 pub(crate) const BUDGET: usize = 2;
 
+/// The least a slow operation frees, given its migration budget: twice that budget, so that
+/// the graveyard (fed by promotions) drains at least twice as fast as migrations retire tables.
+/// Loom builds use only [`BUDGET`], so that the models see a tier freed over several steps (the
+/// migration budget, at least 32 slots, covers a whole model table).
+#[inline]
+pub(crate) fn step_floor(migration_budget: usize) -> usize {
+    if cfg!(tiermap_loom) {
+        0
+    } else {
+        migration_budget.saturating_mul(2)
+    }
+}
+
 /// A retired tier that no guard can reach any more, being freed.
 pub(crate) struct Corpse<K, V> {
     tier: *mut Tier<K, V>,
@@ -308,7 +321,7 @@ mod tests {
                 },
             );
             let now = DROPS.load(SeqCst);
-            let floor = 2 * map.raw().dirty().budget;
+            let floor = super::step_floor(map.raw().dirty().budget);
             let budget = floor.max(BUDGET << (queued.max(1) - 1).min(6));
             assert!(
                 now - last <= budget,

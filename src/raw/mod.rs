@@ -445,8 +445,7 @@ impl<K, V> RawMap<K, V> {
             guard.flush();
         }
         // Outside the lock: freeing runs the keys' and values' `Drop`, which may call the map.
-        // At least the migration budget (x2: a corpse's entries cost more than a migrated slot).
-        self.grave.drain(budget.saturating_mul(2));
+        self.grave.drain(grave::step_floor(budget));
         if observe {
             self.observe(guard);
         }

@@ -12,6 +12,7 @@ mod cas;
 mod clear;
 mod compact;
 mod get_or_insert;
+mod grave;
 mod insert_promotion;
 mod iter;
 mod pool;
