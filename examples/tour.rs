@@ -130,7 +130,7 @@ fn main() {
     }
     map.clear();
     row(
-        "5. refill 1M, then clear() (old tables retired, freed by a later collection)",
+        "5. refill 1M, then clear() (old tables retired, freed over later writes or by reclaim())",
         &format!(
             "{} (Clear keeps the dirty map's buckets)",
             mib(N as f64 * GO_TABLE_BYTES_PER_KEY)

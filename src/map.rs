@@ -752,8 +752,10 @@ where
     }
 
     /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and
-    /// values are retired as one unit and freed by a later epoch collection (use
-    /// [`SyncMap::clear_and_release`] to free them before returning).
+    /// values are retired as one unit. Small ones are freed by a later epoch collection; tables
+    /// of 4096 slots or more are then freed 64 slots per later write (insert of a new key,
+    /// compaction step), so that no single operation pays for the whole map. Use
+    /// [`SyncMap::clear_and_release`] (or [`SyncMap::reclaim`]) to free them before returning.
     ///
     /// ```
     /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
