@@ -86,9 +86,9 @@ impl<K, V> Corpse<K, V> {
 
     /// Frees slots (the entries they own, and each chunk after its last slot) until `budget`
     /// slots were looked at or the tier is empty; then frees the tier itself. Returns whether it
-    /// is gone. Panic-safe: if a key's or value's `Drop` panics, the entries already handed out
-    /// are not seen again.
-    fn free_some(&mut self, budget: &mut usize, shared: &Shared) -> bool {
+    /// is gone (its `bytes` are then the caller's to uncount). Panic-safe: if a key's or value's
+    /// `Drop` panics, the entries already handed out are not seen again.
+    fn free_some(&mut self, budget: &mut usize) -> bool {
         // SAFETY: `new`'s contract: the tier is ours alone until it is freed below.
         let tier = unsafe { &mut *self.tier };
         let upto = self.upto;
@@ -111,17 +111,26 @@ impl<K, V> Corpse<K, V> {
         // SAFETY: `new`'s contract; every chunk is freed, so this frees the directory and the
         // tier header only.
         drop(unsafe { Box::from_raw(self.tier) });
-        // Relaxed: a statistic.
-        shared.retired_bytes.fetch_sub(self.bytes, Relaxed);
         true
     }
 
     /// Frees everything now.
-    pub(crate) fn free_all(mut self, shared: &Shared) {
-        let mut budget = usize::MAX;
-        let done = self.free_some(&mut budget, shared);
+    fn free_all(mut self) {
+        let mut unlimited = usize::MAX;
+        let done = self.free_some(&mut unlimited);
         debug_assert!(done);
     }
+}
+
+/// Frees a tier and the entries it owns (I3: its tagged entries and the untagged ones at slots
+/// `>= upto`) now, in one go: for tiers that are small, or that nobody else can reach because
+/// the caller has the map exclusively.
+///
+/// # Safety
+/// As for [`Corpse::new`].
+pub(crate) unsafe fn free_tier<K, V>(tier: *mut Tier<K, V>, upto: usize) {
+    // SAFETY: per the caller; nothing is counted in `retired_bytes` for it here.
+    unsafe { Corpse::new(tier, upto, 0) }.free_all();
 }
 
 /// Retired tiers waiting to be freed (see the module docs). Shared, through an `Arc`, with the
@@ -160,7 +169,7 @@ impl<K, V> Graveyard<K, V> {
             self.queued.fetch_add(1, Relaxed);
         } else {
             drop(yard);
-            corpse.free_all(&self.shared);
+            self.free_all(corpse);
         }
     }
 
@@ -201,11 +210,13 @@ impl<K, V> Graveyard<K, V> {
                 .corpse
                 .as_mut()
                 .expect("set above")
-                .free_some(&mut budget, &self.shared);
+                .free_some(&mut budget);
             // Once `done`, the corpse's tier is freed and the taken value (plain pointers, no
-            // `Drop`) is simply forgotten.
+            // `Drop`) only carries its byte count.
             let corpse = held.corpse.take().expect("set above");
-            if !done {
+            if done {
+                self.uncount(&corpse);
+            } else {
                 self.bury(corpse);
             }
         }
@@ -220,8 +231,22 @@ impl<K, V> Graveyard<K, V> {
             std::mem::take(&mut yard.corpses)
         };
         for corpse in corpses {
-            corpse.free_all(&self.shared);
+            self.free_all(corpse);
         }
+    }
+
+    /// Frees `corpse` now and uncounts it.
+    fn free_all(&self, corpse: Corpse<K, V>) {
+        let bytes = corpse.bytes;
+        corpse.free_all();
+        // Relaxed: a statistic.
+        self.shared.retired_bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Uncounts a corpse that `free_some` finished.
+    fn uncount(&self, corpse: &Corpse<K, V>) {
+        // Relaxed: a statistic.
+        self.shared.retired_bytes.fetch_sub(corpse.bytes, Relaxed);
     }
 }
 

@@ -37,7 +37,7 @@ use crate::facade::{
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
-use grave::{Corpse, Graveyard};
+use grave::{free_tier, Corpse, Graveyard};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -1132,10 +1132,7 @@ impl<K, V> RawMap<K, V> {
             // them; the epoch runs this after all of those are dropped.
             unsafe {
                 guard.defer_unchecked(move || {
-                    free_tier(read, upto);
-                    if !dirty.is_null() {
-                        free_tier(dirty, 0);
-                    }
+                    free_tiers(read, upto, dirty);
                     shared.retired_bytes.fetch_sub(bytes + dirty_bytes, Relaxed);
                 })
             };
@@ -1144,29 +1141,27 @@ impl<K, V> RawMap<K, V> {
         // A large tier: the deferred closure only hands it to the graveyard, which frees it a
         // step per slow operation (see `grave`).
         let grave = self.grave.clone();
-        // Seeded bug for the loom models: skip the grace period, so that the next slow operation
-        // frees a tier that a reader pinned before the retirement may still be probing.
-        #[cfg(tiermap_mutation = "bury_without_grace")]
-        {
-            let _ = guard;
-            // SAFETY: none; this is the bug the models must catch.
+        let bury = move || {
+            // SAFETY: run once the epoch's grace period is over (below), when no reader can reach
+            // the tiers, which own what I3 says (`upto` for the read tier, all for the dirty one).
             unsafe {
                 grave.bury(Corpse::new(read, upto, bytes));
                 if !dirty.is_null() {
                     grave.bury(Corpse::new(dirty, 0, dirty_bytes));
                 }
             }
+        };
+        // Seeded bug for the loom models: skip the grace period, so that the next slow operation
+        // frees a tier that a reader pinned before the retirement may still be probing.
+        #[cfg(tiermap_mutation = "bury_without_grace")]
+        {
+            let _ = guard;
+            bury();
         }
+        // SAFETY: as above.
         #[cfg(not(tiermap_mutation = "bury_without_grace"))]
-        // SAFETY: as above; once the closure runs, no reader can reach the tiers, which own
-        // what I3 says (`upto` for the read tier, everything for the dirty tier).
         unsafe {
-            guard.defer_unchecked(move || {
-                grave.bury(Corpse::new(read, upto, bytes));
-                if !dirty.is_null() {
-                    grave.bury(Corpse::new(dirty, 0, dirty_bytes));
-                }
-            })
+            guard.defer_unchecked(bury)
         };
     }
 
@@ -1203,12 +1198,7 @@ impl<K, V> RawMap<K, V> {
         self.grave.drain(usize::MAX);
         let (read, dirty, upto) = self.take_tiers();
         // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
-        unsafe {
-            free_tier(read, upto);
-            if !dirty.is_null() {
-                free_tier(dirty, 0);
-            }
-        }
+        unsafe { free_tiers(read, upto, dirty) };
         let id = self.generation.load(Relaxed) + 1;
         let gen = Gen::new(id);
         let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
@@ -1244,28 +1234,25 @@ impl<K, V> Drop for RawMap<K, V> {
         // SAFETY: `&mut self`: no guard can reach the tiers (every reference handed out borrows
         // the map), so they are freed now; I3 says what each owns.
         unsafe {
-            free_tier(read, upto);
-            if !dirty.is_null() {
-                free_tier(dirty, 0);
-            }
+            free_tiers(read, upto, dirty);
             drop(Box::from_raw(self.read.load(Relaxed)));
         }
     }
 }
 
-/// Frees a tier and the entries it owns (I3): tagged ones and those at slots `>= upto`.
+/// Frees a retired read tier (owning what I3 says with `upto`) and the dirty tier, if not null,
+/// now.
 ///
 /// # Safety
-/// `t` came from `Box::into_raw`, is unreachable by any reader, and is freed once.
-unsafe fn free_tier<K, V>(t: *mut Tier<K, V>, upto: usize) {
+/// As for [`grave::free_tier`], for each tier.
+unsafe fn free_tiers<K, V>(read: *mut Tier<K, V>, upto: usize, dirty: *mut Tier<K, V>) {
     // SAFETY: per the caller.
-    let tier = unsafe { Box::from_raw(t) };
-    tier.table.for_each_raw(|i, e, owned| {
-        if owned || i >= upto {
-            // SAFETY: I3: this tier is the entry's only owner.
-            unsafe { Entry::destroy(e) };
+    unsafe {
+        free_tier(read, upto);
+        if !dirty.is_null() {
+            free_tier(dirty, 0);
         }
-    });
+    }
 }
 
 /// Iterates the present entries of one tier, in slot order.
