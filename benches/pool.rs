@@ -32,23 +32,17 @@ trait Pool: Sync {
     fn retained_capacity(&self) -> Option<usize>;
 }
 
-struct TierPool(MapPool<Map>);
-struct TierPoolNoCeiling(MapPool<Map>);
+/// tiermap's pool; `TierPool<false>` is the same pool built without a capacity ceiling (Go's
+/// behaviour, for the scenario).
+struct TierPool<const CEILING: bool>(MapPool<Map>);
+type TierPoolNoCeiling = TierPool<false>;
 
-impl Pool for TierPool {
-    const NAME: &'static str = "tiermap MapPool";
-    #[inline]
-    fn with<R>(&self, f: impl FnOnce(&mut Map) -> R) -> R {
-        let mut g = self.0.get();
-        f(&mut g)
-    }
-    fn retained_capacity(&self) -> Option<usize> {
-        Some(idle_capacity(&self.0))
-    }
-}
-
-impl Pool for TierPoolNoCeiling {
-    const NAME: &'static str = "tiermap MapPool, no ceiling";
+impl<const CEILING: bool> Pool for TierPool<CEILING> {
+    const NAME: &'static str = if CEILING {
+        "tiermap MapPool"
+    } else {
+        "tiermap MapPool, no ceiling"
+    };
     #[inline]
     fn with<R>(&self, f: impl FnOnce(&mut Map) -> R) -> R {
         let mut g = self.0.get();
@@ -117,11 +111,11 @@ impl Pool for ObjectPool {
     }
 }
 
-fn new_tier() -> TierPool {
+fn new_tier() -> TierPool<true> {
     TierPool(MapPool::new())
 }
 fn new_tier_no_ceiling() -> TierPoolNoCeiling {
-    TierPoolNoCeiling(MapPool::builder().capacity_ceiling(None).build())
+    TierPool(MapPool::builder().capacity_ceiling(None).build())
 }
 fn new_mutex() -> MutexVec {
     MutexVec(Mutex::new(Vec::new()))
@@ -212,7 +206,7 @@ fn thread_counts() -> Vec<usize> {
 
 macro_rules! each_pool {
     ($f:ident) => {{
-        $f(TierPool::NAME, &new_tier);
+        $f(TierPool::<true>::NAME, &new_tier);
         $f(TierPoolNoCeiling::NAME, &new_tier_no_ceiling);
         $f(MutexVec::NAME, &new_mutex);
         $f(LockFree::NAME, &new_lockfree);
@@ -247,7 +241,7 @@ fn main() {
         }
         println!("{r}");
     }
-    row(TierPool::NAME, &new_tier, &threads, rounds);
+    row(TierPool::<true>::NAME, &new_tier, &threads, rounds);
     row(
         TierPoolNoCeiling::NAME,
         &new_tier_no_ceiling,
