@@ -4,7 +4,7 @@
 //!
 //! # Where the checks run
 //!
-//! The engine calls its observer with a fresh [`MapStats`] every 64 slow-path (locked)
+//! The engine calls its observer, which takes a fresh [`MapStats`], every 64 slow-path (locked)
 //! operations, after every promotion and after every `clear`, on the thread that did the
 //! operation, after it released the dirty lock. A read hit never looks at the hook, and neither do
 //! lock-free overwrites and deletes of keys in the read tier; so a condition is noticed at the
@@ -24,9 +24,14 @@
 //! `retired_window` snapshots (a promotion leaves a table pending for a check or two), while
 //! the value that re-arms is the latest one.
 //!
-//! The armed → tripped step is a compare-and-swap, so of two threads judging snapshots at the
-//! same time, one runs the callback. Snapshots taken at about the same time on two threads may be
-//! judged in either order; the hysteresis band keeps that from turning into repeated firings.
+//! Each alarm takes its snapshot and judges it under a mutex of its own, so checks running on
+//! several threads judge their snapshots one at a time and in the order they were taken. (Taking
+//! the snapshot first and judging it later let a snapshot from before a crossing, judged after
+//! another thread had fired for that crossing, re-arm the alarm: the same crossing then fired
+//! twice.) The callback runs after that mutex is released, so it may call the map. Cost: a check
+//! that finds another in progress waits for its snapshot (a `stats()` call, which takes the
+//! dirty lock briefly) and judgement, never for a callback; checks run once per 64 slow
+//! operations, so they rarely meet.
 //!
 //! # Pools
 //!
@@ -40,13 +45,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
 use crate::pool::{MapPool, PoolStats, Recycle};
-use crate::raw::Observer;
+use crate::raw::{Observer, Snapshot};
 use crate::stats::{Bytes, MapStats};
 
 /// One measurable way a map can hold more memory than its live entries need.
@@ -468,11 +473,14 @@ struct AlarmState {
     policy: RetentionPolicy,
     on_alarm: Callback,
     /// Indexed by `RetentionCondition::index`. Invariant: `true` from the snapshot that took the
-    /// condition above its threshold (whose checker won the CAS and ran the callback) until one
-    /// at or below its re-arm level.
+    /// condition above its threshold (whose checker ran the callback) until one at or below its
+    /// re-arm level. Changed only under `judge`.
     tripped: [AtomicBool; 3],
-    /// The retired bytes of the latest snapshots. Held only to push and take the minimum.
-    retired: Mutex<Window>,
+    /// The retired bytes of the latest snapshots. Held while a checker takes its snapshot and
+    /// judges it (never while a callback runs), so that snapshots are judged one at a time and
+    /// in the order they were taken: a snapshot taken before a crossing but judged after it
+    /// would otherwise re-arm the alarm and let the same crossing fire twice.
+    judge: Mutex<Window>,
     fired: AtomicU64,
     panics: AtomicU64,
 }
@@ -503,37 +511,52 @@ impl Window {
 }
 
 impl AlarmState {
-    /// Judges one snapshot and runs the callback once for each condition it trips. Called
-    /// outside every lock of the map.
-    fn check(&self, stats: &MapStats) {
-        for c in RetentionCondition::ALL {
-            let Some(threshold) = self.policy.threshold(c) else {
-                continue;
-            };
-            let now = self.policy.level(c, stats);
-            // What trips is the sustained value; what re-arms is the latest one.
-            let value = if c == RetentionCondition::RetiredBytes {
-                let mut window = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-                window.push_min(now, self.policy.retired_window)
-            } else {
-                now
-            };
-            let flag = &self.tripped[c.index()];
-            if value > threshold {
-                // AcqRel/Acquire: orders the callbacks of successive crossings (a checker that
-                // re-arms with a Release store happens-before the next one that trips).
-                if flag.compare_exchange(false, true, AcqRel, Acquire).is_ok() {
-                    self.fire(RetentionAlert {
-                        condition: c,
-                        value,
-                        threshold,
-                        stats: *stats,
-                    });
+    /// Takes a snapshot with `snapshot`, judges it, and runs the callback once for each
+    /// condition it trips. Called outside every lock of the map; returns the snapshot.
+    ///
+    /// The snapshot is taken and judged under `judge`, so checks from several threads judge
+    /// their snapshots in the order they took them; the callbacks run after `judge` is
+    /// released (they may call the map, whose next check takes `judge` again).
+    fn check(&self, snapshot: &Snapshot<'_>) -> MapStats {
+        let mut alerts = Vec::new();
+        let stats = {
+            let mut window = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+            let stats = snapshot();
+            for c in RetentionCondition::ALL {
+                let Some(threshold) = self.policy.threshold(c) else {
+                    continue;
+                };
+                let now = self.policy.level(c, &stats);
+                // What trips is the sustained value; what re-arms is the latest one.
+                let value = if c == RetentionCondition::RetiredBytes {
+                    window.push_min(now, self.policy.retired_window)
+                } else {
+                    now
+                };
+                let flag = &self.tripped[c.index()];
+                // Relaxed loads and stores of the flags suffice for the transitions: they are
+                // only changed under `judge`, whose lock orders them. Release on the stores
+                // publishes them to `is_tripped` (Acquire).
+                if value > threshold {
+                    if !flag.load(Relaxed) {
+                        flag.store(true, Release);
+                        alerts.push(RetentionAlert {
+                            condition: c,
+                            value,
+                            threshold,
+                            stats,
+                        });
+                    }
+                } else if now <= threshold * (1.0 - self.policy.hysteresis) && flag.load(Relaxed) {
+                    flag.store(false, Release);
                 }
-            } else if now <= threshold * (1.0 - self.policy.hysteresis) && flag.load(Relaxed) {
-                flag.store(false, Release);
             }
+            stats
+        };
+        for alert in alerts {
+            self.fire(alert);
         }
+        stats
     }
 
     fn fire(&self, alert: RetentionAlert) {
@@ -623,9 +646,10 @@ impl RetentionAlarm {
         self.0.tripped[condition.index()].load(Acquire)
     }
 
-    /// Judges `stats` now, as the map's hook does (tests and the map's installation use this).
-    pub(crate) fn check(&self, stats: &MapStats) {
-        self.0.check(stats);
+    /// Takes a snapshot and judges it now, as the map's hook does (the map's installation uses
+    /// this).
+    pub(crate) fn check(&self, snapshot: &Snapshot<'_>) {
+        self.0.check(snapshot);
     }
 }
 
@@ -654,15 +678,21 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn notify(&self, stats: &MapStats) {
+    fn notify(&self, snapshot: &Snapshot<'_>) {
         // `load_full`, not a guard: the callback may run long and may replace these sinks.
+        let stats = match self.alarm.load_full() {
+            // The alarm takes the snapshot (under its own lock); the publisher reuses it.
+            Some(alarm) => alarm.check(snapshot),
+            #[cfg(feature = "metrics")]
+            None if self.metrics.load().is_some() => snapshot(),
+            None => return,
+        };
         #[cfg(feature = "metrics")]
         if let Some(publisher) = self.metrics.load_full() {
-            publisher.publish(stats);
+            publisher.publish(&stats);
         }
-        if let Some(alarm) = self.alarm.load_full() {
-            alarm.check(stats);
-        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = stats;
     }
 
     fn any(&self) -> bool {
@@ -701,7 +731,9 @@ impl Hooks {
         if want != *installed {
             let observer = want.then(|| {
                 let sinks = Arc::clone(&self.sinks);
-                Observer(Box::new(move |stats: &MapStats| sinks.notify(stats)))
+                Observer(Box::new(move |snapshot: &Snapshot<'_>| {
+                    sinks.notify(snapshot)
+                }))
             });
             install(observer);
             *installed = want;
@@ -720,7 +752,7 @@ impl Hooks {
             policy,
             on_alarm,
             tripped: Default::default(),
-            retired: Mutex::default(),
+            judge: Mutex::default(),
             fired: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         });
@@ -901,37 +933,48 @@ type PoolCallback = Box<dyn Fn(&PoolRetentionAlert) + Send + Sync>;
 struct PoolAlarmState {
     policy: PoolRetentionPolicy,
     on_alarm: PoolCallback,
-    /// As `AlarmState::tripped`, for the one condition.
+    /// As `AlarmState::tripped`, for the one condition. Changed only under `judge`.
     tripped: AtomicBool,
+    /// As `AlarmState::judge`: held while a checker takes its snapshot and judges it.
+    judge: Mutex<()>,
     fired: AtomicU64,
     panics: AtomicU64,
 }
 
 impl PoolAlarmState {
-    fn check(&self, stats: &PoolStats) {
+    /// As `AlarmState::check`: takes a snapshot and judges it under `judge`, then runs the
+    /// callback (after releasing it) if this snapshot is the crossing. Returns the snapshot.
+    fn check(&self, snapshot: &dyn Fn() -> PoolStats) -> PoolStats {
         let Some(threshold) = self.policy.max_retained_bytes else {
-            return;
+            return snapshot();
         };
-        let value = stats.retained_bytes;
-        if value > threshold {
-            // AcqRel/Acquire: as in `AlarmState::check`.
-            if self
-                .tripped
-                .compare_exchange(false, true, AcqRel, Acquire)
-                .is_ok()
+        let (stats, crossed) = {
+            let _judge = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+            let stats = snapshot();
+            let value = stats.retained_bytes;
+            // Relaxed/Release: as in `AlarmState::check` (changed only under `judge`).
+            let mut crossed = false;
+            if value > threshold {
+                if !self.tripped.load(Relaxed) {
+                    self.tripped.store(true, Release);
+                    crossed = true;
+                }
+            } else if (value as f64) <= threshold as f64 * (1.0 - self.policy.hysteresis)
+                && self.tripped.load(Relaxed)
             {
-                let alert = PoolRetentionAlert {
-                    retained_bytes: value,
-                    threshold,
-                    stats: *stats,
-                };
-                run_callback(&self.fired, &self.panics, || (self.on_alarm)(&alert));
+                self.tripped.store(false, Release);
             }
-        } else if (value as f64) <= threshold as f64 * (1.0 - self.policy.hysteresis)
-            && self.tripped.load(Relaxed)
-        {
-            self.tripped.store(false, Release);
+            (stats, crossed)
+        };
+        if crossed {
+            let alert = PoolRetentionAlert {
+                retained_bytes: stats.retained_bytes,
+                threshold,
+                stats,
+            };
+            run_callback(&self.fired, &self.panics, || (self.on_alarm)(&alert));
         }
+        stats
     }
 }
 
@@ -1049,7 +1092,7 @@ impl PoolHooks {
     /// Called after every return, outside every lock of the pool: `kept_bytes` are the bytes of
     /// the object kept idle (0 if it was dropped).
     #[inline]
-    pub(crate) fn after_return(&self, kept_bytes: usize, stats: impl FnOnce() -> PoolStats) {
+    pub(crate) fn after_return(&self, kept_bytes: usize, stats: impl Fn() -> PoolStats) {
         // Relaxed: a hint; a sink set concurrently is seen at a later return.
         if !self.active.load(Relaxed) {
             return;
@@ -1061,25 +1104,31 @@ impl PoolHooks {
             next
         });
         if (big > 0 && kept_bytes >= big) || nth % POOL_CHECK_EVERY == 0 {
-            self.notify(&stats());
+            self.notify(&stats);
         }
     }
 
     /// Runs the sinks now if any is set (after `clear`, and on installation).
-    pub(crate) fn check_now(&self, stats: impl FnOnce() -> PoolStats) {
+    pub(crate) fn check_now(&self, stats: impl Fn() -> PoolStats) {
         if self.active.load(Relaxed) {
-            self.notify(&stats());
+            self.notify(&stats);
         }
     }
 
-    fn notify(&self, stats: &PoolStats) {
+    fn notify(&self, snapshot: &dyn Fn() -> PoolStats) {
+        let stats = match self.alarm.load_full() {
+            // As for maps: the alarm takes the snapshot under its lock; the publisher reuses it.
+            Some(alarm) => alarm.check(snapshot),
+            #[cfg(feature = "metrics")]
+            None if self.metrics.load().is_some() => snapshot(),
+            None => return,
+        };
         #[cfg(feature = "metrics")]
         if let Some(publisher) = self.metrics.load_full() {
-            publisher.publish(stats);
+            publisher.publish(&stats);
         }
-        if let Some(alarm) = self.alarm.load_full() {
-            alarm.check(stats);
-        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = stats;
     }
 
     fn update<R>(&self, change: impl FnOnce(&Self) -> R) -> R {
@@ -1147,12 +1196,13 @@ impl<T: Recycle> MapPool<T> {
             policy,
             on_alarm: Box::new(on_alarm),
             tripped: AtomicBool::new(false),
+            judge: Mutex::new(()),
             fired: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         });
         self.hook
             .update(|h| h.alarm.store(Some(Arc::clone(&state))));
-        state.check(&self.stats());
+        state.check(&|| self.stats());
         PoolRetentionAlarm(state)
     }
 
@@ -1398,7 +1448,7 @@ mod tests {
             .retired_window(1);
         let (alarm, seen) = counting(policy);
         for retired in [0, 1001, 2000, 900, 501, 1500, 500, 999, 1001, 1000, 0] {
-            alarm.check(&stats(0, 0, 0, retired));
+            alarm.check(&|| stats(0, 0, 0, retired));
         }
         // Crossings: 1001 (fires), 500 re-arms, 1001 (fires), 0 re-arms.
         assert_eq!(seen.lock().unwrap().len(), 2);
@@ -1414,23 +1464,23 @@ mod tests {
         let (alarm, seen) = counting(policy);
         // Promotion spikes that are gone a check or two later never trip a window of 4.
         for retired in [5000, 5000, 0, 0, 9000, 0, 7000, 7000, 0, 3000] {
-            alarm.check(&stats(0, 0, 0, retired));
+            alarm.check(&|| stats(0, 0, 0, retired));
         }
         assert_eq!(alarm.fired(), 0);
         // Four in a row do; the alert reports the smallest of them.
         for retired in [3000, 2000, 4000] {
-            alarm.check(&stats(0, 0, 0, retired));
+            alarm.check(&|| stats(0, 0, 0, retired));
         }
         assert_eq!(alarm.fired(), 1);
         assert_eq!(seen.lock().unwrap().len(), 1);
         // One snapshot at the re-arm level (800) re-arms at once.
-        alarm.check(&stats(0, 0, 0, 800));
+        alarm.check(&|| stats(0, 0, 0, 800));
         assert!(!alarm.is_tripped(RetentionCondition::RetiredBytes));
         for retired in [1200, 1200, 1200] {
-            alarm.check(&stats(0, 0, 0, retired));
+            alarm.check(&|| stats(0, 0, 0, retired));
         }
         assert_eq!(alarm.fired(), 1, "800 is still in the window");
-        alarm.check(&stats(0, 0, 0, 1200));
+        alarm.check(&|| stats(0, 0, 0, 1200));
         assert_eq!(alarm.fired(), 2);
     }
 
@@ -1472,6 +1522,44 @@ mod tests {
         let line = alert.to_string();
         assert!(line.starts_with("retention alarm: retired_bytes 3.0 MiB > 1.0 MiB (len=1 "));
         assert!(!line.contains('\n'));
+    }
+
+    /// Regression (found by `tests/alarm.rs::concurrent_writers_fire_once`, 1 run in 4 under
+    /// load): a checker whose snapshot was taken before a crossing but judged after another
+    /// checker had fired for it re-armed the alarm, so the same crossing fired twice. Here
+    /// thread A's snapshot (retired 0) is being taken while thread B checks a later snapshot
+    /// (retired 2000): B must wait for A's judgement, so A's old value cannot undo B's trip.
+    #[test]
+    fn stale_snapshot_never_rearms() {
+        let policy = RetentionPolicy::new()
+            .max_retired_bytes(1000)
+            .hysteresis(0.5)
+            .retired_window(1);
+        let (alarm, seen) = counting(policy);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let b = Mutex::new(None);
+        alarm.check(&|| {
+            // Inside A's snapshot: B checks a later, high snapshot. Give it time to finish;
+            // with snapshots judged in order it cannot before A is judged.
+            let (alarm, done_tx) = (alarm.clone(), done_tx.clone());
+            *b.lock().unwrap() = Some(std::thread::spawn(move || {
+                alarm.check(&|| stats(0, 0, 0, 2000));
+                done_tx.send(()).unwrap();
+            }));
+            let finished = done_rx.recv_timeout(std::time::Duration::from_millis(200));
+            assert!(
+                finished.is_err(),
+                "a later check was judged before this one"
+            );
+            stats(0, 0, 0, 0)
+        });
+        b.into_inner().unwrap().unwrap().join().unwrap();
+        assert_eq!(alarm.fired(), 1);
+        assert!(alarm.is_tripped(RetentionCondition::RetiredBytes));
+        // Still high: the same crossing, so no second call.
+        alarm.check(&|| stats(0, 0, 0, 2000));
+        assert_eq!(alarm.fired(), 1);
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -406,7 +406,7 @@ impl<K, V, S> SyncMap<K, V, S> {
         let alarm = self
             .hooks
             .set_alarm(policy, Box::new(on_alarm), |o| self.raw.set_observer(o));
-        alarm.check(&self.stats());
+        alarm.check(&|| self.stats());
         alarm
     }
 

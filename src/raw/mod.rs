@@ -50,8 +50,13 @@ const SLOTS_FLOOR: usize = 1024;
 /// Slow-path operations between two calls of the observer.
 const OBSERVE_EVERY: u32 = 64;
 
-/// A callback that watches the map's statistics (see `RawMap::observer`).
-pub(crate) struct Observer(pub(crate) Box<dyn Fn(&MapStats) + Send + Sync>);
+/// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
+/// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
+/// and judge snapshots in the order they were taken (see `alarm::AlarmState::check`).
+pub(crate) struct Observer(pub(crate) Box<dyn Fn(&Snapshot<'_>) + Send + Sync>);
+
+/// Takes a statistics snapshot of the map (what an [`Observer`] is handed).
+pub(crate) type Snapshot<'a> = dyn Fn() -> MapStats + 'a;
 
 /// Counters of one generation of the map (a generation ends with `clear`). Operations that
 /// raced with a `clear` update the old generation's counters, never the new one's.
@@ -451,10 +456,11 @@ impl<K, V> RawMap<K, V> {
         }
     }
 
-    /// Runs the observer, if any, with a fresh snapshot. Never called with the lock held.
+    /// Runs the observer, if any, with a way to take a fresh snapshot. Never called with the
+    /// lock held (taking a snapshot takes it).
     pub(crate) fn observe(&self, guard: &Guard) {
         if let Some(observer) = self.observer.load_full() {
-            (observer.0)(&self.stats(guard));
+            (observer.0)(&|| self.stats(guard));
         }
     }
 
