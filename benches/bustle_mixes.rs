@@ -6,6 +6,13 @@
 //! `capacity` operations in total (conc-map-bench's `--operations 1`). Every map is created with
 //! `with_capacity(capacity)` and `ahash::RandomState`; each bustle handle pins per operation.
 //!
+//! **Timing.** bustle's own figure (`Measurement::throughput`) is not used: its main thread
+//! reads the clock after the start barrier, and when the benchmark threads take every core (2
+//! threads here) it may not run until a worker finishes, so a short run is timed from near its
+//! end (seen on this machine: papaya "at" 4,000 Mops/s). Each handle instead records when it
+//! made its first operation and when it was dropped (after bustle's end barrier); a run lasts
+//! from the earliest first operation of the mix threads' handles to the latest drop.
+//!
 //! Because a run at 2^16 takes a few milliseconds, each (map, threads) point is the median of
 //! `BUSTLE_REPS` runs (default 15 at 2^16, 3 at 2^22), interleaved map by map so that machine
 //! noise spreads over all maps alike.
@@ -25,7 +32,8 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bustle::{Collection, CollectionHandle, Mix, Workload};
 use common::BenchMap;
@@ -33,7 +41,29 @@ use common::BenchMap;
 /// Any adapter as a bustle collection.
 struct Bustle<M>(Arc<M>);
 
-struct Handle<M>(Arc<M>);
+/// A handle: the map, and when the handle made its first operation.
+struct Handle<M>(Arc<M>, Option<Instant>);
+
+/// (first operation, drop) of every handle dropped since the last `run_once` began, in drop
+/// order. bustle's prefill handles are all dropped before its mix threads create theirs, so
+/// the last `threads` entries belong to the mix.
+static SPANS: Mutex<Vec<(Option<Instant>, Instant)>> = Mutex::new(Vec::new());
+
+impl<M> Handle<M> {
+    #[inline]
+    fn tick(&mut self) {
+        if self.1.is_none() {
+            self.1 = Some(Instant::now());
+        }
+    }
+}
+
+impl<M> Drop for Handle<M> {
+    fn drop(&mut self) {
+        let end = Instant::now();
+        SPANS.lock().unwrap().push((self.1, end));
+    }
+}
 
 impl<M: BenchMap> Collection for Bustle<M> {
     type Handle = Handle<M>;
@@ -41,22 +71,26 @@ impl<M: BenchMap> Collection for Bustle<M> {
         Bustle(Arc::new(M::with_capacity(capacity)))
     }
     fn pin(&self) -> Self::Handle {
-        Handle(self.0.clone())
+        Handle(self.0.clone(), None)
     }
 }
 
 impl<M: BenchMap> CollectionHandle for Handle<M> {
     type Key = u64;
     fn get(&mut self, key: &u64) -> bool {
+        self.tick();
         self.0.load(*key).is_some()
     }
     fn insert(&mut self, key: &u64) -> bool {
+        self.tick();
         self.0.swap(*key, 0).is_none()
     }
     fn remove(&mut self, key: &u64) -> bool {
+        self.tick();
         self.0.load_and_delete(*key).is_some()
     }
     fn update(&mut self, key: &u64) -> bool {
+        self.tick();
         self.0.update(*key, 1)
     }
 }
@@ -117,7 +151,16 @@ fn run_once<M: BenchMap>(mix: MixDef, log2: u8, threads: usize, seed: [u8; 32]) 
         .operations(ops_multiple())
         .seed(seed)
         .run_silently::<Bustle<M>>();
-    m.throughput / 1e6
+    let spans = std::mem::take(&mut *SPANS.lock().unwrap());
+    let mix = &spans[spans.len().saturating_sub(threads)..];
+    let start = mix.iter().filter_map(|s| s.0).min();
+    let end = mix.iter().map(|s| s.1).max();
+    match (start, end) {
+        (Some(start), Some(end)) if mix.len() == threads => {
+            m.total_ops as f64 / (end - start).as_secs_f64() / 1e6
+        }
+        _ => panic!("expected {threads} mix handles with operations, got {mix:?}"),
+    }
 }
 
 /// `BUSTLE_OPS`: operations per run as a multiple of the capacity (conc-map-bench: 1.0).
