@@ -31,7 +31,9 @@ pub struct MapStats {
     pub dirty_capacity: usize,
     /// Whether a dirty tier is being filled from the read tier.
     pub migrating: bool,
-    /// Slow-path lookups since the last promotion (Go's promotion clock).
+    /// Lookups since the last promotion that missed the read tier and found their key in the
+    /// dirty tier, plus one in 16 of those that found it nowhere (Go's promotion clock, which
+    /// counts every miss; see `docs/DESIGN.md`).
     pub misses: usize,
     /// Approximate heap bytes held by the map: tables, entries and value cells.
     pub held_bytes: usize,

@@ -268,6 +268,57 @@ fn deleted_entries_are_purged_without_new_inserts() {
     assert!(s.compactions > 0, "{s}");
 }
 
+/// Go's promotion clock, as tiermap keeps it: lookups that find their key only in the dirty
+/// tier promote it once they reach the dirty tier's size; lookups of keys that no tier holds
+/// count one time in 16 (by hash), so absent-key reads under a trickle of new keys do not
+/// promote over and over, and a read-only phase of them still promotes in the end.
+#[test]
+fn miss_driven_promotion() {
+    // Room for the keys in the first dirty tier: no promotion by load, every key stays fresh.
+    let map: SyncMap<u64, u64> = SyncMap::with_capacity(100);
+    for i in 0..100 {
+        map.insert(i, i);
+    }
+    let before = map.stats();
+    assert_eq!(
+        (before.promotions, before.read_capacity),
+        (0, 0),
+        "{before}"
+    );
+    // 100 absent-key lookups: about 6 of them count, far from the ~100 a promotion needs.
+    for i in 1_000..1_100 {
+        assert!(map.get(&i).is_none());
+    }
+    assert_eq!(map.stats().promotions, before.promotions);
+    // Lookups of the keys only the dirty tier holds all count: the clock runs out within
+    // one pass and the dirty tier is promoted, once.
+    for _ in 0..2 {
+        for i in 0..100 {
+            assert_eq!(map.get_cloned(&i), Some(i));
+        }
+    }
+    let after = map.stats();
+    assert_eq!(after.promotions, before.promotions + 1, "{after}");
+    assert_eq!(after.dirty_capacity, 0, "{after}");
+
+    // Absent-key lookups alone: 6,400 of them count about 400 times, enough to promote.
+    let map: SyncMap<u64, u64> = SyncMap::with_capacity(100);
+    for i in 0..100 {
+        map.insert(i, i);
+    }
+    let before = map.stats();
+    for i in 1_000..7_400 {
+        assert!(map.get(&i).is_none());
+    }
+    let after = map.stats();
+    assert_eq!(after.promotions, before.promotions + 1, "{after}");
+    assert_eq!(
+        after.dirty_capacity, 0,
+        "the second table is freed: {after}"
+    );
+    assert_eq!(map.len(), 100);
+}
+
 #[test]
 fn first_new_key_after_read_only_phase_does_not_copy_the_map() {
     let map: SyncMap<u64, u64> = (0..HUGE).map(|i| (i, i)).collect();

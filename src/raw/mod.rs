@@ -47,6 +47,9 @@ const MIN_BUDGET: usize = 32;
 const DELETED_FLOOR: usize = 64;
 /// Table slots that may be held regardless of the live count before compaction starts.
 const SLOTS_FLOOR: usize = 1024;
+/// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
+/// of two; see `RawMap::lookup`).
+const ABSENT_MISS_SAMPLE: u64 = 16;
 /// Slow-path operations between two calls of the observer.
 const OBSERVE_EVERY: u32 = 64;
 
@@ -228,8 +231,9 @@ pub(crate) struct RawMap<K, V> {
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
     /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
     dirty_view: AtomicPtr<Tier<K, V>>,
-    /// Lookups that missed the read tier and probed the dirty tier since the last promotion
-    /// (Go's promotion clock).
+    /// Lookups that missed the read tier and found their key in the dirty tier, plus one in
+    /// `ABSENT_MISS_SAMPLE` of those that found it nowhere, since the last promotion (Go's
+    /// promotion clock; see `lookup`).
     misses: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
     /// Large retired tiers past their grace period, freed a step per slow operation.
@@ -401,7 +405,18 @@ impl<K, V> RawMap<K, V> {
             // SAFETY: see above; `guard` was pinned before the load.
             let dirty = unsafe { &*d };
             let found = dirty.table.find(hash, |k| k.borrow() == key);
-            if count_miss {
+            // Go's promotion clock counts every lookup that missed the read tier. Here a miss
+            // that found the key in the dirty tier always counts (promoting makes that key's
+            // later reads one probe, as in Go); a miss for a key that no tier holds counts one
+            // time in `ABSENT_MISS_SAMPLE`, chosen by the hash's low bits (the table index is
+            // taken from the high ones). Such a lookup costs one lock-free probe more while
+            // `amended` is set, and under a steady trickle of new keys a promotion cannot save
+            // even that (the next new key sets `amended` again) while it costs a migration of
+            // the whole read tier: counting every absent-key miss made bustle's ReadHeavy
+            // promote over and over (DESIGN.md, "Promotion, misses and compaction", has the
+            // figures). Sampled, a read-only phase of absent-key lookups still ends in a
+            // promotion, which frees the second table.
+            if count_miss && (found.is_some() || hash & (ABSENT_MISS_SAMPLE - 1) == 0) {
                 // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
                 let misses = self.misses.fetch_add(1, Relaxed) + 1;
                 if misses >= dirty.table.len() {
