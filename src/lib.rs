@@ -114,6 +114,7 @@
 mod alarm;
 mod facade;
 mod map;
+pub mod memory;
 pub mod pool;
 mod raw;
 #[cfg(feature = "serde")]

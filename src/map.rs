@@ -7,7 +7,6 @@ use std::hash::{BuildHasher, Hash};
 use std::iter::FusedIterator;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::alarm::{Hooks, RetentionAlarm, RetentionAlert, RetentionPolicy};
 use crate::facade::Guard;
@@ -324,31 +323,6 @@ impl<K, V, S> SyncMap<K, V, S> {
     pub fn stats(&self) -> MapStats {
         let guard = self.raw.reclaimer.pin();
         self.raw.stats(&guard)
-    }
-
-    /// Frees retired memory that no guard can see any more, now, instead of at the next
-    /// collection (and, for large retired tables, instead of a step per later slow operation).
-    /// Returns this map's retired bytes still waiting (because a guard pinned before they were
-    /// retired is alive, on some thread).
-    ///
-    /// ```
-    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
-    /// map.clear();
-    /// assert_eq!(map.reclaim(), 0);
-    /// ```
-    pub fn reclaim(&self) -> usize {
-        // Three rounds free what this thread retired if no other guard is in the way (values
-        // retired by `insert`/`remove` included); more rounds work through a longer global
-        // queue while this map's retired tables are still pending.
-        for round in 0..64 {
-            if round >= 3 && self.raw.shared.retired_bytes.load(Relaxed) == 0 {
-                break;
-            }
-            self.raw.reclaimer.collect(1);
-            // Large retired tiers past their grace period wait in the graveyard.
-            self.raw.grave.drain(usize::MAX);
-        }
-        self.raw.shared.retired_bytes.load(Relaxed)
     }
 
     /// Installs a retention alarm: `on_alarm` runs once each time one of `policy`'s conditions
@@ -725,6 +699,22 @@ where
         }
     }
 
+    /// Frees what this map retired and no guard can see any more, now, on this thread, instead
+    /// of within the background reclaimer's next ticks (or, with it turned off, a step per
+    /// later write): removed values, superseded and cleared tables. Gives the memory back to
+    /// the operating system if that is 1 MiB or more (see [`crate::memory`]). Returns this
+    /// map's retired bytes still waiting (because a guard pinned before they were retired is
+    /// alive, on some thread).
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+    /// map.clear();
+    /// assert_eq!(map.reclaim(), 0);
+    /// ```
+    pub fn reclaim(&self) -> usize {
+        self.raw.reclaim()
+    }
+
     /// Keeps only the entries for which `f` returns `true`.
     ///
     /// `f` runs outside every lock. An entry whose value changes while `f` looks at it is kept
@@ -752,10 +742,12 @@ where
     }
 
     /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and
-    /// values are retired as one unit. Small ones are freed by a later epoch collection; tables
-    /// of 4096 slots or more are then freed 64 slots per later write (insert of a new key,
-    /// compaction step), so that no single operation pays for the whole map. Use
-    /// [`SyncMap::clear_and_release`] (or [`SyncMap::reclaim`]) to free them before returning.
+    /// values are retired as one unit and freed **without any further call on the map**: by
+    /// the background reclaimer within a couple of 10 ms ticks once every guard pinned before
+    /// the call is dropped (see [`crate::memory`]), on its thread, so that no operation of yours
+    /// pays for the whole map. With the reclaimer turned off they are freed a bounded step per
+    /// later write. Use [`SyncMap::clear_and_release`] to free them before returning. Clearing
+    /// a map that holds nothing allocates nothing.
     ///
     /// ```
     /// let map: tiermap::SyncMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
@@ -767,15 +759,16 @@ where
         self.raw.clear(&guard);
     }
 
-    /// Removes every key and gives the memory back before returning.
+    /// Removes every key and gives the memory back before returning, to the operating system
+    /// too.
     ///
-    /// The map is cleared as by [`SyncMap::clear`]; then this thread's deferred frees are
-    /// flushed and collections run until the map's retired memory is freed. When the call
-    /// returns, the map holds what a new map holds, and [`Released::pending_bytes`] is 0 unless
-    /// a guard pinned before the call is still alive (a [`Ref`], [`Pinned`] or iteration on any
-    /// thread, including the caller's own): that memory is freed by the first collection after
-    /// the last such guard is dropped (any later operation on any map of this crate collects
-    /// every 128 pins per thread; [`SyncMap::reclaim`] collects at once).
+    /// The map is cleared as by [`SyncMap::clear`]; then, on this thread, the map's retired
+    /// memory is freed as soon as its grace period is over (as [`SyncMap::reclaim`] does), and
+    /// the allocator is asked to return free pages to the operating system (`malloc_trim` on
+    /// glibc; see [`crate::memory`]). When the call returns, the map holds what a new map holds,
+    /// and [`Released::pending_bytes`] is 0 unless a guard pinned before the call is still
+    /// alive (a [`Ref`], [`Pinned`] or iteration on any thread, including the caller's own):
+    /// that memory is freed by the background reclaimer once the last such guard is dropped.
     ///
     /// ```
     /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();

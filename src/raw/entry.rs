@@ -25,7 +25,7 @@
 use std::alloc::{self, Layout};
 use std::ptr;
 
-use crate::facade::{AtomicPtr, Guard};
+use crate::facade::AtomicPtr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
 /// The address used as the `expunged` marker. It is never dereferenced; a static's address is
@@ -107,11 +107,11 @@ impl<K, V> Entry<K, V> {
     /// # Safety
     /// `e` came from [`Entry::create`], is freed once, and no reader can reach it any more.
     pub(crate) unsafe fn destroy(e: *mut Entry<K, V>) {
-        // SAFETY: per the caller; the layout is the one `create` used.
-        unsafe {
-            ptr::drop_in_place(e);
-            alloc::dealloc(e.cast(), entry_layout::<K, V>().0);
-        }
+        // Frees the allocation even if the key's or the value's `Drop` panics (no leak).
+        let _free = Dealloc(e.cast(), entry_layout::<K, V>().0);
+        // SAFETY: per the caller; `_free` releases the allocation with the layout `create`
+        // used, afterwards, also on unwinding.
+        unsafe { ptr::drop_in_place(e) };
     }
 
     /// Moves the key and the live value (if any) out of an entry and frees it.
@@ -135,16 +135,12 @@ impl<K, V> Entry<K, V> {
         inline::<V>() && p.addr() == (self as *const Self).addr() + entry_layout::<K, V>().1
     }
 
-    /// Retires a value that the caller unlinked from this entry with its CAS.
-    ///
-    /// # Safety
-    /// As for [`retire_value`]; `p` was this entry's value.
-    pub(crate) unsafe fn retire(&self, guard: &Guard, p: *mut V) {
-        if !self.is_inline(p) {
-            // SAFETY: per the caller. (An inline value has no drop glue and lives as long as
-            // the entry, so it needs no retirement.)
-            unsafe { retire_value(guard, p) };
-        }
+    /// Whether a value the caller unlinked from this entry must be retired (freed after the
+    /// grace period): every value but the inline one, which has no drop glue and lives as long
+    /// as the entry.
+    #[inline]
+    pub(crate) fn owns_cell(&self, p: *mut V) -> bool {
+        !self.is_inline(p)
     }
 
     /// Moves a value taken from this entry out of its storage.
@@ -309,6 +305,24 @@ fn value_layout<V>() -> Layout {
     Layout::from_size_align(layout.size().max(1), layout.align()).expect("value layout")
 }
 
+/// Frees an allocation when dropped: after the drop glue of what it held, also when that
+/// panics.
+struct Dealloc(*mut u8, Layout);
+
+impl Drop for Dealloc {
+    fn drop(&mut self) {
+        // SAFETY: the holder of a `Dealloc` owns the allocation, made with this layout, and
+        // frees it once, here.
+        unsafe { alloc::dealloc(self.0, self.1) };
+    }
+}
+
+/// Bytes of one value allocation.
+#[inline]
+pub(crate) fn value_size<V>() -> usize {
+    value_layout::<V>().size()
+}
+
 /// Moves `value` to its own heap allocation.
 pub(crate) fn alloc_value<V>(value: V) -> *mut V {
     let layout = value_layout::<V>();
@@ -327,11 +341,11 @@ pub(crate) fn alloc_value<V>(value: V) -> *mut V {
 /// # Safety
 /// `p` came from [`alloc_value`], is not freed yet, and no reference to it is used afterwards.
 pub(crate) unsafe fn free_value<V>(p: *mut V) {
-    // SAFETY: per the caller, `p` is a live, initialized allocation made with `value_layout`.
-    unsafe {
-        ptr::drop_in_place(p);
-        alloc::dealloc(p.cast(), value_layout::<V>());
-    }
+    // Frees the allocation even if the value's `Drop` panics (no leak).
+    let _free = Dealloc(p.cast(), value_layout::<V>());
+    // SAFETY: per the caller, `p` is a live, initialized allocation made with `value_layout`;
+    // `_free` releases it afterwards, also on unwinding.
+    unsafe { ptr::drop_in_place(p) };
 }
 
 /// Moves the value out of its allocation and frees the allocation.
@@ -345,27 +359,5 @@ pub(crate) unsafe fn take_value<V>(p: *mut V) -> V {
         let v = ptr::read(p);
         alloc::dealloc(p.cast(), value_layout::<V>());
         v
-    }
-}
-
-/// Retires a value that was unlinked from its entry: it is freed once no guard pinned before
-/// now is alive.
-///
-/// # Safety
-/// `p` came from [`alloc_value`], was unlinked by the caller (who won the CAS that removed it),
-/// and is retired exactly once. `V: Send + 'static` for maps whose values can be dropped on
-/// another thread (enforced by the public API bounds).
-pub(crate) unsafe fn retire_value<V>(guard: &Guard, p: *mut V) {
-    #[cfg(tiermap_mutation = "free_without_defer")]
-    {
-        let _ = guard;
-        // SAFETY: deliberately unsound mutation for the loom models; never built otherwise.
-        unsafe { free_value(p) };
-    }
-    #[cfg(not(tiermap_mutation = "free_without_defer"))]
-    {
-        // SAFETY: the closure frees `p` once every guard that could have loaded it is gone,
-        // which is the epoch's promise; `p` is unlinked so nobody new can load it.
-        unsafe { guard.defer_unchecked(move || free_value(p)) };
     }
 }

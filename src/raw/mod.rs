@@ -20,6 +20,8 @@
 //!   entry the read tier holds plus one fresh key per slow operation until the migration ends,
 //!   so it cannot fill up before it can be promoted.
 
+pub(crate) mod background;
+pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod grave;
 pub(crate) mod table;
@@ -37,7 +39,7 @@ use crate::facade::{
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
-use grave::{free_tier, Corpse, Graveyard};
+use grave::{free_tier, Corpse, Graveyard, Item};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -50,8 +52,36 @@ const SLOTS_FLOOR: usize = 1024;
 /// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
 /// of two; see `RawMap::lookup`).
 const ABSENT_MISS_SAMPLE: u64 = 16;
+/// Migration work units per locked step of `snapshot` and `compact`.
+const SNAPSHOT_STEP: usize = 1024;
 /// Slow-path operations between two calls of the observer.
 const OBSERVE_EVERY: u32 = 64;
+
+/// Whether this absent-key miss counts toward promotion: one in `ABSENT_MISS_SAMPLE` of the
+/// calling thread's absent-key misses, whatever the keys and the hasher.
+#[inline]
+fn sample_absent_miss(hash: u64) -> bool {
+    #[cfg(not(tiermap_loom))]
+    {
+        use std::cell::Cell;
+        thread_local! {
+            static ABSENT_MISSES: Cell<u32> = const { Cell::new(0) };
+        }
+        let _ = hash;
+        ABSENT_MISSES.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            v % ABSENT_MISS_SAMPLE as u32 == 0
+        })
+    }
+    // Loom: a thread-local counter would carry over from one explored execution to the next
+    // and make them differ; a choice by the hash's top bits is deterministic (and models use
+    // few keys, of the std hasher).
+    #[cfg(tiermap_loom)]
+    {
+        hash >> 60 == 0
+    }
+}
 
 /// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
 /// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
@@ -297,7 +327,6 @@ impl<K, V> RawMap<K, V> {
             _owns: PhantomData,
         }
     }
-
     /// The current read tier.
     ///
     /// `Acquire` pairs with the `Release`/`AcqRel` publication in `promote` and `clear`, so the
@@ -309,7 +338,6 @@ impl<K, V> RawMap<K, V> {
         // for `'g`.
         unsafe { &*self.read.load(Acquire) }
     }
-
     /// Whether an iterator over a tier of generation `id` is still current.
     #[inline]
     pub(crate) fn generation_is(&self, id: u64) -> bool {
@@ -318,6 +346,118 @@ impl<K, V> RawMap<K, V> {
         // iteration contract for concurrent changes.
         self.generation.load(Acquire) == id
     }
+    /// Where the map's memory is. Takes the dirty lock briefly.
+    pub(crate) fn stats(&self, guard: &Guard) -> MapStats {
+        let st = self.dirty();
+        let read = self.read(guard);
+        let dirty = st.tier.as_deref();
+        let live = read.gen.live();
+        let entries = read.gen.entries();
+        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
+        let held_bytes = tier_bytes(read)
+            + dirty.map_or(0, tier_bytes)
+            + entries * size_of::<Entry<K, V>>()
+            + live * size_of::<V>().max(1);
+        MapStats {
+            len: live,
+            deleted: entries.saturating_sub(live),
+            read_capacity: read.table.capacity(),
+            dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
+            migrating: dirty.is_some() && st.cursor < read.table.capacity(),
+            misses: self.misses.load(Relaxed),
+            held_bytes,
+            retired_bytes: self.shared.retired_bytes.load(Relaxed),
+            promotions: self.shared.promotions.load(Relaxed),
+            migrations: self.shared.migrations.load(Relaxed),
+            compactions: self.shared.compactions.load(Relaxed),
+        }
+    }
+    /// Locks the dirty state (for statistics).
+    pub(crate) fn dirty(&self) -> crate::facade::MutexGuard<'_, Dirty<K, V>> {
+        lock(&self.dirty)
+    }
+    /// Moves every present key and value out of the map.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<(K, V)>) {
+        let (read, dirty, upto) = self.take_tiers();
+        for (t, upto) in [(read, upto), (dirty, 0)] {
+            if t.is_null() {
+                continue;
+            }
+            // SAFETY: `&mut self`: no reader; the tiers own what I3 says.
+            unsafe {
+                let tier = Box::from_raw(t);
+                tier.table.for_each_raw(|i, e, owned| {
+                    if owned || i >= upto {
+                        if let (key, Some(value)) = Entry::into_parts(e) {
+                            out.push((key, value));
+                        }
+                    }
+                });
+            }
+        }
+    }
+    /// Empties a map the caller owns exclusively, freeing everything now (no epoch deferral:
+    /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
+    /// `slots` slots (chunks are allocated on first use, so this costs a directory).
+    pub(crate) fn reset_exclusive(&mut self, slots: usize) {
+        // SAFETY: `&mut self`: no guard can reach anything the map retired, and no operation
+        // of the map runs.
+        unsafe { self.grave.free_all_exclusive() };
+        let (read, dirty, upto) = self.take_tiers();
+        // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
+        unsafe { free_tiers(read, upto, dirty) };
+        let id = self.generation.load(Relaxed) + 1;
+        let gen = Gen::new(id);
+        let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
+        let empty = self.read.swap(fresh, AcqRel);
+        // SAFETY: the empty tier `take_tiers` installed; nobody else can see it.
+        drop(unsafe { Box::from_raw(empty) });
+        self.generation.store(id, Release);
+        let mut st = lock(&self.dirty);
+        self.set_dirty(&mut st, (slots > 0).then(|| Tier::boxed(slots, gen)));
+        st.cursor = 0;
+        self.misses.store(0, Relaxed);
+        st.expunged = 0;
+        st.compacting = false;
+    }
+    /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
+    fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {
+        let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
+        let read = self.read.swap(empty, AcqRel);
+        let mut st = lock(&self.dirty);
+        let dirty = self.set_dirty(&mut st, None);
+        let upto = if dirty.is_null() { 0 } else { st.cursor };
+        st.cursor = 0;
+        (read, dirty, upto)
+    }
+    /// Runs the observer, if any, with a way to take a fresh snapshot. Never called with the
+    /// lock held (taking a snapshot takes it).
+    pub(crate) fn observe(&self, guard: &Guard) {
+        if let Some(observer) = self.observer.load_full() {
+            (observer.0)(&|| self.stats(guard));
+        }
+    }
+    /// Installs (or removes) the observer.
+    #[allow(dead_code)] // the retention alarm's hook; see `docs/DESIGN.md`
+    pub(crate) fn set_observer(&self, observer: Option<Observer>) {
+        self.observer.store(observer.map(Arc::new));
+    }
+
+    /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
+    /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
+    fn set_dirty(&self, st: &mut Dirty<K, V>, tier: Option<Box<Tier<K, V>>>) -> *mut Tier<K, V> {
+        let tier = TierSlot::new(tier);
+        let view = tier.ptr();
+        let old = std::mem::replace(&mut st.tier, tier).take();
+        // Release: a lookup that loads the pointer sees the tier's slots written so far (and
+        // each later slot is published by its own release store in `Table::insert_unique`).
+        self.dirty_view.store(view, Release);
+        old
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
+
 
     /// The read tier again, under the lock.
     #[inline]
@@ -408,15 +548,16 @@ impl<K, V> RawMap<K, V> {
             // Go's promotion clock counts every lookup that missed the read tier. Here a miss
             // that found the key in the dirty tier always counts (promoting makes that key's
             // later reads one probe, as in Go); a miss for a key that no tier holds counts one
-            // time in `ABSENT_MISS_SAMPLE`, chosen by the hash's low bits (the table index is
-            // taken from the high ones). Such a lookup costs one lock-free probe more while
+            // time in `ABSENT_MISS_SAMPLE`, by a per-thread counter (not by hash bits: the mixed
+            // hash's low bits are zero for a whole family of keys under an identity or Fx-style
+            // hasher, which then never, or always, count). Such a lookup costs one lock-free probe more while
             // `amended` is set, and under a steady trickle of new keys a promotion cannot save
             // even that (the next new key sets `amended` again) while it costs a migration of
             // the whole read tier: counting every absent-key miss made bustle's ReadHeavy
             // promote over and over (DESIGN.md, "Promotion, misses and compaction", has the
             // figures). Sampled, a read-only phase of absent-key lookups still ends in a
             // promotion, which frees the second table.
-            if count_miss && (found.is_some() || hash & (ABSENT_MISS_SAMPLE - 1) == 0) {
+            if count_miss && (found.is_some() || sample_absent_miss(hash)) {
                 // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
                 let misses = self.misses.fetch_add(1, Relaxed) + 1;
                 if misses >= dirty.table.len() {
@@ -459,56 +600,13 @@ impl<K, V> RawMap<K, V> {
             st.since_observed = 0;
         }
         drop(st);
-        if retired {
-            // A superseded table is a big object: make it reclaimable by any thread's next
-            // collection instead of waiting in this thread's bag.
-            guard.flush();
-        }
-        // Outside the lock: freeing runs the keys' and values' `Drop`, which may call the map.
-        self.grave.drain(grave::step_floor(budget));
+        // Outside the lock: start the grace period of what this operation retired (flushed to
+        // the global queue, so that any thread's next collection, the background reclaimer's
+        // included, can end it), then free a step of what is past it; freeing runs the keys'
+        // and values' `Drop`, which may call the map.
+        self.grave.service(guard, grave::step_floor(budget));
         if observe {
             self.observe(guard);
-        }
-    }
-
-    /// Runs the observer, if any, with a way to take a fresh snapshot. Never called with the
-    /// lock held (taking a snapshot takes it).
-    pub(crate) fn observe(&self, guard: &Guard) {
-        if let Some(observer) = self.observer.load_full() {
-            (observer.0)(&|| self.stats(guard));
-        }
-    }
-
-    /// Installs (or removes) the observer.
-    #[allow(dead_code)] // the retention alarm's hook; see `docs/DESIGN.md`
-    pub(crate) fn set_observer(&self, observer: Option<Observer>) {
-        self.observer.store(observer.map(Arc::new));
-    }
-
-    /// Where the map's memory is. Takes the dirty lock briefly.
-    pub(crate) fn stats(&self, guard: &Guard) -> MapStats {
-        let st = self.dirty();
-        let read = self.read(guard);
-        let dirty = st.tier.as_deref();
-        let live = read.gen.live();
-        let entries = read.gen.entries();
-        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
-        let held_bytes = tier_bytes(read)
-            + dirty.map_or(0, tier_bytes)
-            + entries * size_of::<Entry<K, V>>()
-            + live * size_of::<V>().max(1);
-        MapStats {
-            len: live,
-            deleted: entries.saturating_sub(live),
-            read_capacity: read.table.capacity(),
-            dirty_capacity: dirty.map_or(0, |d| d.table.capacity()),
-            migrating: dirty.is_some() && st.cursor < read.table.capacity(),
-            misses: self.misses.load(Relaxed),
-            held_bytes,
-            retired_bytes: self.shared.retired_bytes.load(Relaxed),
-            promotions: self.shared.promotions.load(Relaxed),
-            migrations: self.shared.migrations.load(Relaxed),
-            compactions: self.shared.compactions.load(Relaxed),
         }
     }
 
@@ -582,7 +680,7 @@ impl<K, V> RawMap<K, V> {
         match old {
             Some(old) => {
                 // SAFETY: we unlinked `old` from `e` with our CAS; it is retired once, here.
-                unsafe { e.retire(guard, old) };
+                unsafe { self.retire_value(e, old, guard) };
                 // SAFETY: retired values outlive the guard that was pinned when they were
                 // unlinked.
                 Some(unsafe { &*old })
@@ -635,18 +733,6 @@ impl<K, V> RawMap<K, V> {
         // key's slot in the dirty table (published by `insert_unique` before this store).
         read.amended.store(true, Release);
         v
-    }
-
-    /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
-    /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
-    fn set_dirty(&self, st: &mut Dirty<K, V>, tier: Option<Box<Tier<K, V>>>) -> *mut Tier<K, V> {
-        let tier = TierSlot::new(tier);
-        let view = tier.ptr();
-        let old = std::mem::replace(&mut st.tier, tier).take();
-        // Release: a lookup that loads the pointer sees the tier's slots written so far (and
-        // each later slot is published by its own release store in `Table::insert_unique`).
-        self.dirty_view.store(view, Release);
-        old
     }
 
     /// Starts filling a dirty tier from the read tier (Go's `dirtyLocked`, spread over later
@@ -813,7 +899,7 @@ impl<K, V> RawMap<K, V> {
     /// the generation of the entry it was unlinked from.
     fn unlinked<'g>(&self, e: &Entry<K, V>, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
         // SAFETY: the caller unlinked `old` from `e` with its CAS; it is retired once, here.
-        unsafe { e.retire(guard, old) };
+        unsafe { self.retire_value(e, old, guard) };
         // Relaxed: a counter; see `Gen::live`.
         gen.live.fetch_sub(1, Relaxed);
         // SAFETY: retired values outlive the guard pinned when they were unlinked.
@@ -961,7 +1047,7 @@ impl<K, V> RawMap<K, V> {
                     if e.replace_exact(p, newp).is_ok() {
                         let _ = boxed.take().map(Pending::publish);
                         // SAFETY: we unlinked `p` with our CAS; retired once, here.
-                        unsafe { e.retire(guard, p) };
+                        unsafe { self.retire_value(e, p, guard) };
                         return Replace::Done(cur);
                     }
                 }
@@ -1029,31 +1115,48 @@ impl<K, V> RawMap<K, V> {
     /// A read tier that holds every present key, for iteration: completes a running migration
     /// and promotes if the dirty tier holds keys the read tier lacks (Go's `Range` promotes
     /// too). The work is done in steps with the lock released between them.
+    ///
+    /// Bounded under any rate of concurrent inserts: it returns the first tier promoted (by
+    /// anyone) after the call began, which holds every key present when it was promoted, even
+    /// if new keys have amended it since (as Go's `Range` uses the read map it has just
+    /// promoted). Each step either returns or migrates `SNAPSHOT_STEP` units of the one
+    /// migration that must end before that promotion.
     pub(crate) fn snapshot<'g>(&self, guard: &'g Guard) -> &'g Tier<K, V> {
+        let start = self.read(guard);
+        // Acquire: as in `lookup`.
+        if !start.amended.load(Acquire) {
+            return start;
+        }
         loop {
-            let read = self.read(guard);
-            // Acquire: as in `lookup`.
-            if !read.amended.load(Acquire) {
-                return read;
-            }
             let mut st = lock(&self.dirty);
             let read = self.read(guard);
-            if read.amended.load(Acquire) {
-                debug_assert!(st.tier.is_some(), "amended implies a dirty tier");
-                self.migrate(&mut st, 1024, guard);
-                if st.cursor >= read.table.capacity() {
-                    self.promote(&mut st, guard);
-                    st.retired = false;
-                    drop(st);
-                    guard.flush();
-                }
+            // `start` is alive (our guard), so a different pointer is a newer tier: one
+            // promoted since the call began, or a `clear`'s empty one.
+            if !ptr::eq(read, start) {
+                self.finish(st, guard);
+                return read;
             }
+            debug_assert!(st.tier.is_some(), "amended implies a dirty tier");
+            self.migrate(&mut st, SNAPSHOT_STEP, guard);
+            if st.cursor >= read.table.capacity() && st.tier.is_some() {
+                self.promote(&mut st, guard);
+                let promoted = self.read(guard);
+                self.finish(st, guard);
+                return promoted;
+            }
+            self.finish(st, guard);
         }
     }
 
-    /// Empties the map. The old tiers, entries and values are retired as one unit.
+    /// Empties the map. The old tiers, entries and values are retired as one unit. A map that
+    /// holds nothing (no entry, no table, no dirty tier) is left as it is: clearing it
+    /// allocates nothing.
     pub(crate) fn clear(&self, guard: &Guard) {
         let mut st = lock(&self.dirty);
+        let read = self.read(guard);
+        if st.tier.is_none() && read.table.capacity() == 0 && read.gen.entries() == 0 {
+            return;
+        }
         let id = self.generation.load(Relaxed) + 1;
         let fresh = Tier::boxed(0, Gen::new(id));
         // AcqRel: as in `promote`.
@@ -1072,9 +1175,9 @@ impl<K, V> RawMap<K, V> {
         self.misses.store(0, Relaxed);
         st.expunged = 0;
         st.compacting = false;
-        drop(st);
-        guard.flush();
-        self.observe(guard);
+        st.retired = true;
+        // Unlocks, starts the grace period of the old tiers and runs the observer.
+        self.finish(st, guard);
     }
 
     /// Rebuilds the tiers now so that they hold only live entries, in steps with the lock
@@ -1109,14 +1212,50 @@ impl<K, V> RawMap<K, V> {
                 break;
             }
             let read = self.read(guard);
-            self.migrate(&mut st, 1024, guard);
+            self.migrate(&mut st, SNAPSHOT_STEP, guard);
             if st.cursor >= read.table.capacity() {
                 self.promote(&mut st, guard);
-                st.retired = false;
+                self.finish(st, guard);
                 break;
             }
+            self.finish(st, guard);
         }
-        guard.flush();
+    }
+
+    /// Retires a value that the caller unlinked from `e` with its CAS (an inline value needs
+    /// nothing: it has no drop glue and lives as long as the entry).
+    ///
+    /// # Safety
+    /// The caller unlinked `p` from `e` with its CAS while `guard` was pinned, and retires it
+    /// once.
+    #[inline]
+    unsafe fn retire_value(&self, e: &Entry<K, V>, p: *mut V, guard: &Guard) {
+        if e.owns_cell(p) {
+            // SAFETY: per the caller; `p` came from `alloc_value` (not inline).
+            unsafe { self.grave.retire_value(p, guard) };
+        }
+    }
+
+    /// Frees what the map retired and is past its grace period, now: seals the batch of removed
+    /// values, starts the grace period of everything retired, and runs collections until this
+    /// map's retired memory is freed or a guard pinned before it holds it (at most 64 rounds).
+    /// Returns the retired bytes still waiting.
+    pub(crate) fn reclaim(&self) -> usize {
+        let mut freed = 0;
+        for round in 0..64 {
+            {
+                let guard = self.reclaimer.pin();
+                self.grave.seal_values(&guard);
+                self.grave.defer(&guard);
+            }
+            if round >= 3 && self.shared.retired_bytes.load(Relaxed) == 0 {
+                break;
+            }
+            self.reclaimer.collect(1);
+            freed += self.grave.drain(usize::MAX);
+        }
+        background::freed(freed);
+        self.shared.retired_bytes.load(Relaxed)
     }
 
     /// Retires an unpublished read tier (owning its tagged entries and those at slots
@@ -1131,133 +1270,50 @@ impl<K, V> RawMap<K, V> {
         upto: usize,
         owned_entries: usize,
         dirty: *mut Tier<K, V>,
-        guard: &Guard,
+        _guard: &Guard,
     ) {
-        // SAFETY: alive until the deferred free below runs.
+        // SAFETY: alive until the graveyard frees it.
         let mut bytes = unsafe { (*read).table.heap_bytes() } + size_of::<Tier<K, V>>();
-        // SAFETY: as above.
-        let mut slots = unsafe { (*read).table.capacity() };
         bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
         let mut dirty_bytes = 0;
         if !dirty.is_null() {
             // SAFETY: as above.
             dirty_bytes = unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
-            // SAFETY: as above.
-            slots += unsafe { (*dirty).table.capacity() };
         }
-        let shared = self.shared.clone();
-        // Relaxed: a statistic.
-        shared.retired_bytes.fetch_add(bytes + dirty_bytes, Relaxed);
-        if slots < grave::SMALL_SLOTS {
-            // SAFETY: the tiers are unpublished, so only guards pinned before now can reach
-            // them; the epoch runs this after all of those are dropped.
-            unsafe {
-                guard.defer_unchecked(move || {
-                    free_tiers(read, upto, dirty);
-                    shared.retired_bytes.fetch_sub(bytes + dirty_bytes, Relaxed);
-                })
-            };
-            return;
-        }
-        // A large tier: the deferred closure only hands it to the graveyard, which frees it a
-        // step per slow operation (see `grave`).
-        let grave = self.grave.clone();
-        let bury = move || {
-            // SAFETY: run once the epoch's grace period is over (below), when no reader can reach
-            // the tiers, which own what I3 says (`upto` for the read tier, all for the dirty one).
-            unsafe {
-                grave.bury(Corpse::new(read, upto, bytes));
-                if !dirty.is_null() {
-                    grave.bury(Corpse::new(dirty, 0, dirty_bytes));
-                }
-            }
-        };
-        // Seeded bug for the loom models: skip the grace period, so that the next slow operation
-        // frees a tier that a reader pinned before the retirement may still be probing.
-        #[cfg(tiermap_mutation = "bury_without_grace")]
-        {
-            let _ = guard;
-            bury();
-        }
-        // SAFETY: as above.
-        #[cfg(not(tiermap_mutation = "bury_without_grace"))]
+        // SAFETY: the tiers are unpublished, so only guards pinned before now can reach them;
+        // the graveyard frees them after the grace period of a deferral made after this call
+        // (or when the map is dropped); they own what I3 says (`upto` for the read tier, all
+        // for the dirty one).
         unsafe {
-            guard.defer_unchecked(bury)
-        };
-    }
-
-    /// Locks the dirty state (for statistics).
-    pub(crate) fn dirty(&self) -> crate::facade::MutexGuard<'_, Dirty<K, V>> {
-        lock(&self.dirty)
-    }
-
-    /// Moves every present key and value out of the map.
-    pub(crate) fn drain_into(&mut self, out: &mut Vec<(K, V)>) {
-        let (read, dirty, upto) = self.take_tiers();
-        for (t, upto) in [(read, upto), (dirty, 0)] {
-            if t.is_null() {
-                continue;
-            }
-            // SAFETY: `&mut self`: no reader; the tiers own what I3 says.
-            unsafe {
-                let tier = Box::from_raw(t);
-                tier.table.for_each_raw(|i, e, owned| {
-                    if owned || i >= upto {
-                        if let (key, Some(value)) = Entry::into_parts(e) {
-                            out.push((key, value));
-                        }
-                    }
-                });
+            self.grave
+                .retire(Item::Tier(Corpse::new(read, upto, bytes)));
+            if !dirty.is_null() {
+                self.grave
+                    .retire(Item::Tier(Corpse::new(dirty, 0, dirty_bytes)));
             }
         }
-    }
-
-    /// Empties a map the caller owns exclusively, freeing everything now (no epoch deferral:
-    /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
-    /// `slots` slots (chunks are allocated on first use, so this costs a directory).
-    pub(crate) fn reset_exclusive(&mut self, slots: usize) {
-        self.grave.drain(usize::MAX);
-        let (read, dirty, upto) = self.take_tiers();
-        // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
-        unsafe { free_tiers(read, upto, dirty) };
-        let id = self.generation.load(Relaxed) + 1;
-        let gen = Gen::new(id);
-        let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
-        let empty = self.read.swap(fresh, AcqRel);
-        // SAFETY: the empty tier `take_tiers` installed; nobody else can see it.
-        drop(unsafe { Box::from_raw(empty) });
-        self.generation.store(id, Release);
-        let mut st = lock(&self.dirty);
-        self.set_dirty(&mut st, (slots > 0).then(|| Tier::boxed(slots, gen)));
-        st.cursor = 0;
-        self.misses.store(0, Relaxed);
-        st.expunged = 0;
-        st.compacting = false;
-    }
-
-    /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
-    fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {
-        let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
-        let read = self.read.swap(empty, AcqRel);
-        let mut st = lock(&self.dirty);
-        let dirty = self.set_dirty(&mut st, None);
-        let upto = if dirty.is_null() { 0 } else { st.cursor };
-        st.cursor = 0;
-        (read, dirty, upto)
     }
 }
 
 impl<K, V> Drop for RawMap<K, V> {
     fn drop(&mut self) {
-        // Tiers whose deferred closure has not run yet are freed by it, at once.
-        self.grave.close();
+        let held = {
+            let guard = self.reclaimer.pin();
+            self.stats(&guard).held_bytes
+        };
+        // Everything retired, past its grace period or not, is freed now: `&mut self` means no
+        // guard can reach it (every reference handed out borrows the map). Deferred closures
+        // that run later find the graveyard closed.
+        // SAFETY: as said; no operation of the map runs.
+        let retired = unsafe { self.grave.close() };
         let (read, dirty, upto) = self.take_tiers();
-        // SAFETY: `&mut self`: no guard can reach the tiers (every reference handed out borrows
-        // the map), so they are freed now; I3 says what each owns.
+        // SAFETY: `&mut self`: no guard can reach the tiers, so they are freed now; I3 says what
+        // each owns.
         unsafe {
             free_tiers(read, upto, dirty);
             drop(Box::from_raw(self.read.load(Relaxed)));
         }
+        background::freed(held + retired);
     }
 }
 

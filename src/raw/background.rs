@@ -1,0 +1,289 @@
+//! The background reclaimer: one thread per process, shared by every map, that frees what maps
+//! retired once its grace period is over, without waiting for further calls on the maps, and
+//! gives freed memory back to the operating system.
+//!
+//! * **When it runs.** It is started by the first map that retires something (a removed value,
+//!   a superseded or cleared table) while it is enabled, and named `tiermap-reclaim`. A map with
+//!   work puts its graveyard on the reclaimer's list (a `Weak` reference: the list never keeps a
+//!   map's memory alive). While the list is not empty the thread wakes every [`TICK`]; with an
+//!   empty list it parks on a condition variable (no wake-ups at all) until a map registers.
+//! * **What a tick does.** For each listed graveyard: seal its partly filled batch of removed
+//!   values and start the grace period of everything retired since the last tick (one epoch
+//!   deferral); then a few epoch collections, which run the deferrals whose grace period is over
+//!   (moving their items to the graveyards' ready queues); then free every ready item, on this
+//!   thread (user threads never pay for a whole table); then drop the graveyards that have
+//!   nothing left from the list. Memory retired at time `t` is freed by about `t + 2 TICK` once
+//!   every guard pinned at `t` is gone.
+//! * **Giving memory back.** Freed memory stays in the allocator's free lists; glibc's malloc
+//!   returns it to the operating system only from the top of the heap. After a tick (or a
+//!   `clear_and_release`, or a map drop) that freed at least [`TRIM_BYTES`], the reclaimer calls
+//!   `malloc_trim(0)` (glibc only), which releases every free page of every arena.
+//! * **Opting out.** `TIERMAP_BACKGROUND_RECLAIM=0` in the environment, or
+//!   `tiermap::memory::set_background_reclaim(false)`, keeps the thread from starting (or makes
+//!   a running one exit at its next wake-up); maps then defer and free their garbage from their
+//!   own operations, as before the reclaimer existed. `TIERMAP_RETURN_TO_OS=0` or
+//!   `set_return_to_os(false)` turns the `malloc_trim` calls off.
+//!
+//! Loom builds never start the thread (a model's threads are its own).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use crate::facade::Guard;
+
+/// Time between two ticks while some map has work.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// Freed bytes after which the allocator is asked to return free pages to the operating system.
+pub(crate) const TRIM_BYTES: usize = 1 << 20;
+
+/// What the background reclaimer needs of a map's graveyard (type-erased: one list for maps of
+/// every key and value type).
+pub(crate) trait Reclaim: Send + Sync {
+    /// Seals the partly filled value batch and starts the grace period of everything retired.
+    fn seal_and_defer(self: Arc<Self>, guard: &Guard);
+    /// Frees every item past its grace period; the bytes freed.
+    fn free_ready(&self) -> usize;
+    /// Takes the graveyard off the list if it has nothing left; whether to drop its entry.
+    fn unregister(&self) -> bool;
+}
+
+/// A setting read from the environment on first use unless set before.
+struct Setting {
+    state: AtomicU8,
+    var: &'static str,
+}
+
+const UNSET: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
+impl Setting {
+    const fn new(var: &'static str) -> Self {
+        Setting {
+            state: AtomicU8::new(UNSET),
+            var,
+        }
+    }
+
+    fn get(&self) -> bool {
+        // Relaxed: an independent flag; nothing else is published through it.
+        match self.state.load(Relaxed) {
+            ON => true,
+            OFF => false,
+            _ => {
+                let off = std::env::var_os(self.var).is_some_and(|v| v == "0" || v == "false");
+                let want = if off { OFF } else { ON };
+                // A concurrent `set` wins over the environment.
+                let _ = self.state.compare_exchange(UNSET, want, Relaxed, Relaxed);
+                self.state.load(Relaxed) == ON
+            }
+        }
+    }
+
+    fn set(&self, on: bool) -> bool {
+        let old = self.get();
+        // Relaxed: as in `get`.
+        self.state.store(if on { ON } else { OFF }, Relaxed);
+        old
+    }
+}
+
+static THREAD: Setting = Setting::new("TIERMAP_BACKGROUND_RECLAIM");
+static TRIM: Setting = Setting::new("TIERMAP_RETURN_TO_OS");
+
+/// The list of graveyards with work, and the thread's state.
+struct Registry {
+    maps: Vec<Weak<dyn Reclaim>>,
+    /// The thread exists (started and not exited).
+    running: bool,
+    /// The thread waits on `WAKE` with nothing to do.
+    parked: bool,
+    /// Threads ever started (for tests and `memory::background_reclaim_starts`).
+    starts: usize,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    maps: Vec::new(),
+    running: false,
+    parked: false,
+    starts: 0,
+});
+static WAKE: Condvar = Condvar::new();
+/// Mirrors `Registry::running` for lock-free reads on the retire path.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    // The registry is consistent at every point where this module could panic.
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether maps should hand their work to the background thread.
+#[inline]
+pub(crate) fn enabled() -> bool {
+    !cfg!(tiermap_loom) && THREAD.get()
+}
+
+/// Whether the thread is running now (a hint for the retire path: if it is not, the retirer
+/// defers its own garbage at once).
+#[inline]
+pub(crate) fn running() -> bool {
+    // Relaxed: a hint; a retirer that misses a start defers its garbage itself, which is
+    // always allowed.
+    RUNNING.load(Relaxed) != 0
+}
+
+/// Puts a graveyard on the list, starting or waking the thread.
+pub(crate) fn register(map: Weak<dyn Reclaim>) {
+    let mut reg = registry();
+    reg.maps.push(map);
+    if !reg.running {
+        let spawned = std::thread::Builder::new()
+            .name("tiermap-reclaim".into())
+            .spawn(run);
+        match spawned {
+            Ok(_) => {
+                reg.running = true;
+                reg.starts += 1;
+                RUNNING.store(1, Relaxed);
+            }
+            // No thread (a process limit, say): the maps still free their garbage from their
+            // own operations and `reclaim`; the list is retried at the next registration.
+            Err(_) => reg.maps.clear(),
+        }
+    } else if reg.parked {
+        WAKE.notify_one();
+    }
+}
+
+/// Turns the thread on or off (see the module docs); returns the previous setting.
+pub(crate) fn set_enabled(on: bool) -> bool {
+    let old = THREAD.set(on);
+    if !on {
+        // Let a parked thread see the change and exit.
+        let _reg = registry();
+        WAKE.notify_all();
+    }
+    old
+}
+
+/// Turns `malloc_trim` calls on or off; returns the previous setting.
+pub(crate) fn set_trim(on: bool) -> bool {
+    TRIM.set(on)
+}
+
+/// Whether the thread is running, and how many times one was started.
+pub(crate) fn status() -> (bool, usize, bool) {
+    let reg = registry();
+    (reg.running, reg.starts, reg.parked)
+}
+
+/// The thread's loop.
+fn run() {
+    let mut since_trim = 0usize;
+    loop {
+        let maps: Vec<Arc<dyn Reclaim>> = {
+            let mut reg = registry();
+            loop {
+                reg.maps.retain(|w| w.strong_count() > 0);
+                if !enabled() {
+                    reg.running = false;
+                    reg.parked = false;
+                    RUNNING.store(0, Relaxed);
+                    return;
+                }
+                if !reg.maps.is_empty() {
+                    break;
+                }
+                reg.parked = true;
+                reg = WAKE.wait(reg).unwrap_or_else(|p| p.into_inner());
+                reg.parked = false;
+            }
+            reg.maps.iter().filter_map(Weak::upgrade).collect()
+        };
+        since_trim += tick(&maps);
+        if since_trim >= TRIM_BYTES {
+            return_to_os();
+            since_trim = 0;
+        }
+        // Drop the strong references before sleeping: a map dropped meanwhile is freed by its
+        // owner, not kept alive by this thread.
+        let done: Vec<Weak<dyn Reclaim>> = maps
+            .iter()
+            .filter(|m| m.unregister())
+            .map(Arc::downgrade)
+            .collect();
+        drop(maps);
+        if !done.is_empty() {
+            let mut reg = registry();
+            reg.maps.retain(|w| !done.iter().any(|d| Weak::ptr_eq(w, d)));
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// One round over the listed graveyards; the bytes freed. A panicking `Drop` of a key or value
+/// is caught (the rest is still freed, and the thread keeps running).
+fn tick(maps: &[Arc<dyn Reclaim>]) -> usize {
+    let guard = crossbeam_epoch::pin();
+    for m in maps {
+        let m = m.clone();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.seal_and_defer(&guard)));
+    }
+    guard.flush();
+    drop(guard);
+    // Three collections: an epoch deferral becomes runnable two epoch advances after it was
+    // made, and each pin + flush tries one advance.
+    for _ in 0..3 {
+        crossbeam_epoch::pin().flush();
+    }
+    let mut freed = 0;
+    for m in maps {
+        loop {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.free_ready())) {
+                Ok(bytes) => {
+                    freed += bytes;
+                    break;
+                }
+                // A `Drop` panicked: the item was re-queued past the culprit; keep freeing.
+                Err(_) => continue,
+            }
+        }
+    }
+    freed
+}
+
+/// Asks the allocator to give free memory back to the operating system (glibc: `malloc_trim`,
+/// which releases the free pages of every arena, not only the top of the heap). Does nothing
+/// with other C libraries, under Miri, or when turned off. Whether it did anything.
+pub(crate) fn return_to_os() -> bool {
+    if !TRIM.get() {
+        return false;
+    }
+    trim()
+}
+
+/// Calls [`return_to_os`] if `freed` bytes are enough to be worth it.
+pub(crate) fn freed(freed: usize) {
+    if freed >= TRIM_BYTES {
+        return_to_os();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu", not(miri)))]
+fn trim() -> bool {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+    }
+    // SAFETY: glibc's `malloc_trim` takes a byte count, is thread-safe (it locks each arena),
+    // and only returns free pages to the kernel.
+    unsafe { malloc_trim(0) };
+    true
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(miri))))]
+fn trim() -> bool {
+    false
+}
