@@ -36,20 +36,19 @@
 //! # Pools
 //!
 //! A [`MapPool`] has no engine hook; its return path calls [`PoolHooks::after_return`], which
-//! checks every 64 returns per thread and at once for a big object (see there). The single
+//! checks every 64th return to the pool and at once for a big object (see there). The single
 //! condition, retained bytes, follows the same state machine.
 
-use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::AtomicUsize;
+// The atomics come from the facade (loom's in model-checking builds); loom re-exports std's
+// `Ordering`, so it is taken from std. No atomic here lives in a `static` (loom's cannot).
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
+use crate::facade::{AtomicBool, AtomicU64, AtomicUsize};
 use crate::pool::{MapPool, PoolStats, Recycle};
 use crate::raw::{Observer, Snapshot};
 use crate::stats::{Bytes, MapStats};
@@ -616,6 +615,7 @@ impl RetentionAlarm {
     /// assert_eq!(alarm.fired(), 0);
     /// ```
     pub fn fired(&self) -> u64 {
+        // Relaxed: a statistic; a call counted concurrently is seen by a later read.
         self.0.fired.load(Relaxed)
     }
 
@@ -631,6 +631,7 @@ impl RetentionAlarm {
     /// map.insert(1, 1); // the map is fine
     /// ```
     pub fn panics(&self) -> u64 {
+        // Relaxed: a statistic, as `fired`.
         self.0.panics.load(Relaxed)
     }
 
@@ -1015,6 +1016,7 @@ impl PoolRetentionAlarm {
     /// assert_eq!(alarm.fired(), 0);
     /// ```
     pub fn fired(&self) -> u64 {
+        // Relaxed: a statistic; a call counted concurrently is seen by a later read.
         self.0.fired.load(Relaxed)
     }
 
@@ -1027,6 +1029,7 @@ impl PoolRetentionAlarm {
     /// assert_eq!(alarm.panics(), 0);
     /// ```
     pub fn panics(&self) -> u64 {
+        // Relaxed: a statistic, as `fired`.
         self.0.panics.load(Relaxed)
     }
 
@@ -1053,26 +1056,30 @@ impl fmt::Debug for PoolRetentionAlarm {
     }
 }
 
-/// Returns per thread between two checks of a pool's sinks.
-const POOL_CHECK_EVERY: u32 = 64;
-
-thread_local! {
-    /// Returns to pools with a sink set, made by this thread (all pools together).
-    static POOL_RETURNS: Cell<u32> = const { Cell::new(0) };
-}
+/// Returns to one pool between two checks of its sinks (a power of two, so the check period
+/// survives the return counter wrapping around).
+const POOL_CHECK_EVERY: usize = 64;
 
 /// A pool's hook: the alarm and the metrics publisher, checked on the return path.
 ///
-/// A return checks (takes a [`PoolStats`] snapshot, which sums the shards' counters) every 64
-/// returns a thread makes to watched pools, and at once when it kept an object of at least a
-/// sixteenth of the alarm's threshold (so one huge object is seen on its way in). With no sink
-/// set, a return pays one relaxed load; with one, two loads and a thread-local increment.
+/// A return checks (takes a [`PoolStats`] snapshot, which sums the shards' counters) on every
+/// 64th return to this pool while a sink is set, whichever threads make them, and at once when
+/// it kept an object of at least a sixteenth of the alarm's threshold (so one huge object is seen
+/// on its way in). With no sink set, a return pays one relaxed load; with one, two relaxed loads
+/// and a relaxed increment of the pool's return counter.
+///
+/// The counter is per pool. (It was per thread, shared by all pools: a thread alternating
+/// returns between two pools gave each only odd or only even counts, so one of them was never
+/// checked.)
 #[derive(Default)]
 pub(crate) struct PoolHooks {
     /// Whether any sink is set.
     active: AtomicBool,
     /// A kept object of at least this many bytes is checked at once (0 while unset: never).
     big: AtomicUsize,
+    /// Returns to this pool made while a sink was set (wrapping); every `POOL_CHECK_EVERY`th
+    /// one checks. Untouched while no sink is set.
+    returns: AtomicUsize,
     alarm: ArcSwapOption<PoolAlarmState>,
     #[cfg(feature = "metrics")]
     metrics: ArcSwapOption<metrics_export::PoolPublisher>,
@@ -1083,6 +1090,7 @@ pub(crate) struct PoolHooks {
 impl fmt::Debug for PoolHooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolHooks")
+            // Relaxed: diagnostic output only.
             .field("active", &self.active.load(Relaxed))
             .finish_non_exhaustive()
     }
@@ -1097,12 +1105,12 @@ impl PoolHooks {
         if !self.active.load(Relaxed) {
             return;
         }
+        // Relaxed: a hint as `active`; a stale value moves one check, never skips the periodic
+        // ones.
         let big = self.big.load(Relaxed);
-        let nth = POOL_RETURNS.with(|n| {
-            let next = n.get().wrapping_add(1);
-            n.set(next);
-            next
-        });
+        // Relaxed: the counter only schedules checks and publishes nothing; the read-modify-write
+        // alone gives each return its own count, so one return in `POOL_CHECK_EVERY` checks.
+        let nth = self.returns.fetch_add(1, Relaxed).wrapping_add(1);
         if (big > 0 && kept_bytes >= big) || nth % POOL_CHECK_EVERY == 0 {
             self.notify(&stats);
         }
@@ -1110,6 +1118,8 @@ impl PoolHooks {
 
     /// Runs the sinks now if any is set (after `clear`, and on installation).
     pub(crate) fn check_now(&self, stats: impl Fn() -> PoolStats) {
+        // Relaxed: as in `after_return`; the sinks themselves are read through `ArcSwapOption`,
+        // which orders their contents.
         if self.active.load(Relaxed) {
             self.notify(&stats);
         }
@@ -1143,6 +1153,8 @@ impl PoolHooks {
         let active = alarm.is_some() || self.metrics.load().is_some();
         #[cfg(not(feature = "metrics"))]
         let active = alarm.is_some();
+        // Relaxed: both are hints read with relaxed loads (see `after_return`); `config`
+        // orders the writers, and the sinks are published by `ArcSwapOption` itself.
         self.big.store(big, Relaxed);
         self.active.store(active, Relaxed);
         r
@@ -1156,14 +1168,14 @@ impl<T: Recycle> MapPool<T> {
     /// returning.
     ///
     /// **When it is checked.** After returns (a guard dropped, or [`MapPool::put`]), outside
-    /// every lock of the pool: every 64 returns a thread makes (to any watched pool), at once
-    /// after a return that kept an object of at least a sixteenth of the threshold, and after
-    /// [`MapPool::clear`]. `get` never checks.
+    /// every lock of the pool: on every 64th return to this pool (counting the returns of all
+    /// threads together), at once after a return that kept an object of at least a sixteenth of
+    /// the threshold, and after [`MapPool::clear`]. `get` never checks.
     ///
     /// **Cost.** With no alarm and no metrics publisher, one relaxed load per return. With
-    /// one, two relaxed loads and a thread-local increment per return, and every 64 returns a
-    /// check that sums the shards' counters (a few atomic loads per shard), plus one check per
-    /// big object kept.
+    /// one, two relaxed loads and a relaxed increment of the pool's return counter per return
+    /// (one counter shared by all threads), and every 64 returns a check that sums the shards'
+    /// counters (a few atomic loads per shard), plus one check per big object kept.
     ///
     /// **The callback** runs on the returning thread, may use the pool (and `get` or `put`
     /// objects), and if it panics the panic is caught and counted
@@ -1416,6 +1428,8 @@ pub(crate) mod metrics_export {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     fn stats(len: usize, deleted: usize, held_bytes: usize, retired_bytes: usize) -> MapStats {
@@ -1560,6 +1574,60 @@ mod tests {
         alarm.check(&|| stats(0, 0, 0, 2000));
         assert_eq!(alarm.fired(), 1);
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// A pool hook with an alarm (threshold 1 MiB, so small returns never take the big-object
+    /// path) whose callback is never reached: the tests count snapshots, i.e. checks.
+    fn watched_pool_hooks() -> PoolHooks {
+        let hooks = PoolHooks::default();
+        let state = Arc::new(PoolAlarmState {
+            policy: PoolRetentionPolicy::new().max_retained_bytes(1 << 20),
+            on_alarm: Box::new(|_| {}),
+            tripped: AtomicBool::new(false),
+            judge: Mutex::new(()),
+            fired: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        });
+        hooks.update(|h| h.alarm.store(Some(state)));
+        hooks
+    }
+
+    /// Regression (issue 12): the periodic pool check counted returns per thread across all
+    /// pools, so a thread alternating returns between two pools gave one of them only odd
+    /// counts and it was never checked. Each pool must be checked on every 64th return to it,
+    /// whatever other pools the thread returns to in between.
+    #[test]
+    fn pool_check_counts_returns_per_pool() {
+        let pools = [watched_pool_hooks(), watched_pool_hooks()];
+        let checks = [Cell::new(0usize), Cell::new(0usize)];
+        let returns_each = 4 * POOL_CHECK_EVERY;
+        for _ in 0..returns_each {
+            for (hooks, checks) in pools.iter().zip(&checks) {
+                // Kept bytes of 1: far below the big-object trigger (1 MiB / 16).
+                hooks.after_return(1, || {
+                    checks.set(checks.get() + 1);
+                    PoolStats::default()
+                });
+            }
+        }
+        let expected = returns_each / POOL_CHECK_EVERY;
+        assert_eq!(
+            [checks[0].get(), checks[1].get()],
+            [expected, expected],
+            "each pool is checked every {POOL_CHECK_EVERY} returns to it"
+        );
+    }
+
+    /// A pool with no sink set neither counts its returns nor checks (the no-alarm fast path
+    /// is one load), even for an object as big as can be.
+    #[test]
+    fn unwatched_pool_neither_counts_nor_checks() {
+        let hooks = PoolHooks::default();
+        for _ in 0..2 * POOL_CHECK_EVERY {
+            hooks.after_return(usize::MAX, || panic!("an unwatched pool took a snapshot"));
+        }
+        // Relaxed: one thread wrote and reads it.
+        assert_eq!(hooks.returns.load(Relaxed), 0);
     }
 
     #[test]

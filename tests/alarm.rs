@@ -359,6 +359,46 @@ mod pool {
         assert_eq!(alarm.panics(), 0);
     }
 
+    /// Regression (issue 12): the periodic check counted returns per thread, across all pools.
+    /// A thread alternating returns between two pools gave one of them only odd counts, so that
+    /// pool's alarm never fired for a crossing that only the periodic check can see (many
+    /// objects, each too small for the at-once check of a big object). Each pool must now be
+    /// checked by the 64th return to it.
+    #[test]
+    fn periodic_check_counts_each_pool_separately() {
+        // Threshold 16_000 B: the at-once check is for objects of 1_000 B or more.
+        const THRESHOLD: usize = 16_000;
+        const OBJECT: usize = 999;
+        // Default ceiling (1024) and 64 idle objects: every 999-byte vector is kept.
+        let pools: [MapPool<Vec<u8>>; 2] = [MapPool::new(), MapPool::new()];
+        let alarms = pools.each_ref().map(|pool| {
+            pool.set_retention_alarm(
+                PoolRetentionPolicy::new().max_retained_bytes(THRESHOLD),
+                |_| {},
+            )
+        });
+        assert_eq!(alarms.each_ref().map(|a| a.fired()), [0, 0], "empty pools");
+        // 64 returns to each, alternating; after the 17th each pool is over the threshold.
+        for _ in 0..64 {
+            for pool in &pools {
+                pool.put(Vec::with_capacity(OBJECT));
+            }
+        }
+        for pool in &pools {
+            let stats = pool.stats();
+            assert!(stats.retained_bytes > THRESHOLD, "{stats}");
+            assert!(
+                stats.retained_bytes / stats.idle < THRESHOLD / 16,
+                "every object is below the at-once check: {stats}"
+            );
+        }
+        assert_eq!(
+            alarms.each_ref().map(|a| a.fired()),
+            [1, 1],
+            "each pool's periodic check saw its crossing"
+        );
+    }
+
     #[test]
     fn callback_may_use_the_pool_and_may_panic() {
         let pool = Arc::new(unbounded());

@@ -218,7 +218,8 @@ fn run() {
         drop(maps);
         if !done.is_empty() {
             let mut reg = registry();
-            reg.maps.retain(|w| !done.iter().any(|d| Weak::ptr_eq(w, d)));
+            reg.maps
+                .retain(|w| !done.iter().any(|d| Weak::ptr_eq(w, d)));
         }
         std::thread::sleep(TICK);
     }

@@ -25,6 +25,8 @@ pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod grave;
 pub(crate) mod table;
+#[cfg(all(test, not(tiermap_loom)))]
+mod tests;
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
@@ -437,8 +439,8 @@ impl<K, V> RawMap<K, V> {
             (observer.0)(&|| self.stats(guard));
         }
     }
-    /// Installs (or removes) the observer.
-    #[allow(dead_code)] // the retention alarm's hook; see `docs/DESIGN.md`
+    /// Installs (or removes) the observer (the retention alarm's and the metrics publisher's
+    /// hook).
     pub(crate) fn set_observer(&self, observer: Option<Observer>) {
         self.observer.store(observer.map(Arc::new));
     }
@@ -457,8 +459,6 @@ impl<K, V> RawMap<K, V> {
 }
 
 impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
-
-
     /// The read tier again, under the lock.
     #[inline]
     fn read_locked<'g>(&self, stale: &'g Tier<K, V>, guard: &'g Guard) -> &'g Tier<K, V> {
@@ -1128,6 +1128,8 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             return start;
         }
         loop {
+            #[cfg(test)]
+            tests::SNAPSHOT_ROUNDS.with(|n| n.set(n.get() + 1));
             let mut st = lock(&self.dirty);
             let read = self.read(guard);
             // `start` is alive (our guard), so a different pointer is a newer tier: one
