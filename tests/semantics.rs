@@ -443,3 +443,49 @@ fn pooled_sync_map_is_reset_and_bounded() {
     assert!(m.is_empty());
     assert_eq!(Recycle::capacity(&m), c);
 }
+
+/// A hasher that returns the key itself (as `nohash`-style hashers do for integer keys).
+#[derive(Clone, Copy, Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A read-only phase of absent-key lookups promotes under any hasher. Before the fix, the 1 in
+/// 16 sample tested the low four bits of the mixed hash, which (the mix being a multiplication
+/// by an odd constant) are zero exactly when the key's are: under an identity hasher the keys
+/// `16 k + 1` below never counted, and the map kept its second table forever.
+#[test]
+fn absent_misses_promote_under_an_identity_hasher() {
+    let hasher = std::hash::BuildHasherDefault::<IdentityHasher>::default();
+    let map: SyncMap<u64, u64, _> = SyncMap::with_capacity_and_hasher(100, hasher);
+    for i in 0..100 {
+        map.insert(i * 16, i);
+    }
+    let before = map.stats();
+    assert_eq!(before.promotions, 0, "{before}");
+    assert!(before.dirty_capacity > 0, "{before}");
+    // 16 x 100 counted misses would do; four times that many lookups of absent keys, all with
+    // the same low bits.
+    for i in 0..6_400u64 {
+        assert!(map.get(&(1_000_000 + 16 * i + 1)).is_none());
+    }
+    let after = map.stats();
+    assert_eq!(after.promotions, 1, "{after}");
+    assert_eq!(
+        after.dirty_capacity, 0,
+        "the second table is freed: {after}"
+    );
+    assert_eq!(map.len(), 100);
+}

@@ -393,7 +393,12 @@ impl<K, V> Graveyard<K, V> {
                 item: Some(item),
             };
             // SAFETY: a ready item is past its grace period.
-            let done = unsafe { held.item.as_mut().expect("set above").free_some(&mut budget) };
+            let done = unsafe {
+                held.item
+                    .as_mut()
+                    .expect("set above")
+                    .free_some(&mut budget)
+            };
             let item = held.item.take().expect("set above");
             if done {
                 freed += item.bytes();

@@ -958,56 +958,43 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         // The lock-free lookup saw the key absent (or expunged, which is absent too): build the
         // value now, outside the lock, so that the locked pass below usually runs once.
         make(&mut pending);
-        let mut key = Some(key);
-        loop {
-            // `None`: the key is absent and no value is computed yet.
-            let outcome: Option<GetOrInsert<&'g V>> = self.slow(guard, |this, st, guard| {
-                let read = this.read_locked(read, guard);
-                let k = key.as_ref().expect("key kept until inserted");
-                let place = this.locate(st, read, hash, k);
-                if let Place::Dirty(..) = place {
-                    this.misses.fetch_add(1, Relaxed);
-                }
-                // SAFETY: found while `guard` is pinned.
-                match unsafe { place.entry(guard) } {
-                    Some(e) => {
-                        loop {
-                            match e.load() {
+        // One locked pass: the value exists already, so it never has to be computed under the
+        // lock (where the closure could call into the map, or panic).
+        let pending = pending.expect("computed before the locked pass");
+        self.slow(guard, |this, st, guard| {
+            let read = this.read_locked(read, guard);
+            let place = this.locate(st, read, hash, &key);
+            if let Place::Dirty(..) = place {
+                this.misses.fetch_add(1, Relaxed);
+            }
+            // SAFETY: found while `guard` is pinned.
+            match unsafe { place.entry(guard) } {
+                Some(e) => loop {
+                    match e.load() {
+                        // SAFETY: as above; `pending` is dropped (freed) unpublished.
+                        State::Live(p) => break GetOrInsert::Loaded(unsafe { &*p }),
+                        State::Deleted => {
+                            let v = pending.0;
+                            if e.try_revive(v).is_ok() {
+                                pending.publish();
+                                read.gen.live.fetch_add(1, Relaxed);
                                 // SAFETY: as above.
-                                State::Live(p) => break Some(GetOrInsert::Loaded(unsafe { &*p })),
-                                State::Deleted => {
-                                    let v = pending.as_ref()?.0;
-                                    if e.try_revive(v).is_ok() {
-                                        let _ = pending.take().map(Pending::publish);
-                                        read.gen.live.fetch_add(1, Relaxed);
-                                        // SAFETY: as above.
-                                        break Some(GetOrInsert::Inserted(unsafe { &*v }));
-                                    }
-                                }
-                                State::Expunged => unreachable!("entry under lock is not expunged"),
+                                break GetOrInsert::Inserted(unsafe { &*v });
                             }
                         }
+                        State::Expunged => unreachable!("entry under lock is not expunged"),
                     }
-                    None => {
-                        // SAFETY: never published; we own it.
-                        let v = unsafe { take_value(pending.take()?.publish()) };
-                        let k = key.take().expect("key kept until inserted");
-                        let v = this.insert_fresh(st, hash, k, v, guard);
-                        // SAFETY: the value of the entry just published; it outlives the guard
-                        // (values and entries are retired through the epoch).
-                        Some(GetOrInsert::Inserted(unsafe { &*v }))
-                    }
-                }
-            });
-            match outcome {
-                Some(r) => return r,
-                // Absent and no value yet: compute it outside the lock (it may call into the
-                // map, and it may panic), then try again.
+                },
                 None => {
-                    make(&mut pending);
+                    // SAFETY: never published; we own it.
+                    let v = unsafe { take_value(pending.publish()) };
+                    let v = this.insert_fresh(st, hash, key, v, guard);
+                    // SAFETY: the value of the entry just published; it outlives the guard
+                    // (values and entries are retired through the epoch).
+                    GetOrInsert::Inserted(unsafe { &*v })
                 }
             }
-        }
+        })
     }
 
     /// Replaces the value if `pred` accepts the current one (Go's `CompareAndSwap`).
