@@ -3,12 +3,14 @@
 //! Run with `cargo run --release --example tour`. It builds a map of 1,000,000 `u64 -> u64`
 //! entries, inserts one new key after the read-only phase (the operation that makes Go copy the
 //! whole map), deletes half and then all of the keys, clears and releases, and prints after each
-//! step what the map holds according to `stats()` and to a counting allocator, beside what Go's
-//! `sync.Map` design would hold at that point.
+//! step what the map holds according to `stats()`, to a counting allocator and to the
+//! operating system (the process's resident memory), beside what Go's `sync.Map` design would
+//! hold at that point. No step calls `reclaim()`: between steps the tour only waits 100 ms, and
+//! what the map retired comes back on its own (the background reclaimer, `tiermap::memory`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tiermap::SyncMap;
 
@@ -53,25 +55,45 @@ fn mib(b: f64) -> String {
     format!("{:.1} MiB", b / (1024.0 * 1024.0))
 }
 
+/// The process's resident memory (Linux; 0 elsewhere).
+fn rss() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib * 1024.0)
+}
+
+/// Waits with no call on the map: what it retired is freed by the background reclaimer.
+fn idle() {
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 fn main() {
     const N: u64 = 1_000_000;
     let base = CURRENT.load(Ordering::Relaxed);
     let heap = || CURRENT.load(Ordering::Relaxed).saturating_sub(base) as f64;
     let map: SyncMap<u64, u64> = SyncMap::new();
+    println!("process RSS at start: {}", mib(rss()));
+    println!();
 
     println!(
         "| step | live keys | tiermap stats().held_bytes | retired, not yet freed | \
-         tiermap heap (allocator) | deleted held | Go sync.Map would hold |"
+         tiermap heap (allocator) | process RSS | deleted held | Go sync.Map would hold |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let row = |step: &str, go: &str| {
         let s = map.stats();
         println!(
-            "| {step} | {} | {} | {} | {} | {} | {go} |",
+            "| {step} | {} | {} | {} | {} | {} | {} | {go} |",
             s.len,
             mib(s.held_bytes as f64),
             mib(s.retired_bytes as f64),
             mib(heap()),
+            mib(rss()),
             s.deleted
         );
     };
@@ -80,7 +102,7 @@ fn main() {
         map.insert(i, i);
     }
     let _ = map.pin().iter().count(); // a Range: promotes, as Go's Range does
-    map.reclaim();
+    idle();
     let go_read = N as f64 * (GO_TABLE_BYTES_PER_KEY + GO_ENTRY_BYTES);
     row(
         "1. insert 1M keys, then a read-only phase",
@@ -104,7 +126,7 @@ fn main() {
     for i in 0..N / 2 {
         map.remove(&i);
     }
-    map.reclaim();
+    idle();
     row(
         "3. remove half the keys",
         &format!(
@@ -116,7 +138,7 @@ fn main() {
     for i in N / 2..=N {
         map.remove(&i);
     }
-    map.reclaim();
+    idle();
     row(
         "4. remove the rest (no new key afterwards)",
         &format!(
@@ -129,19 +151,30 @@ fn main() {
         map.insert(i, i);
     }
     map.clear();
+    row("5a. refill 1M, then clear() (old tables retired)", "");
+    idle();
     row(
-        "5. refill 1M, then clear() (old tables retired, freed over later writes or by reclaim())",
+        "5b. 100 ms later, no call on the map (freed by the background reclaimer)",
         &format!(
             "{} (Clear keeps the dirty map's buckets)",
             mib(N as f64 * GO_TABLE_BYTES_PER_KEY)
         ),
     );
 
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    row("6a. refill 1M", "");
     let released = map.clear_and_release();
     row(
-        &format!("6. clear_and_release(): {released}"),
+        &format!("6b. clear_and_release(): {released}"),
         "n/a (no equivalent)",
     );
+    drop(map);
     println!();
-    println!("final stats: {}", map.stats());
+    println!(
+        "after drop(map): heap {}, process RSS {}",
+        mib(heap()),
+        mib(rss())
+    );
 }

@@ -37,12 +37,12 @@ pub struct MapStats {
     pub misses: usize,
     /// Approximate heap bytes held by the map: tables, entries and value cells.
     pub held_bytes: usize,
-    /// Bytes of superseded tables (and the entries they own) retired but not yet freed, because
-    /// a guard pinned before they were retired may still be alive, no collection ran since, or
-    /// (for tables of 4096 slots or more) the map's slow operations are still freeing them, 64
-    /// slots per operation; [`SyncMap::reclaim`](crate::SyncMap::reclaim) frees them at once.
-    /// Single values retired by `insert`/`remove` are not counted here (crossbeam-epoch frees
-    /// them in batches of at most 64 per thread).
+    /// Bytes retired but not yet freed: superseded and cleared tables (with the entries they
+    /// own) and sealed batches of removed or replaced values (64 per batch), because a guard
+    /// pinned before they were retired may still be alive, or they are past that and wait for
+    /// the background reclaimer's next tick (about 10 ms) or a step of a later slow operation.
+    /// [`SyncMap::reclaim`](crate::SyncMap::reclaim) frees them at once. Values removed since
+    /// the last batch was sealed (at most 63) are not counted until it is.
     pub retired_bytes: usize,
     /// Times a dirty tier became the read tier.
     pub promotions: u64,

@@ -114,6 +114,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 static WAKE: Condvar = Condvar::new();
 /// Mirrors `Registry::running` for lock-free reads on the retire path.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Bytes freed since the last `malloc_trim`, by any thread (the reclaimer trims when it passes
+/// [`TRIM_BYTES`], so that memory freed by maps' own operations comes back to the OS too).
+static SINCE_TRIM: AtomicUsize = AtomicUsize::new(0);
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     // The registry is consistent at every point where this module could panic.
@@ -182,7 +185,6 @@ pub(crate) fn status() -> (bool, usize, bool) {
 
 /// The thread's loop.
 fn run() {
-    let mut since_trim = 0usize;
     loop {
         let maps: Vec<Arc<dyn Reclaim>> = {
             let mut reg = registry();
@@ -203,10 +205,11 @@ fn run() {
             }
             reg.maps.iter().filter_map(Weak::upgrade).collect()
         };
-        since_trim += tick(&maps);
-        if since_trim >= TRIM_BYTES {
+        note_freed(tick(&maps));
+        // Relaxed: a heuristic amount; the trim itself synchronizes with the frees (locks).
+        if SINCE_TRIM.load(Relaxed) >= TRIM_BYTES {
+            SINCE_TRIM.store(0, Relaxed);
             return_to_os();
-            since_trim = 0;
         }
         // Drop the strong references before sleeping: a map dropped meanwhile is freed by its
         // owner, not kept alive by this thread.
@@ -218,8 +221,13 @@ fn run() {
         drop(maps);
         if !done.is_empty() {
             let mut reg = registry();
-            reg.maps
-                .retain(|w| !done.iter().any(|d| Weak::ptr_eq(w, d)));
+            // Exactly one entry per finished graveyard: a retirer that listed it again after
+            // `unregister` cleared its flag has added a second entry, which must stay.
+            for d in &done {
+                if let Some(i) = reg.maps.iter().position(|w| Weak::ptr_eq(w, d)) {
+                    reg.maps.swap_remove(i);
+                }
+            }
         }
         std::thread::sleep(TICK);
     }
@@ -266,10 +274,21 @@ pub(crate) fn return_to_os() -> bool {
     trim()
 }
 
-/// Calls [`return_to_os`] if `freed` bytes are enough to be worth it.
+/// Counts `bytes` freed toward the background reclaimer's next `malloc_trim`.
+#[inline]
+pub(crate) fn note_freed(bytes: usize) {
+    if bytes > 0 {
+        // Relaxed: a heuristic amount.
+        SINCE_TRIM.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// After an explicit release (`reclaim`, `clear_and_release`, the drop of a map) that freed
+/// `freed` bytes: calls [`return_to_os`] now, on the caller's thread, if that is worth it.
 pub(crate) fn freed(freed: usize) {
-    if freed >= TRIM_BYTES {
-        return_to_os();
+    if freed >= TRIM_BYTES && return_to_os() {
+        // Relaxed: as in `note_freed`.
+        SINCE_TRIM.store(0, Relaxed);
     }
 }
 

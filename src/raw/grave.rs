@@ -16,11 +16,11 @@
 //! themselves: they only move items from *pending* to *ready* (O(items), no user code).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Weak};
 
 use super::background::{self, Reclaim};
-use super::batch::{OpenBatch, Sealed};
+use super::batch::{OpenBatch, Sealed, BATCH};
 use super::entry::{free_value, Entry};
 use super::{Shared, Tier};
 use crate::facade::{lock, AtomicUsize, Guard, Mutex};
@@ -163,6 +163,10 @@ pub(crate) struct Graveyard<K, V> {
     queued: AtomicUsize,
     /// How many items are pending and not yet deferred: lets `service` skip the lock.
     undeferred: AtomicUsize,
+    /// Items popped from *ready* and being freed (by `drain`): `close` waits for them, so that
+    /// a map dropped while the background reclaimer frees one of its items returns only after
+    /// every value is dropped.
+    in_flight: AtomicUsize,
     /// Removed values not yet sealed into an item.
     values: OpenBatch<V>,
     /// Whether the background reclaimer has this graveyard on its list (see `unregister`).
@@ -206,6 +210,7 @@ impl<K, V> Graveyard<K, V> {
             }),
             queued: AtomicUsize::new(0),
             undeferred: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             values: OpenBatch::new(),
             registered: std::sync::atomic::AtomicBool::new(false),
             shared,
@@ -255,8 +260,14 @@ impl<K, V> Graveyard<K, V> {
         if let Some(sealed) = unsafe { self.values.push(p) } {
             // SAFETY: a sealed batch is unreachable from the open slot and handed over once.
             unsafe { self.retire(Item::Values(sealed)) };
+            if !background::running() {
+                // No reclaimer: this remover starts the batch's grace period and frees what is
+                // past it, two batches' worth (more than it adds), so that removals and
+                // replacements alone keep the garbage bounded.
+                self.defer(guard);
+                self.drain(2 * BATCH);
             // Relaxed: a hint; `defer` re-reads the count under the lock.
-            if !background::running() || self.undeferred.load(Relaxed) >= UNDEFERRED_BATCHES {
+            } else if self.undeferred.load(Relaxed) >= UNDEFERRED_BATCHES {
                 self.defer(guard);
             }
         }
@@ -382,12 +393,17 @@ impl<K, V> Graveyard<K, V> {
                 match yard.ready.pop() {
                     Some(c) => {
                         self.queued.fetch_sub(1, Relaxed);
+                        // Relaxed: under the yard's lock, which `close` takes before it reads
+                        // the count.
+                        self.in_flight.fetch_add(1, Relaxed);
                         c
                     }
                     None => break,
                 }
             };
-            // Put the item back if a `Drop` panics, so that the rest is still freed.
+            // Put the item back if a `Drop` panics, so that the rest is still freed; then (also
+            // on unwinding) let `close` know this thread is done with it.
+            let _landed = Landed(&self.in_flight);
             let mut held = Requeue {
                 yard: self,
                 item: Some(item),
@@ -407,6 +423,7 @@ impl<K, V> Graveyard<K, V> {
                 self.requeue(item);
             }
         }
+        background::note_freed(freed);
         freed
     }
 
@@ -430,6 +447,18 @@ impl<K, V> Graveyard<K, V> {
     }
 
     fn take_all(&self, keep_open: bool) -> usize {
+        let freed = self.take_queued(keep_open);
+        // An item popped by another thread (the background reclaimer: no operation of the map
+        // runs, per the callers' contract) before the yard was emptied is being freed there;
+        // wait for it, so that the caller returns only once every value is dropped.
+        // Acquire pairs with the release decrement in `Landed`: its frees happen before.
+        while self.in_flight.load(Acquire) != 0 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        freed
+    }
+
+    fn take_queued(&self, keep_open: bool) -> usize {
         let items = {
             let mut yard = lock(&self.yard);
             yard.open = keep_open;
@@ -557,6 +586,16 @@ impl<K: Send + 'static, V: Send + 'static> Reclaim for Graveyard<K, V> {
         // Work came in: stay listed, unless a retirer has listed the graveyard again already
         // (then its new entry replaces this one).
         self.registered.swap(true, SeqCst)
+    }
+}
+
+/// Marks the end of a `drain` step's work on an item (see `Graveyard::in_flight`).
+struct Landed<'a>(&'a AtomicUsize);
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        // Release: the frees of this step happen before `close` sees the count fall.
+        self.0.fetch_sub(1, Release);
     }
 }
 

@@ -1230,18 +1230,24 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// map's retired memory is freed or a guard pinned before it holds it (at most 64 rounds).
     /// Returns the retired bytes still waiting.
     pub(crate) fn reclaim(&self) -> usize {
+        {
+            let guard = self.reclaimer.pin();
+            self.grave.seal_values(&guard);
+            self.grave.defer(&guard);
+        }
         let mut freed = 0;
         for round in 0..64 {
-            {
-                let guard = self.reclaimer.pin();
-                self.grave.seal_values(&guard);
-                self.grave.defer(&guard);
-            }
             if round >= 3 && self.shared.retired_bytes.load(Relaxed) == 0 {
                 break;
             }
             self.reclaimer.collect(1);
             freed += self.grave.drain(usize::MAX);
+            if round >= 8 && !cfg!(tiermap_loom) {
+                // Still pending: some thread is pinned (a user's guard, or another thread in
+                // the middle of an operation, the background reclaimer's tick included, perhaps
+                // descheduled). Let it run before the next try; at most about 1.5 ms in all.
+                std::thread::sleep(std::time::Duration::from_micros(25));
+            }
         }
         background::freed(freed);
         self.shared.retired_bytes.load(Relaxed)
