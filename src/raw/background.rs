@@ -15,9 +15,13 @@
 //!   nothing left from the list. Memory retired at time `t` is freed by about `t + 2 TICK` once
 //!   every guard pinned at `t` is gone.
 //! * **Giving memory back.** Freed memory stays in the allocator's free lists; glibc's malloc
-//!   returns it to the operating system only from the top of the heap. After a tick (or a
-//!   `clear_and_release`, or a map drop) that freed at least [`TRIM_BYTES`], the reclaimer calls
-//!   `malloc_trim(0)` (glibc only), which releases every free page of every arena.
+//!   returns it to the operating system only from the top of the heap. Once at least
+//!   [`TRIM_BYTES`] were freed and no listed map has garbage left (the release is over), or
+//!   [`TRIM_BUSY_BYTES`] were freed while maps stay busy, the reclaimer calls `malloc_trim(0)`
+//!   (glibc only), which releases every free page of every arena. Not at every tick: the call
+//!   holds each arena's lock while it walks it, which stalls threads that allocate meanwhile,
+//!   and memory freed under steady churn is reused at once. `clear_and_release`, `reclaim` and
+//!   the drop of a map that free 1 MiB or more trim at once, on the caller's thread.
 //! * **Opting out.** `TIERMAP_BACKGROUND_RECLAIM=0` in the environment, or
 //!   `tiermap::memory::set_background_reclaim(false)`, keeps the thread from starting (or makes
 //!   a running one exit at its next wake-up); maps then defer and free their garbage from their
@@ -36,8 +40,11 @@ use crate::facade::Guard;
 /// Time between two ticks while some map has work.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 
-/// Freed bytes after which the allocator is asked to return free pages to the operating system.
+/// Freed bytes after which the allocator is asked to return free pages to the operating system,
+/// once no map has garbage left (and after explicit releases).
 pub(crate) const TRIM_BYTES: usize = 1 << 20;
+/// Freed bytes after which the reclaimer trims even while maps still have garbage.
+pub(crate) const TRIM_BUSY_BYTES: usize = 256 << 20;
 
 /// What the background reclaimer needs of a map's graveyard (type-erased: one list for maps of
 /// every key and value type).
@@ -48,6 +55,11 @@ pub(crate) trait Reclaim: Send + Sync {
     fn free_ready(&self) -> usize;
     /// Takes the graveyard off the list if it has nothing left; whether to drop its entry.
     fn unregister(&self) -> bool;
+    /// Whether the map has shrunk to at most half of its most live entries since the last trim
+    /// (a release: what it freed will not be reused by it).
+    fn shrank(&self) -> bool;
+    /// Starts a new peak from what the map holds now (after a trim).
+    fn reset_peak(&self);
 }
 
 /// A setting read from the environment on first use unless set before.
@@ -206,11 +218,6 @@ fn run() {
             reg.maps.iter().filter_map(Weak::upgrade).collect()
         };
         note_freed(tick(&maps));
-        // Relaxed: a heuristic amount; the trim itself synchronizes with the frees (locks).
-        if SINCE_TRIM.load(Relaxed) >= TRIM_BYTES {
-            SINCE_TRIM.store(0, Relaxed);
-            return_to_os();
-        }
         // Drop the strong references before sleeping: a map dropped meanwhile is freed by its
         // owner, not kept alive by this thread.
         let done: Vec<Weak<dyn Reclaim>> = maps
@@ -218,6 +225,23 @@ fn run() {
             .filter(|m| m.unregister())
             .map(Arc::downgrade)
             .collect();
+        let quiet = done.len() == maps.len();
+        let shrank = maps.iter().fold(false, |any, m| m.shrank() | any);
+        // `malloc_trim` holds each arena's lock while it walks the arena, so a thread that
+        // allocates meanwhile waits for it (0.7 ms at the worst step of a 100,000-key churn).
+        // Memory freed under churn (a promotion retires a table the size of the one that
+        // replaces it) is reused at once: trim after a *release*, once the maps' garbage is
+        // gone and a map has at most half of its peak of live entries since the last trim (a
+        // `clear`, a remove-all), or after a great deal was freed while maps stay busy.
+        // Relaxed: a heuristic amount; the trim itself synchronizes with the frees (locks).
+        let since = SINCE_TRIM.load(Relaxed);
+        if (quiet && shrank && since >= TRIM_BYTES) || since >= TRIM_BUSY_BYTES {
+            SINCE_TRIM.store(0, Relaxed);
+            return_to_os();
+            for m in &maps {
+                m.reset_peak();
+            }
+        }
         drop(maps);
         if !done.is_empty() {
             let mut reg = registry();

@@ -278,19 +278,20 @@ impl<K, V> Graveyard<K, V> {
     /// guard pinned before it is gone, moves them (and anything deferred earlier) to `ready`.
     /// Flushes this thread's epoch bag so that any thread's next collection (the background
     /// reclaimer's within a tick) can run it.
-    pub(crate) fn defer(self: &Arc<Self>, guard: &Guard)
+    /// Returns whether it deferred anything.
+    pub(crate) fn defer(self: &Arc<Self>, guard: &Guard) -> bool
     where
         K: Send + 'static,
         V: Send + 'static,
     {
         // Relaxed: a hint; re-checked under the lock.
         if self.undeferred.load(Relaxed) == 0 {
-            return;
+            return false;
         }
         let stamp = {
             let mut yard = lock(&self.yard);
             if yard.undeferred == 0 || !yard.open {
-                return;
+                return false;
             }
             let stamp = yard.next_stamp;
             yard.next_stamp += 1;
@@ -308,6 +309,7 @@ impl<K, V> Graveyard<K, V> {
         // `K, V: Send + 'static`, so the graveyard may be touched from any thread at any time.
         unsafe { guard.defer_unchecked(move || grave.expire(stamp)) };
         guard.flush();
+        true
     }
 
     /// The grace period of deferral `stamp` is over: every item deferred at or before it is
@@ -355,8 +357,11 @@ impl<K, V> Graveyard<K, V> {
         K: Send + 'static,
         V: Send + 'static,
     {
-        self.defer(guard);
-        self.register();
+        // Only a map with work goes on the reclaimer's list (listing takes its lock and may
+        // wake it: not for every slow operation).
+        if self.defer(guard) || !self.is_empty() {
+            self.register();
+        }
         self.drain(floor);
     }
 
@@ -572,6 +577,20 @@ impl<K: Send + 'static, V: Send + 'static> Reclaim for Graveyard<K, V> {
 
     fn free_ready(&self) -> usize {
         self.drain(usize::MAX)
+    }
+
+    fn shrank(&self) -> bool {
+        // Relaxed: hints (see `Shared::live_hint`).
+        let live = self.shared.live_hint.load(Relaxed);
+        let peak = self.shared.peak_live.load(Relaxed);
+        peak > 0 && 2 * live <= peak
+    }
+
+    fn reset_peak(&self) {
+        // Relaxed: as in `shrank`.
+        self.shared
+            .peak_live
+            .store(self.shared.live_hint.load(Relaxed), Relaxed);
     }
 
     fn unregister(&self) -> bool {

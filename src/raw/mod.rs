@@ -145,6 +145,12 @@ impl<K, V> Tier<K, V> {
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) retired_bytes: std::sync::atomic::AtomicUsize,
+    /// Live entries as of the last slow operation: lets the background reclaimer tell a
+    /// release (the map shrank: what it freed will not be reused by it) from churn (a
+    /// promotion frees a table the size of the one that replaces it, reused at once).
+    pub(crate) live_hint: std::sync::atomic::AtomicUsize,
+    /// The most `live_hint` was since the background reclaimer last trimmed.
+    pub(crate) peak_live: std::sync::atomic::AtomicUsize,
     pub(crate) promotions: std::sync::atomic::AtomicU64,
     pub(crate) migrations: std::sync::atomic::AtomicU64,
     pub(crate) compactions: std::sync::atomic::AtomicU64,
@@ -348,6 +354,15 @@ impl<K, V> RawMap<K, V> {
         // iteration contract for concurrent changes.
         self.generation.load(Acquire) == id
     }
+    /// What the tiers, entries and live values take (`MapStats::held_bytes`).
+    fn held_bytes(&self, st: &Dirty<K, V>, read: &Tier<K, V>) -> usize {
+        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
+        tier_bytes(read)
+            + st.tier.as_deref().map_or(0, tier_bytes)
+            + read.gen.entries() * size_of::<Entry<K, V>>()
+            + read.gen.live() * size_of::<V>().max(1)
+    }
+
     /// Where the map's memory is. Takes the dirty lock briefly.
     pub(crate) fn stats(&self, guard: &Guard) -> MapStats {
         let st = self.dirty();
@@ -355,11 +370,7 @@ impl<K, V> RawMap<K, V> {
         let dirty = st.tier.as_deref();
         let live = read.gen.live();
         let entries = read.gen.entries();
-        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
-        let held_bytes = tier_bytes(read)
-            + dirty.map_or(0, tier_bytes)
-            + entries * size_of::<Entry<K, V>>()
-            + live * size_of::<V>().max(1);
+        let held_bytes = self.held_bytes(&st, read);
         MapStats {
             len: live,
             deleted: entries.saturating_sub(live),
@@ -592,6 +603,13 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// compact as due, unlock, then flush retired tables and run the observer.
     fn finish(&self, mut st: MutexGuard<'_, Dirty<K, V>>, guard: &Guard) {
         self.maintain(&mut st, guard);
+        // Relaxed: hints for the background reclaimer's trim decision (a lost update of the peak
+        // under a race only delays or skips a trim).
+        let live = self.read(guard).gen.live();
+        self.shared.live_hint.store(live, Relaxed);
+        if live > self.shared.peak_live.load(Relaxed) {
+            self.shared.peak_live.store(live, Relaxed);
+        }
         let retired = std::mem::take(&mut st.retired);
         let budget = st.budget;
         st.since_observed += 1;
