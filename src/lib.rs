@@ -67,14 +67,22 @@
 //!   the map. Table chunks are allocated as keys land in them.
 //! * Deleted entries are counted; when they pass half the live entries plus 64, or the read
 //!   table holds more than eight slots per live entry plus 1024, the map rebuilds itself, again
-//!   a few slots per operation. At every point, once no guard pinned earlier is alive and a
-//!   collection has run, the map holds O(live entries) bytes (the bound is in `docs/DESIGN.md`).
-//! * [`SyncMap::clear_and_release`] frees everything before returning (see its docs for when a
-//!   guard delays that); [`SyncMap::stats`] reports live and deleted entries, table capacities,
-//!   held and retired bytes.
+//!   a few slots per operation. At every point, once no guard pinned earlier is alive, the map
+//!   holds O(live entries) bytes (the bound is in `docs/DESIGN.md`).
+//! * **Memory comes back on its own.** What a map retires (removed and replaced values,
+//!   superseded tables, the whole old map after [`SyncMap::clear`]) is freed by a background
+//!   thread (`tiermap-reclaim`, one per process, parked when no map has work) within about
+//!   20 ms once every guard pinned before is dropped, with no further call on the map; then
+//!   free pages go back to the operating system (`malloc_trim` on glibc), so the process's RSS
+//!   falls. [`memory`] has the details and the opt-outs (`TIERMAP_BACKGROUND_RECLAIM=0`,
+//!   `TIERMAP_RETURN_TO_OS=0`).
+//! * When `drop(map)` returns, every key and value the map ever held has been dropped.
+//! * [`SyncMap::clear_and_release`] frees everything before returning, to the operating system
+//!   too (see its docs for when a guard delays that); [`SyncMap::stats`] reports live and
+//!   deleted entries, table capacities, held and retired bytes.
 //!
 //! `K` and `V` must be `Send + 'static` for the mutating methods: replaced and removed values are
-//! dropped later, possibly on another thread, by the epoch collector.
+//! dropped later, possibly on another thread (the background reclaimer's).
 //!
 //! ## Retention alarm and metrics
 //!
