@@ -16,11 +16,11 @@
 //!   every guard pinned at `t` is gone.
 //! * **Giving memory back.** Freed memory stays in the allocator's free lists; glibc's malloc
 //!   returns it to the operating system only from the top of the heap. Once at least
-//!   [`TRIM_BYTES`] were freed and no listed map has garbage left (the release is over), or
-//!   [`TRIM_BUSY_BYTES`] were freed while maps stay busy, the reclaimer calls `malloc_trim(0)`
-//!   (glibc only), which releases every free page of every arena. Not at every tick: the call
-//!   holds each arena's lock while it walks it, which stalls threads that allocate meanwhile,
-//!   and memory freed under steady churn is reused at once. `clear_and_release`, `reclaim` and
+//!   [`TRIM_BYTES`] were freed and a map whose garbage is now all freed has shrunk to half of
+//!   its peak of live entries (a release: a `clear`, a remove-all), the reclaimer calls
+//!   `malloc_trim(0)` (glibc only), which releases every free page of every arena. Not at every
+//!   tick: the call holds each arena's lock while it walks it, which stalls threads that
+//!   allocate meanwhile, and memory freed under steady churn is reused at once. `clear_and_release`, `reclaim` and
 //!   the drop of a map that free 1 MiB or more trim at once, on the caller's thread.
 //! * **Opting out.** `TIERMAP_BACKGROUND_RECLAIM=0` in the environment, or
 //!   `tiermap::memory::set_background_reclaim(false)`, keeps the thread from starting (or makes
@@ -43,8 +43,6 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Freed bytes after which the allocator is asked to return free pages to the operating system,
 /// once no map has garbage left (and after explicit releases).
 pub(crate) const TRIM_BYTES: usize = 1 << 20;
-/// Freed bytes after which the reclaimer trims even while maps still have garbage.
-pub(crate) const TRIM_BUSY_BYTES: usize = 256 << 20;
 
 /// What the background reclaimer needs of a map's graveyard (type-erased: one list for maps of
 /// every key and value type).
@@ -218,30 +216,30 @@ fn run() {
             reg.maps.iter().filter_map(Weak::upgrade).collect()
         };
         note_freed(tick(&maps));
-        // Drop the strong references before sleeping: a map dropped meanwhile is freed by its
-        // owner, not kept alive by this thread.
+        let mut released = false;
         let done: Vec<Weak<dyn Reclaim>> = maps
             .iter()
             .filter(|m| m.unregister())
+            .inspect(|m| released |= m.shrank())
             .map(Arc::downgrade)
             .collect();
-        let quiet = done.len() == maps.len();
-        let shrank = maps.iter().fold(false, |any, m| m.shrank() | any);
         // `malloc_trim` holds each arena's lock while it walks the arena, so a thread that
-        // allocates meanwhile waits for it (0.7 ms at the worst step of a 100,000-key churn).
-        // Memory freed under churn (a promotion retires a table the size of the one that
-        // replaces it) is reused at once: trim after a *release*, once the maps' garbage is
-        // gone and a map has at most half of its peak of live entries since the last trim (a
-        // `clear`, a remove-all), or after a great deal was freed while maps stay busy.
+        // allocates meanwhile waits for it (0.5-0.7 ms at the worst step of a 100,000-key
+        // churn). Memory freed under churn (a promotion retires a table the size of the one
+        // that replaces it) is reused at once: trim only after a *release*, when a map whose
+        // garbage is now all freed has at most half of its peak of live entries since the last
+        // trim (a `clear`, a remove-all).
         // Relaxed: a heuristic amount; the trim itself synchronizes with the frees (locks).
         let since = SINCE_TRIM.load(Relaxed);
-        if (quiet && shrank && since >= TRIM_BYTES) || since >= TRIM_BUSY_BYTES {
+        if released && since >= TRIM_BYTES {
             SINCE_TRIM.store(0, Relaxed);
             return_to_os();
             for m in &maps {
                 m.reset_peak();
             }
         }
+        // Drop the strong references before sleeping: a map dropped meanwhile is freed by its
+        // owner, not kept alive by this thread.
         drop(maps);
         if !done.is_empty() {
             let mut reg = registry();

@@ -8,6 +8,7 @@
 //! exactly once.
 #![cfg(tiermap_loom)]
 
+mod batch;
 mod cas;
 mod clear;
 mod compact;
