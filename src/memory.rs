@@ -16,9 +16,15 @@
 //! **Allocators.** The return to the OS calls glibc's `malloc_trim(0)`, which releases every
 //! free page of every arena (not only the top of the heap, which is all glibc gives back by
 //! itself). With another C library, or on another OS, it does nothing. With jemalloc or
-//! mimalloc as the global allocator it is harmless (it trims glibc's own, nearly empty, heap):
-//! those allocators return freed pages on their own schedule (jemalloc's `dirty_decay_ms`,
-//! 10 s by default; mimalloc purges freed pages after `MIMALLOC_PURGE_DELAY`, 10 ms by default).
+//! mimalloc as the global allocator it is harmless (it trims glibc's own, nearly empty, heap),
+//! and those allocators decide on their own when freed pages go back: jemalloc after its
+//! `dirty_decay_ms` (10 s by default), mimalloc lazily, during later allocator activity.
+//! Measured with mimalloc 0.1 (`cargo run --release --example rss_mimalloc`, 1M `u64 -> u64`,
+//! each case in its own process): neither a std `HashMap`'s drop nor tiermap's
+//! `clear_and_release`, drop or remove-all lowered RSS within 200 ms with no further
+//! allocation (0% returned, as for the `HashMap`); the memory is free inside mimalloc and
+//! reused by the next allocations. A program that wants it back at once calls mimalloc's
+//! `mi_collect(true)` (from `libmimalloc-sys`).
 //!
 //! **Opting out.** A program that must not start threads sets `TIERMAP_BACKGROUND_RECLAIM=0` in
 //! its environment, or calls [`set_background_reclaim`]`(false)` before its first map retires
