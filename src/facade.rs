@@ -1,6 +1,11 @@
 //! The one place where std and loom primitives are switched.
 //!
-//! Every atomic, lock and epoch pin the crate uses comes from here. A normal build uses `std`
+//! Every atomic, lock and epoch pin of the algorithm comes from here. Three kinds of state use
+//! std types on purpose: statistics counters that no decision of the algorithm reads
+//! (`raw::Shared`; as loom atomics they would only multiply the executions loom explores), the
+//! background reclaimer's process-wide state (`raw::background`: statics need `const`
+//! construction, and loom builds never start that thread), and the graveyard's `registered`
+//! flag, which only the reclaimer's protocol uses. A normal build uses `std`
 //! and crossbeam-epoch's global collector; a model-checking build (`--cfg tiermap_loom` with the
 //! `loom` feature and `--cfg crossbeam_loom`) uses loom's types and a per-map
 //! [`crossbeam_epoch::Collector`], so that loom sees every atomic access of the real algorithm,

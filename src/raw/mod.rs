@@ -141,7 +141,9 @@ impl<K, V> Tier<K, V> {
     }
 }
 
-/// Map-lifetime counters, shared with deferred destructors (which may outlive the map).
+/// Map-lifetime counters, shared with deferred destructors (which may outlive the map). Std
+/// atomics, not the facade's: statistics and hints that no decision of the algorithm depends on
+/// (see `facade`).
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) retired_bytes: std::sync::atomic::AtomicUsize,
@@ -464,7 +466,11 @@ impl<K, V> RawMap<K, V> {
         let old = std::mem::replace(&mut st.tier, tier).take();
         // Release: a lookup that loads the pointer sees the tier's slots written so far (and
         // each later slot is published by its own release store in `Table::insert_unique`).
+        #[cfg(not(tiermap_mutation = "relaxed_dirty_view"))]
         self.dirty_view.store(view, Release);
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "relaxed_dirty_view")]
+        self.dirty_view.store(view, Relaxed);
         old
     }
 }
@@ -811,6 +817,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     fn promote(&self, st: &mut Dirty<K, V>, guard: &Guard) {
         let new = st.tier.take();
         assert!(!new.is_null(), "dirty tier to promote");
+        // Deliberately wrong order for the loom models (never built otherwise): a lookup that
+        // sees the null view can re-load the old read tier and report a present key absent.
+        #[cfg(tiermap_mutation = "clear_view_before_swap")]
+        self.dirty_view.store(ptr::null_mut(), Release);
         // `dirty_view` still points at `new`, which stays alive as the read tier; it is cleared
         // after `read` is swapped (the order `lookup` relies on).
         #[cfg(tiermap_mutation = "retire_before_publish")]
@@ -839,6 +849,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let gen = unsafe { &(*new).gen };
         gen.entries.fetch_sub(st.expunged as isize, Relaxed);
         // Release pairs with the acquire in `lookup` (see there).
+        #[cfg(not(tiermap_mutation = "clear_view_before_swap"))]
         self.dirty_view.store(ptr::null_mut(), Release);
         st.cursor = 0;
         self.misses.store(0, Relaxed);
