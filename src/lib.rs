@@ -42,6 +42,9 @@
 //! | —                                    | [`SyncMap::clear_and_release`], [`SyncMap::shrink_to_fit`], [`SyncMap::reclaim`] |
 //! | —                                    | [`SyncMap::len`], [`SyncMap::is_empty`], [`SyncMap::contains_key`], [`SyncMap::retain`], [`SyncMap::stats`] |
 //!
+//! The whole contract, with the tests that check each promise, is in the repository's
+//! `docs/SEMANTICS.md`.
+//!
 //! ## Consistency
 //!
 //! As Go documents for `sync.Map`: a write synchronizes-before any read that observes it. The
@@ -57,6 +60,28 @@
 //! pin: while one is alive, values and tables retired after it was pinned are not freed. Keep
 //! them short-lived in long loops; holding one while calling any method of the same map is
 //! always fine.
+//!
+//! ## Async code
+//!
+//! Epoch guards are not `Send`: a [`Ref`], a [`Pinned`] or an [`Iter`] cannot be held across an
+//! `.await` in a future that must be `Send` (the compiler says so), and holding one across a
+//! long `.await` would delay the freeing of retired memory anyway. Across an `.await`, hold an
+//! owned copy instead ([`SyncMap::get_cloned`], or `get(..).map(|v| v.clone())` ending before the
+//! `.await`), keep values in `Arc`s to make that copy cheap, and share the map itself as
+//! `Arc<SyncMap<..>>` (it is `Send + Sync`). No method blocks for long: every lock is held for a
+//! bounded step and never across user code, so calling the map from async tasks needs no
+//! `spawn_blocking`, except for O(n) calls on big maps (`clear_and_release`, `shrink_to_fit`,
+//! `retain`, iteration).
+//!
+//! ```
+//! use std::sync::Arc;
+//! let cache: Arc<tiermap::SyncMap<String, Arc<str>>> = Arc::default();
+//! cache.insert("k".into(), Arc::from("v"));
+//! // In an async fn: take an owned value before awaiting.
+//! let v: Option<Arc<str>> = cache.get_cloned("k");
+//! // some_io(v).await;
+//! assert_eq!(v.as_deref(), Some("v"));
+//! ```
 //!
 //! ## Memory
 //!

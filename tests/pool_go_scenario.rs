@@ -1,4 +1,4 @@
-//! The Go `sync.Pool` scenario (SEMANTICS.md section 3, point 7), measured with
+//! The Go `sync.Pool` scenario (`docs/SEMANTICS.md`, section 4), measured with
 //! a counting global allocator: one request in a thousand builds a huge map;
 //! a pool without a ceiling would keep it forever and hand it to small
 //! requests. `MapPool` must keep its retained heap under

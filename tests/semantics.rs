@@ -1,4 +1,4 @@
-//! Unit tests of every operation and of the Go edge cases in SEMANTICS.md.
+//! Unit tests of every operation and of the Go edge cases in `docs/SEMANTICS.md`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
