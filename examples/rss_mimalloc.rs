@@ -59,7 +59,10 @@ fn main() {
         println!("|---|---:|---:|---:|---:|");
         let me = std::env::current_exe().expect("own path");
         for p in ["hashmap", "clear_and_release", "drop", "remove_all"] {
-            let out = std::process::Command::new(&me).arg(p).output().expect("phase runs");
+            let out = std::process::Command::new(&me)
+                .arg(p)
+                .output()
+                .expect("phase runs");
             print!("{}", String::from_utf8_lossy(&out.stdout));
         }
         return;

@@ -159,10 +159,8 @@ mod stats;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use alarm::{
-    PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy, RetentionAlarm, RetentionAlert,
-    RetentionCondition, RetentionPolicy,
-};
+pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
 pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
+pub use pool::alarm::{PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy};
 pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
 pub use stats::{MapStats, Released};

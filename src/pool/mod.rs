@@ -130,7 +130,10 @@
 //! operations apart from each other while they run.
 #![forbid(unsafe_code)]
 
+pub(crate) mod alarm;
 mod guard;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod recycle;
 mod shard;
 mod stats;
@@ -193,8 +196,8 @@ pub struct MapPool<T: Recycle> {
     initial_capacity: usize,
     ceiling: Option<Ceiling>,
     max_idle: usize,
-    /// The retention alarm and metrics publisher (`crate::alarm`), checked after returns.
-    pub(crate) hook: crate::alarm::PoolHooks,
+    /// The retention alarm and metrics publisher (`alarm`), checked after returns.
+    pub(crate) hook: alarm::PoolHooks,
 }
 
 /// The capacity ceiling as configured, and as `T` rounds it.

@@ -81,13 +81,13 @@ fn sample_absent_miss(hash: u64) -> bool {
     // few keys, of the std hasher).
     #[cfg(tiermap_loom)]
     {
-        hash >> 60 == 0
+        (hash >> 60) % ABSENT_MISS_SAMPLE == 0
     }
 }
 
 /// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
 /// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
-/// and judge snapshots in the order they were taken (see `alarm::AlarmState::check`).
+/// and judge snapshots in the order they were taken (see `alarm::map::AlarmState::check`).
 pub(crate) struct Observer(pub(crate) Box<dyn Fn(&Snapshot<'_>) + Send + Sync>);
 
 /// Takes a statistics snapshot of the map (what an [`Observer`] is handed).
