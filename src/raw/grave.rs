@@ -223,10 +223,19 @@ impl<K, V> Graveyard<K, V> {
     /// The item is unreachable for guards pinned from now on (unlinked), is handed over once,
     /// and owns what it frees (I3 for tiers).
     pub(crate) unsafe fn retire(&self, item: Item<K, V>) {
-        // Relaxed: a statistic.
-        self.shared.retired_bytes.fetch_add(item.bytes(), Relaxed);
         let mut yard = lock(&self.yard);
         debug_assert!(yard.open, "retiring into a dropped map's graveyard");
+        // SAFETY: per the caller.
+        unsafe { self.queue(&mut yard, item) };
+    }
+
+    /// [`Graveyard::retire`] with the yard's lock held.
+    ///
+    /// # Safety
+    /// As for [`Graveyard::retire`].
+    unsafe fn queue(&self, yard: &mut Yard<K, V>, item: Item<K, V>) {
+        // Relaxed: a statistic.
+        self.shared.retired_bytes.fetch_add(item.bytes(), Relaxed);
         // Seeded bug for the loom models: skip the grace period, so that the next slow operation
         // frees an item that a reader pinned before the retirement may still be using.
         if cfg!(tiermap_mutation = "bury_without_grace") {
@@ -336,17 +345,19 @@ impl<K, V> Graveyard<K, V> {
     /// Seals the open value batch if it holds any value (so that removed values do not wait
     /// for later removals) and queues it.
     pub(crate) fn seal_values(&self, _guard: &Guard) {
-        let yard = lock(&self.yard);
+        // The lock is held until the sealed batch is queued: a `close` (the map's drop, on
+        // another thread than the background reclaimer calling this) must find it in the yard,
+        // not in this thread's hands.
+        let mut yard = lock(&self.yard);
         if !yard.open {
             return;
         }
         // SAFETY: pinned (`_guard`); the yard's lock keeps `close` from freeing the batch
         // meanwhile.
-        let sealed = unsafe { self.values.seal_partial() };
-        drop(yard);
-        if let Some(sealed) = sealed {
-            // SAFETY: as in `retire_value`.
-            unsafe { self.retire(Item::Values(sealed)) };
+        if let Some(sealed) = unsafe { self.values.seal_partial() } {
+            // SAFETY: as in `retire_value`: the sealed batch is unreachable from the open slot
+            // and handed over once.
+            unsafe { self.queue(&mut yard, Item::Values(sealed)) };
         }
     }
 
