@@ -222,7 +222,11 @@ impl<K, V> Table<K, V> {
                 slot.hash.store(hash, Relaxed);
                 // Release publishes the hash and the entry to lock-free readers (see the
                 // module docs).
+                #[cfg(not(tiermap_mutation = "relaxed_slot_publish"))]
                 slot.entry.store(entry, Release);
+                // Deliberately too weak for the loom models; never built otherwise.
+                #[cfg(tiermap_mutation = "relaxed_slot_publish")]
+                slot.entry.store(entry, Relaxed);
                 self.used[i >> self.chunk_shift].fetch_add(1, Relaxed);
                 self.len.fetch_add(1, Relaxed);
                 return;
