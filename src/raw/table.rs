@@ -339,15 +339,35 @@ impl<K, V> Table<K, V> {
             chunk_end.min(from.saturating_add(max))
         };
         if !empty {
-            for i in from..to {
-                // SAFETY: `chunk` is live (dir invariant), the offset is below `len`, and
-                // `&mut self` means no other thread looks at it.
-                let slot = unsafe { &*chunk.add(i & (len - 1)) };
-                let e = slot.entry.load(Relaxed);
-                slot.entry.store(ptr::null_mut(), Relaxed);
-                if !e.is_null() {
-                    f(i, untag(e), e.addr() & OWNED != 0);
+            // In groups: take the group's entries out of their slots and prefetch them, then
+            // hand them out. Entries sit in the heap in insertion order and slots in hash order,
+            // so each one is a cache miss (its header is read by `free`); prefetching a group
+            // overlaps those misses (`drop` of 1M entries: 140-170 ms -> 118-125 ms,
+            // BENCHMARKS.md section 4b).
+            const GROUP: usize = 16;
+            let mut i = from;
+            while i < to {
+                let end = to.min(i + GROUP);
+                for j in i..end {
+                    // SAFETY: `chunk` is live (dir invariant), the offset is below `len`, and
+                    // `&mut self` means no other thread looks at it.
+                    let e = unsafe { &*chunk.add(j & (len - 1)) }.entry.load(Relaxed);
+                    if !e.is_null() {
+                        prefetch(untag(e));
+                    }
                 }
+                for j in i..end {
+                    // SAFETY: as above.
+                    let slot = unsafe { &*chunk.add(j & (len - 1)) };
+                    let e = slot.entry.load(Relaxed);
+                    if !e.is_null() {
+                        // Cleared before `f` runs: a panicking `f` never sees this entry again,
+                        // and the entries after it stay in their slots for the retry.
+                        slot.entry.store(ptr::null_mut(), Relaxed);
+                        f(j, untag(e), e.addr() & OWNED != 0);
+                    }
+                }
+                i = end;
             }
         }
         if to == chunk_end {
@@ -409,4 +429,25 @@ fn alloc_chunk<K, V>(len: usize) -> *mut Slot<K, V> {
 unsafe fn free_chunk<K, V>(chunk: *mut Slot<K, V>, len: usize) {
     // SAFETY: rebuilds the boxed slice that `alloc_chunk` leaked, with the same length.
     drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(chunk, len)) });
+}
+
+/// Hints the CPU to fetch the cache lines of `e` and of its allocation header (which `free`
+/// reads), without waiting. A no-op where unsupported (and under Miri).
+#[inline(always)]
+fn prefetch<T>(e: *const T) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = e.cast::<i8>();
+        // SAFETY: prefetching never faults, whatever the address (it is only a hint); SSE is
+        // part of the x86_64 baseline.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_sub(16));
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    {
+        let _ = e;
+    }
 }
