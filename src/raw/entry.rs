@@ -25,7 +25,7 @@
 use std::alloc::{self, Layout};
 use std::ptr;
 
-use crate::facade::AtomicPtr;
+use crate::facade::{AtomicPtr, Witness};
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
 /// The address used as the `expunged` marker. It is never dereferenced; a static's address is
@@ -54,6 +54,9 @@ pub(crate) struct Entry<K, V> {
     // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
     // that no other entry holds.
     value: AtomicPtr<V>,
+    /// Loom builds: lets the models see a read of the key or of the inline value through a
+    /// slot published without release (see `facade::Witness`).
+    witness: Witness,
 }
 
 /// Whether values of type `V` are stored inline in their entry (see the module docs).
@@ -97,6 +100,7 @@ impl<K, V> Entry<K, V> {
             e.write(Entry {
                 key,
                 value: AtomicPtr::new(v),
+                witness: Witness::new(),
             })
         };
         e
@@ -124,9 +128,19 @@ impl<K, V> Entry<K, V> {
             let value = (*e).take_exclusive().map(|p| (*e).take_value(p));
             let key = ptr::read(&(*e).key);
             ptr::drop_in_place(ptr::addr_of_mut!((*e).value));
+            ptr::drop_in_place(ptr::addr_of_mut!((*e).witness));
             alloc::dealloc(e.cast(), entry_layout::<K, V>().0);
             (key, value)
         }
+    }
+
+    /// Loom builds: checks that this entry's creation (its key, its inline value) happens-before
+    /// the caller's access; a no-op otherwise. Called by every lock-free path that reaches an
+    /// entry through a table slot, before it reads the key.
+    #[inline(always)]
+    pub(crate) fn witness(&self) -> &Self {
+        self.witness.check();
+        self
     }
 
     /// Whether `p` is this entry's inline value slot. Compares addresses only.
@@ -200,7 +214,13 @@ impl<K, V> Entry<K, V> {
             if cur == expunged() {
                 return Err(());
             }
-            match self.value.compare_exchange_weak(cur, new, AcqRel, Acquire) {
+            #[cfg(not(tiermap_mutation = "relaxed_value_store"))]
+            let success = AcqRel;
+            // Deliberately too weak for the loom models (`new` unpublished); never built
+            // otherwise.
+            #[cfg(tiermap_mutation = "relaxed_value_store")]
+            let success = Acquire;
+            match self.value.compare_exchange_weak(cur, new, success, Acquire) {
                 Ok(old) => return Ok(if old.is_null() { None } else { Some(old) }),
                 Err(actual) => cur = actual,
             }
@@ -211,9 +231,14 @@ impl<K, V> Entry<K, V> {
     /// live value or the expunged state otherwise.
     #[inline]
     pub(crate) fn try_revive(&self, new: *mut V) -> Result<(), State<V>> {
+        #[cfg(not(tiermap_mutation = "relaxed_revive"))]
+        let success = AcqRel;
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "relaxed_revive")]
+        let success = Acquire;
         match self
             .value
-            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
+            .compare_exchange(ptr::null_mut(), new, success, Acquire)
         {
             Ok(_) => Ok(()),
             Err(actual) => Err(Self::decode(actual)),
@@ -226,7 +251,12 @@ impl<K, V> Entry<K, V> {
     /// Orderings as in [`Entry::try_store`].
     #[inline]
     pub(crate) fn replace_exact(&self, current: *mut V, new: *mut V) -> Result<(), State<V>> {
-        match self.value.compare_exchange(current, new, AcqRel, Acquire) {
+        #[cfg(not(tiermap_mutation = "relaxed_cas_publish"))]
+        let success = AcqRel;
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "relaxed_cas_publish")]
+        let success = Acquire;
+        match self.value.compare_exchange(current, new, success, Acquire) {
             Ok(_) => Ok(()),
             Err(actual) => Err(Self::decode(actual)),
         }

@@ -331,7 +331,17 @@ impl<K, V> Graveyard<K, V> {
         }
         let mut moved = 0;
         while let Some(&(s, _)) = yard.pending.front() {
-            if s == 0 || s > stamp {
+            // Items deferred later (`s > stamp`) and items not deferred yet (`s == 0`) were
+            // retired after this deferral was made: a guard pinned since may still use them.
+            #[cfg(not(tiermap_mutation = "expire_all"))]
+            let later = s == 0 || s > stamp;
+            // Seeded bug (never built otherwise): one grace period frees everything pending.
+            #[cfg(tiermap_mutation = "expire_all")]
+            let later = {
+                let _ = (s, stamp);
+                false
+            };
+            if later {
                 break;
             }
             let (_, item) = yard.pending.pop_front().expect("front exists");
@@ -751,6 +761,53 @@ mod tests {
         let retired = map.stats().retired_bytes;
         assert!(retired < SMALL_SLOTS * 16, "{retired} bytes still retired");
         assert_eq!(map.len(), steps as usize);
+    }
+
+    /// A deferral's grace period covers what was retired before it, nothing after: when the
+    /// first deferral expires, the tiers retired and deferred later stay pending (a guard
+    /// pinned between the two deferrals may still read them). Deterministic: the test runs the first deferral's expiry itself while its own pin
+    /// keeps the epoch from running either closure. Catches the seeded mutation `expire_all`
+    /// (`RUSTFLAGS='--cfg tiermap_mutation="expire_all"' cargo test --lib
+    /// expiry_frees_only_what_was_retired_before_the_deferral`), which loom's eager
+    /// per-pin collection cannot schedule (see loom-tests/README.md).
+    #[test]
+    fn expiry_frees_only_what_was_retired_before_the_deferral() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        const N: u64 = 64;
+        let map = filled(N, &DROPS, None);
+        let grave = &map.raw().grave;
+        // Pinned first: no deferral made from now on can expire by itself in this test.
+        let pin = map.pin();
+        let first = super::lock(&grave.yard).next_stamp;
+        map.clear(); // the first generation's tiers, deferred with stamp `first`
+        for i in 0..N {
+            map.insert(i, counted(&DROPS));
+        }
+        map.clear(); // the second generation's tiers, deferred with stamp `first + 1`
+        {
+            let yard = super::lock(&grave.yard);
+            assert_eq!(yard.pending.front().map(|p| p.0), Some(first));
+            assert!(
+                yard.pending.iter().any(|p| p.0 > first),
+                "setup: the second clear deferred nothing"
+            );
+        }
+        grave.expire(first);
+        let yard = super::lock(&grave.yard);
+        assert!(
+            yard.pending.iter().all(|p| p.0 != first) && yard.pending.len() >= 2,
+            "the first deferral's expiry moved items retired after it: {} still pending",
+            yard.pending.len()
+        );
+        drop(yard);
+        drop(pin);
+    }
+
+    fn counted(drops: &'static AtomicUsize) -> Counted {
+        Counted {
+            drops,
+            panic: false,
+        }
     }
 
     #[test]

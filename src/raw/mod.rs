@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use crate::facade::{
     lock, try_lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
-    MutexGuard, Reclaimer,
+    MutexGuard, Reclaimer, Witness,
 };
 use crate::map::GetOrInsert;
 use crate::stats::MapStats;
@@ -129,6 +129,9 @@ pub(crate) struct Tier<K, V> {
     /// that this one lacks. Readers that miss check it before taking the lock.
     pub(crate) amended: AtomicBool,
     pub(crate) gen: Arc<Gen>,
+    /// Loom builds: lets the models see a read of the table's plain fields through a tier
+    /// pointer published without release (see `facade::Witness`).
+    witness: Witness,
 }
 
 impl<K, V> Tier<K, V> {
@@ -137,7 +140,16 @@ impl<K, V> Tier<K, V> {
             table: Table::new(slots),
             amended: AtomicBool::new(false),
             gen,
+            witness: Witness::new(),
         })
+    }
+
+    /// Loom builds: checks that this tier's creation happens-before the caller's access (a
+    /// no-op otherwise). Every path that reaches a tier through `read` or `dirty_view` calls it.
+    #[inline(always)]
+    fn witness(&self) -> &Self {
+        self.witness.check();
+        self
     }
 }
 
@@ -346,7 +358,7 @@ impl<K, V> RawMap<K, V> {
         // SAFETY: I1: the pointer is always a live tier; a tier replaced after this load is
         // retired through the epoch, and `_guard` was pinned before the load, so it stays alive
         // for `'g`.
-        unsafe { &*self.read.load(Acquire) }
+        unsafe { &*self.read.load(Acquire) }.witness()
     }
     /// Whether an iterator over a tier of generation `id` is still current.
     #[inline]
@@ -466,10 +478,16 @@ impl<K, V> RawMap<K, V> {
         let old = std::mem::replace(&mut st.tier, tier).take();
         // Release: a lookup that loads the pointer sees the tier's slots written so far (and
         // each later slot is published by its own release store in `Table::insert_unique`).
-        #[cfg(not(tiermap_mutation = "relaxed_dirty_view"))]
+        #[cfg(not(any(
+            tiermap_mutation = "relaxed_dirty_view",
+            tiermap_mutation = "relaxed_dirty_publish"
+        )))]
         self.dirty_view.store(view, Release);
         // Deliberately too weak for the loom models; never built otherwise.
-        #[cfg(tiermap_mutation = "relaxed_dirty_view")]
+        #[cfg(any(
+            tiermap_mutation = "relaxed_dirty_view",
+            tiermap_mutation = "relaxed_dirty_publish"
+        ))]
         self.dirty_view.store(view, Relaxed);
         old
     }
@@ -560,7 +578,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 return None;
             }
             // SAFETY: see above; `guard` was pinned before the load.
-            let dirty = unsafe { &*d };
+            let dirty = unsafe { &*d }.witness();
             let found = dirty.table.find(hash, |k| k.borrow() == key);
             // Go's promotion clock counts every lookup that missed the read tier. Here a miss
             // that found the key in the dirty tier always counts (promoting makes that key's
@@ -755,7 +773,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         d.gen.entries.fetch_add(1, Relaxed);
         // Release pairs with the acquire in `lookup`: a reader that sees `amended` finds the
         // key's slot in the dirty table (published by `insert_unique` before this store).
+        #[cfg(not(tiermap_mutation = "relaxed_dirty_publish"))]
         read.amended.store(true, Release);
+        // Deliberately too weak for the loom models (with `dirty_view` relaxed too); never
+        // built otherwise.
+        #[cfg(tiermap_mutation = "relaxed_dirty_publish")]
+        read.amended.store(true, Relaxed);
         v
     }
 
@@ -836,7 +859,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             // AcqRel: release publishes the new tier's slots to readers; acquire is for the
             // old pointer we free later (written by an earlier lock holder, also ordered by the
             // mutex).
-            self.read.swap(new, AcqRel)
+            #[cfg(not(tiermap_mutation = "relaxed_promote_publish"))]
+            let publish = AcqRel;
+            // Deliberately too weak for the loom models; never built otherwise.
+            #[cfg(tiermap_mutation = "relaxed_promote_publish")]
+            let publish = Acquire;
+            self.read.swap(new, publish)
         };
         // SAFETY: `old` is unpublished now; I4 with `cursor == capacity` means it owns exactly
         // its tagged entries (I3), `st.expunged` of them.
@@ -1178,7 +1206,11 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let id = self.generation.load(Relaxed) + 1;
         let fresh = Tier::boxed(0, Gen::new(id));
         // AcqRel: as in `promote`.
+        #[cfg(not(tiermap_mutation = "relaxed_clear_publish"))]
         let old = self.read.swap(Box::into_raw(fresh), AcqRel);
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "relaxed_clear_publish")]
+        let old = self.read.swap(Box::into_raw(fresh), Acquire);
         // Release pairs with the acquire in `generation_is`.
         self.generation.store(id, Release);
         let dirty = self.set_dirty(&mut st, None);

@@ -203,7 +203,7 @@ impl<K, V> Table<K, V> {
             if slot.hash.load(Relaxed) == hash {
                 // SAFETY: entries reachable from a table that the caller may read (published
                 // and protected by the caller's guard, or dirty under the lock) are alive.
-                let entry = unsafe { &*untag(e) };
+                let entry = unsafe { &*untag(e) }.witness();
                 if eq(&entry.key) {
                     return Some((entry, i));
                 }
@@ -388,7 +388,7 @@ impl<K, V> Table<K, V> {
             None
         } else {
             // SAFETY: as in `find`.
-            Some(unsafe { &*untag(e) })
+            Some(unsafe { &*untag(e) }.witness())
         }
     }
 

@@ -19,6 +19,7 @@ mod insert_promotion;
 mod iter;
 mod iter_clear;
 mod pool;
+mod publication;
 mod read_promotion;
 mod remove_insert;
 
