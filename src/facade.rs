@@ -82,6 +82,17 @@ impl Reclaimer {
         }
     }
 
+    /// Loom builds: a reclaimer of another map that uses this one's collector, as every map
+    /// shares crossbeam's global collector in normal builds (the loom model of a map dropped
+    /// while another map's operations run its deferred closures).
+    #[cfg(tiermap_loom)]
+    pub(crate) fn share(&self) -> Reclaimer {
+        Reclaimer {
+            collector: self.collector.clone(),
+            idle_rounds: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
     /// Pins the current thread.
     #[inline]
     pub(crate) fn pin(&self) -> Guard {

@@ -160,7 +160,9 @@ mod stats;
 struct ReadmeDoctests;
 
 pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
-pub use map::{CompareExchangeError, GetOrInsert, IntoIter, Iter, Pinned, Ref, SyncMap};
+pub use map::{
+    CompareExchangeError, Computed, GetOrInsert, IntoIter, Iter, Op, Pinned, Ref, SyncMap,
+};
 pub use pool::alarm::{PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy};
 pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
 pub use stats::{MapStats, Released};

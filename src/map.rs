@@ -169,6 +169,181 @@ impl<R> GetOrInsert<R> {
     }
 }
 
+/// What the closure of [`SyncMap::compute`] decides to do with the key.
+///
+/// ```
+/// use tiermap::{Computed, Op, SyncMap};
+///
+/// let stock: SyncMap<&str, u32> = SyncMap::new();
+/// stock.insert("apples", 1);
+/// // Take one apple; remove the key when the last one goes.
+/// let take = |n: Option<&u32>| match n {
+///     Some(1) => Op::Remove,
+///     Some(n) => Op::Insert(n - 1),
+///     None => Op::Keep,
+/// };
+/// assert_eq!(stock.compute("apples", take).map(|v| *v), Computed::Removed(1));
+/// assert_eq!(stock.compute("apples", take).map(|v| *v), Computed::Absent);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op<V> {
+    /// Leave the key as it is: present with its value, or absent.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 'a');
+    /// let r = map.compute(1, |_| tiermap::Op::Keep);
+    /// assert_eq!(r.map(|v| *v), tiermap::Computed::Unchanged('a'));
+    /// ```
+    Keep,
+    /// Store this value: replace the present one, or insert the key if it is absent.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let r = map.compute(1, |_| tiermap::Op::Insert('a'));
+    /// assert_eq!(r.map(|v| *v), tiermap::Computed::Inserted('a'));
+    /// ```
+    Insert(V),
+    /// Remove the key (nothing happens if it is absent).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 'a');
+    /// let r = map.compute(1, |_| tiermap::Op::Remove);
+    /// assert_eq!(r.map(|v| *v), tiermap::Computed::Removed('a'));
+    /// ```
+    Remove,
+}
+
+/// What [`SyncMap::compute`] did: the outcome of the [`Op`] its closure returned on its last
+/// call, with the values involved.
+///
+/// `R` is a [`Ref`] from [`SyncMap::compute`] and a `&V` from [`Pinned::compute`].
+///
+/// ```
+/// use tiermap::{Computed, Op, SyncMap};
+///
+/// let map: SyncMap<u32, String> = SyncMap::new();
+/// let append = |s: Option<&String>| match s {
+///     Some(s) => Op::Insert(format!("{s}!")),
+///     None => Op::Insert(String::from("hi")),
+/// };
+/// assert!(matches!(map.compute(1, append), Computed::Inserted(v) if *v == "hi"));
+/// match map.compute(1, append) {
+///     Computed::Updated { old, new } => assert_eq!((old.as_str(), new.as_str()), ("hi", "hi!")),
+///     other => unreachable!("{other:?}"),
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Computed<R> {
+    /// The key was absent and the closure returned [`Op::Insert`]: this value was inserted.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let r = map.compute(1, |_| tiermap::Op::Insert(10));
+    /// assert!(matches!(r, tiermap::Computed::Inserted(v) if *v == 10));
+    /// ```
+    Inserted(R),
+    /// The key was present and the closure returned [`Op::Insert`]: `old` was replaced by
+    /// `new`.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 10);
+    /// let r = map.compute(1, |v| tiermap::Op::Insert(v.unwrap() + 1));
+    /// assert!(matches!(r, tiermap::Computed::Updated { old, new } if *old == 10 && *new == 11));
+    /// ```
+    Updated {
+        /// The value replaced.
+        old: R,
+        /// The value stored.
+        new: R,
+    },
+    /// The key was present and the closure returned [`Op::Remove`]: this value was removed.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 10);
+    /// let r = map.compute(1, |_| tiermap::Op::Remove);
+    /// assert!(matches!(r, tiermap::Computed::Removed(v) if *v == 10));
+    /// assert!(map.is_empty());
+    /// ```
+    Removed(R),
+    /// The key was present and the closure returned [`Op::Keep`]: this is its value.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 10);
+    /// let r = map.compute(1, |_| tiermap::Op::Keep);
+    /// assert!(matches!(r, tiermap::Computed::Unchanged(v) if *v == 10));
+    /// ```
+    Unchanged(R),
+    /// The key was absent and the closure returned [`Op::Keep`] or [`Op::Remove`]: the map was
+    /// not changed.
+    ///
+    /// ```
+    /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::new();
+    /// let r = map.compute(1, |_| tiermap::Op::Remove);
+    /// assert!(matches!(r, tiermap::Computed::Absent));
+    /// ```
+    Absent,
+}
+
+impl<R> Computed<R> {
+    /// The value the key holds once the operation is done (`Inserted`, `Updated`'s `new`,
+    /// `Unchanged`), or `None` if it is absent (`Removed`, `Absent`).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let r = map.compute(1, |_| tiermap::Op::Insert(5));
+    /// assert_eq!(r.into_value().as_deref(), Some(&5));
+    /// assert!(map.compute(1, |_| tiermap::Op::Remove).into_value().is_none());
+    /// ```
+    pub fn into_value(self) -> Option<R> {
+        match self {
+            Computed::Inserted(r) | Computed::Updated { new: r, .. } | Computed::Unchanged(r) => {
+                Some(r)
+            }
+            Computed::Removed(_) | Computed::Absent => None,
+        }
+    }
+
+    /// Whether the map was changed (`Inserted`, `Updated` or `Removed`).
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// assert!(map.compute(1, |_| tiermap::Op::Insert(5)).is_changed());
+    /// assert!(!map.compute(1, |_| tiermap::Op::Keep).is_changed());
+    /// ```
+    pub fn is_changed(&self) -> bool {
+        matches!(
+            self,
+            Computed::Inserted(_) | Computed::Updated { .. } | Computed::Removed(_)
+        )
+    }
+
+    /// Maps the values, keeping the variant.
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// map.insert(1, 5);
+    /// let r = map.compute(1, |v| tiermap::Op::Insert(v.unwrap() * 2)).map(|v| *v);
+    /// assert_eq!(r, tiermap::Computed::Updated { old: 5, new: 10 });
+    /// ```
+    pub fn map<U>(self, mut f: impl FnMut(R) -> U) -> Computed<U> {
+        match self {
+            Computed::Inserted(r) => Computed::Inserted(f(r)),
+            Computed::Updated { old, new } => Computed::Updated {
+                old: f(old),
+                new: f(new),
+            },
+            Computed::Removed(r) => Computed::Removed(f(r)),
+            Computed::Unchanged(r) => Computed::Unchanged(f(r)),
+            Computed::Absent => Computed::Absent,
+        }
+    }
+}
+
 /// Why [`SyncMap::compare_exchange`] did not swap: the current value (`None` if the key is
 /// absent) and the value that was offered, handed back.
 ///
@@ -470,6 +645,34 @@ where
         Some(unsafe { Ref::new(value, guard) })
     }
 
+    /// Runs `f` under fresh pins and keeps them in the returned [`Ref`]s.
+    ///
+    /// Two guards, both pinned before `f` loads anything, so that each alone protects every
+    /// value `f` returns: `Updated` hands out two `Ref`s, dropped in any order. (With
+    /// crossbeam's global collector the second pin only bumps the thread's guard count.)
+    fn with_computed<'m>(
+        &'m self,
+        f: impl for<'g> FnOnce(&'g Guard) -> Computed<&'g V>,
+    ) -> Computed<Ref<'m, V>> {
+        let guard = self.raw.reclaimer.pin();
+        let spare = self.raw.reclaimer.pin();
+        let done = f(&guard).map(|v| v as *const V);
+        // SAFETY: every pointer in `done` was loaded from this map while `guard` and `spare`
+        // were both pinned; each `Ref` keeps one of them.
+        unsafe {
+            match done {
+                Computed::Inserted(v) => Computed::Inserted(Ref::new(v, guard)),
+                Computed::Updated { old, new } => Computed::Updated {
+                    old: Ref::new(old, spare),
+                    new: Ref::new(new, guard),
+                },
+                Computed::Removed(v) => Computed::Removed(Ref::new(v, guard)),
+                Computed::Unchanged(v) => Computed::Unchanged(Ref::new(v, guard)),
+                Computed::Absent => Computed::Absent,
+            }
+        }
+    }
+
     /// The value for `key` (Go's `Load`), as a lock-free [`Ref`].
     ///
     /// ```
@@ -665,6 +868,122 @@ where
         }
     }
 
+    /// Replaces the value of `key` by `f(current)`, atomically, and returns the new value; `None`
+    /// if the key is absent (then `f` is not called and nothing is inserted).
+    ///
+    /// The new value is stored with a compare-and-swap that succeeds only if the key still holds
+    /// the value `f` saw, so no concurrent write is lost: if another thread changed the value in
+    /// between, `f` runs again on the new one. **`f` may therefore run more than once** (keep it
+    /// free of side effects you count on), and its results that were not stored are dropped.
+    /// `f` runs outside every lock (it may use the map), and updating a present key takes no
+    /// lock. If `f` panics, the map is unchanged. Go's `sync.Map` has no equivalent (it needs a
+    /// `CompareAndSwap` loop).
+    ///
+    /// ```
+    /// let hits = tiermap::SyncMap::new();
+    /// assert!(hits.update("/", |n| n + 1).is_none()); // absent: nothing inserted
+    /// hits.insert("/", 0);
+    /// assert_eq!(*hits.update("/", |n| n + 1).unwrap(), 1);
+    /// assert_eq!(hits.get_cloned("/"), Some(1));
+    /// ```
+    pub fn update<Q>(&self, key: &Q, f: impl FnMut(&V) -> V) -> Option<Ref<'_, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.with_ref(|g| self.raw.update(hash, key, f, g))
+    }
+
+    /// Replaces the value of `key` by `f(current)` if the key is present, else inserts
+    /// `default`; returns the value stored. The counter idiom:
+    /// `map.update_or_insert(key, |n| n + 1, 1)`.
+    ///
+    /// Atomic as [`SyncMap::update`] (and `f` may likewise run more than once): no concurrent
+    /// update or insert is lost. If the key is inserted by another thread between the moment
+    /// it was seen absent and the insert, `f` is applied to that thread's value instead, and
+    /// `default` is dropped. A new key goes to the dirty tier as with
+    /// [`SyncMap::get_or_insert`]. `f` runs outside every lock; if it panics, the map is
+    /// unchanged.
+    ///
+    /// ```
+    /// let words = tiermap::SyncMap::new();
+    /// for w in "the cat and the hat".split(' ') {
+    ///     words.update_or_insert(w, |n| n + 1, 1);
+    /// }
+    /// assert_eq!(words.get_cloned("the"), Some(2));
+    /// assert_eq!(*words.update_or_insert("cat", |n| n + 1, 1), 2);
+    /// ```
+    pub fn update_or_insert(&self, key: K, f: impl FnMut(&V) -> V, default: V) -> Ref<'_, V> {
+        self.update_or_insert_with(key, f, || default)
+    }
+
+    /// Replaces the value of `key` by `f(current)` if the key is present, else inserts
+    /// `make()`; returns the value stored.
+    ///
+    /// As [`SyncMap::update_or_insert`]; `make` runs at most once, only after the key was seen
+    /// absent, and outside every lock. If the key turns out present after all, `make`'s value
+    /// is kept for as long as the operation runs (the key may turn absent again) and then
+    /// dropped.
+    ///
+    /// ```
+    /// let lists: tiermap::SyncMap<u32, Vec<u32>> = tiermap::SyncMap::new();
+    /// let push = |v: &Vec<u32>| {
+    ///     let mut v = v.clone();
+    ///     v.push(2);
+    ///     v
+    /// };
+    /// lists.update_or_insert_with(1, push, || vec![1]);
+    /// lists.update_or_insert_with(1, push, || vec![1]);
+    /// assert_eq!(lists.get_cloned(&1), Some(vec![1, 2]));
+    /// ```
+    pub fn update_or_insert_with(
+        &self,
+        key: K,
+        f: impl FnMut(&V) -> V,
+        make: impl FnOnce() -> V,
+    ) -> Ref<'_, V> {
+        let hash = self.hash(&key);
+        self.with_ref(|g| Some(self.raw.update_or_insert_with(hash, key, f, make, g)))
+            .expect("update_or_insert_with stores a value")
+    }
+
+    /// Reads, decides and writes in one atomic step: `f` sees the current value (`None` if the
+    /// key is absent) and returns an [`Op`]: keep the key as it is, store a value (replacing
+    /// the present one, or inserting the key), or remove the key. Returns what was done, with
+    /// the values involved ([`Computed`]).
+    ///
+    /// The operation is applied only if the key still holds what `f` saw (the same value, or
+    /// still absent); otherwise `f` runs again on what it holds now. **`f` may therefore run
+    /// more than once**, and the result reflects its last call; values of earlier calls that
+    /// were not stored are dropped. `f` runs outside every lock (it may use the map);
+    /// replacing a present key or keeping anything takes no lock, removing works as
+    /// [`SyncMap::remove`] does, and a new key goes to the dirty tier as with
+    /// [`SyncMap::insert`]. If `f` panics, the map is unchanged.
+    /// Go's `sync.Map` has no equivalent (it needs a `Load` + `CompareAndSwap` /
+    /// `LoadOrStore` / `CompareAndDelete` loop).
+    ///
+    /// ```
+    /// use tiermap::{Computed, Op, SyncMap};
+    ///
+    /// // A reference count: the key is removed when it drops to zero.
+    /// let refs: SyncMap<&str, u32> = SyncMap::new();
+    /// let acquire = |n: Option<&u32>| Op::Insert(n.map_or(1, |n| n + 1));
+    /// let release = |n: Option<&u32>| match n {
+    ///     Some(1) | None => Op::Remove,
+    ///     Some(n) => Op::Insert(n - 1),
+    /// };
+    /// refs.compute("conn", acquire);
+    /// refs.compute("conn", acquire);
+    /// assert!(matches!(refs.compute("conn", release), Computed::Updated { new, .. } if *new == 1));
+    /// assert!(matches!(refs.compute("conn", release), Computed::Removed(_)));
+    /// assert!(refs.is_empty());
+    /// ```
+    pub fn compute(&self, key: K, mut f: impl FnMut(Option<&V>) -> Op<V>) -> Computed<Ref<'_, V>> {
+        let hash = self.hash(&key);
+        self.with_computed(|g| self.raw.compute(hash, key, |cur, _| f(cur), g))
+    }
+
     /// Calls `f` on every present key and value (Go's `Range` without early exit).
     ///
     /// `f` may call any method of the map, including `insert`, `remove`, `clear` and nested
@@ -828,6 +1147,22 @@ impl<K, V, S> SyncMap<K, V, S> {
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
         self.raw.reset_exclusive(slots);
     }
+
+    /// Loom builds only (`--cfg tiermap_loom`): makes this map, which must not have been used
+    /// yet, share `other`'s epoch collector, as all maps share crossbeam's global collector in
+    /// normal builds. Lets a model run one map's deferred closures from another map's
+    /// operations, after the first map is dropped.
+    ///
+    /// ```text
+    /// // loom-tests/tests/models/drop_burial.rs
+    /// let mut b = new_map();
+    /// b.loom_share_collector(&a);
+    /// ```
+    #[cfg(tiermap_loom)]
+    #[doc(hidden)]
+    pub fn loom_share_collector<K2, V2, S2>(&mut self, other: &SyncMap<K2, V2, S2>) {
+        self.raw.share_collector(&other.raw);
+    }
 }
 
 impl<K, V> Default for SyncMap<K, V, RandomState> {
@@ -954,7 +1289,7 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for IntoIter<K, V> {
 /// ```
 pub struct Pinned<'m, K, V, S = RandomState> {
     map: &'m SyncMap<K, V, S>,
-    guard: Guard,
+    pub(crate) guard: Guard,
 }
 
 impl<'m, K, V, S> Pinned<'m, K, V, S>
@@ -1097,6 +1432,76 @@ where
                 new,
             }),
         }
+    }
+
+    /// See [`SyncMap::update`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// m.insert(1, 1);
+    /// assert_eq!(m.update(&1, |n| n * 10), Some(&10));
+    /// assert_eq!(m.update(&2, |n| n * 10), None);
+    /// ```
+    pub fn update<Q>(&self, key: &Q, f: impl FnMut(&V) -> V) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.raw.update(self.map.hash(key), key, f, &self.guard)
+    }
+
+    /// See [`SyncMap::update_or_insert`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert_eq!(m.update_or_insert("k", |n| n + 1, 1), &1);
+    /// assert_eq!(m.update_or_insert("k", |n| n + 1, 1), &2);
+    /// ```
+    pub fn update_or_insert(&self, key: K, f: impl FnMut(&V) -> V, default: V) -> &V {
+        self.update_or_insert_with(key, f, || default)
+    }
+
+    /// See [`SyncMap::update_or_insert_with`].
+    ///
+    /// ```
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert_eq!(m.update_or_insert_with("k", |s: &String| s.to_uppercase(), || "a".into()), "a");
+    /// assert_eq!(m.update_or_insert_with("k", |s: &String| s.to_uppercase(), || "a".into()), "A");
+    /// ```
+    pub fn update_or_insert_with(
+        &self,
+        key: K,
+        f: impl FnMut(&V) -> V,
+        make: impl FnOnce() -> V,
+    ) -> &V {
+        let hash = self.map.hash(&key);
+        self.map
+            .raw
+            .update_or_insert_with(hash, key, f, make, &self.guard)
+    }
+
+    /// See [`SyncMap::compute`].
+    ///
+    /// ```
+    /// use tiermap::{Computed, Op};
+    ///
+    /// let map = tiermap::SyncMap::new();
+    /// let m = map.pin();
+    /// assert_eq!(m.compute(1, |_| Op::Insert(1)), Computed::Inserted(&1));
+    /// assert_eq!(
+    ///     m.compute(1, |v| Op::Insert(v.unwrap() + 1)),
+    ///     Computed::Updated { old: &1, new: &2 }
+    /// );
+    /// assert_eq!(m.compute(1, |_| Op::Remove), Computed::Removed(&2));
+    /// ```
+    pub fn compute(&self, key: K, mut f: impl FnMut(Option<&V>) -> Op<V>) -> Computed<&V> {
+        let hash = self.map.hash(&key);
+        self.map
+            .raw
+            .compute(hash, key, |cur, _| f(cur), &self.guard)
     }
 
     /// See [`SyncMap::compare_remove`].

@@ -312,11 +312,28 @@ impl<K, V> Graveyard<K, V> {
             self.undeferred.store(0, Relaxed);
             stamp
         };
+        #[cfg(not(tiermap_mutation = "expire_borrows_yard"))]
         let grave = self.clone();
         // SAFETY: the closure only moves items between the graveyard's queues (no user code, no
         // freeing), after the epoch's grace period for everything pending when it was made;
-        // `K, V: Send + 'static`, so the graveyard may be touched from any thread at any time.
-        unsafe { guard.defer_unchecked(move || grave.expire(stamp)) };
+        // `K, V: Send + 'static`, so the graveyard may be touched from any thread at any time;
+        // the closure owns a reference count, so the graveyard outlives the map if need be.
+        #[cfg(not(tiermap_mutation = "expire_borrows_yard"))]
+        unsafe {
+            guard.defer_unchecked(move || grave.expire(stamp))
+        };
+        // Seeded bug for the loom models (never built otherwise): the closure borrows the
+        // graveyard instead of owning a count, and runs after the map (and it) are gone.
+        #[cfg(tiermap_mutation = "expire_borrows_yard")]
+        {
+            let grave = Arc::as_ptr(self).expose_provenance();
+            // SAFETY: none; deliberately unsound (see above).
+            unsafe {
+                guard.defer_unchecked(move || {
+                    (*std::ptr::with_exposed_provenance::<Self>(grave)).expire(stamp)
+                })
+            };
+        }
         guard.flush();
         true
     }

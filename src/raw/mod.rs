@@ -24,6 +24,7 @@ pub(crate) mod background;
 pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod grave;
+mod rmw;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
 mod tests;
@@ -349,6 +350,13 @@ impl<K, V> RawMap<K, V> {
             _owns: PhantomData,
         }
     }
+    /// Loom builds: makes this map use `other`'s epoch collector (see `Reclaimer::share`).
+    /// Only for a map that never pinned yet.
+    #[cfg(tiermap_loom)]
+    pub(crate) fn share_collector<K2, V2>(&mut self, other: &RawMap<K2, V2>) {
+        self.reclaimer = other.reclaimer.share();
+    }
+
     /// The current read tier.
     ///
     /// `Acquire` pairs with the `Release`/`AcqRel` publication in `promote` and `clear`, so the

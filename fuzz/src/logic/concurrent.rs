@@ -4,7 +4,8 @@
 //! Each thread owns a key range that no other thread writes, and all of them share a small range.
 //! For its own keys a thread keeps a sequential model and compares every result exactly; for
 //! shared keys it checks what any interleaving allows (a `compare_exchange` that succeeded
-//! replaced the value it compared, a value returned is one some thread wrote, ...). Every value
+//! replaced the value it compared, a value returned is one some thread wrote, a read-modify-write
+//! stored what its closure made from an intact value of the key, ...). Every value
 //! carries `(key, thread, seq)` and a checksum of them, so a torn or misdirected value is caught
 //! wherever it shows up. Values count their constructions and drops: after the threads are joined
 //! and the map is released and dropped, each was dropped exactly once.
@@ -13,11 +14,12 @@
 //! the structural checks remain (no torn value, no key visited twice, exact counts once the map
 //! is quiescent, no leak).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
 
-use tiermap::{GetOrInsert, Ref, SyncMap};
+use tiermap::{Computed, GetOrInsert, Op, Ref, SyncMap};
 
 use super::{assert_all_dropped, FuzzHasher, HasherKind, Rng, Tracker};
 
@@ -71,6 +73,13 @@ fuzz_input! {
         Clear,
         /// `clear_and_release` (chaos mode only; a `Reclaim` otherwise).
         ClearAndRelease,
+        /// `update(k)` with a fresh value.
+        Update { k: u16, shared: bool },
+        /// `update_or_insert_with(k)`, both closures making fresh values.
+        UpdateOrInsert { k: u16, shared: bool },
+        /// `compute(k)`: `m % 3` = 0 stores a fresh value, 1 removes a value of even `seq` and
+        /// keeps others, 2 keeps.
+        Compute { k: u16, shared: bool, m: u8 },
     }
 }
 
@@ -540,6 +549,181 @@ impl<'m> Worker<'m> {
                     self.op(&COp::Reclaim);
                 }
             }
+            COp::Update { k, shared } => self.update(k, shared),
+            COp::UpdateOrInsert { k, shared } => self.update_or_insert(k, shared),
+            COp::Compute { k, shared, m } => self.compute(k, shared, m),
+        }
+    }
+
+    /// `update`: the closure sees an intact value of the key; the value stored is the one its
+    /// last call made. Own keys: exactly one call, on the model's value.
+    fn update(&mut self, k: u16, shared: bool) {
+        let map = self.map;
+        let key = self.key(k, shared);
+        let mut saw = Vec::new();
+        let mut made = Vec::new();
+        let r = map.update(&key, |v| {
+            v.verify(key);
+            saw.push(v.id());
+            let new = self.fresh(key);
+            made.push(new.id());
+            new
+        });
+        if let Some(r) = r.as_deref() {
+            r.verify(key);
+            check!(
+                self,
+                made.last() == Some(&r.id()),
+                "update stored {r:?}, made {made:?}"
+            );
+        }
+        if self.owned(key) {
+            let cur = self.model.get(&key).copied();
+            check!(
+                self,
+                saw == cur.map(|s| (self.t, s)).into_iter().collect::<Vec<_>>(),
+                "update({key}) saw {saw:?}, model {cur:?}"
+            );
+            check!(
+                self,
+                r.is_some() == cur.is_some(),
+                "update({key}): {r:?}, model {cur:?}"
+            );
+            if let Some(r) = r.as_deref() {
+                self.model.insert(key, r.seq);
+            }
+        } else if let Some(r) = r.as_deref() {
+            self.last.insert(key, r.id());
+        }
+    }
+
+    /// `update_or_insert_with`: the value stored is one this call made (by `f` from an intact
+    /// value, or by `make`, which runs at most once). Own keys: exactly as the model says.
+    fn update_or_insert(&mut self, k: u16, shared: bool) {
+        let map = self.map;
+        let key = self.key(k, shared);
+        // Both closures make values: they share the worker through a `RefCell`.
+        let this = RefCell::new(&mut *self);
+        let saw = RefCell::new(Vec::new());
+        let made = RefCell::new(Vec::new());
+        let mut makes = 0;
+        let r = map.update_or_insert_with(
+            key,
+            |v| {
+                v.verify(key);
+                saw.borrow_mut().push(Some(v.id()));
+                let new = this.borrow_mut().fresh(key);
+                made.borrow_mut().push(new.id());
+                new
+            },
+            || {
+                makes += 1;
+                saw.borrow_mut().push(None);
+                let new = this.borrow_mut().fresh(key);
+                made.borrow_mut().push(new.id());
+                new
+            },
+        );
+        let (saw, made) = (saw.into_inner(), made.into_inner());
+        r.verify(key);
+        check!(
+            self,
+            makes <= 1,
+            "update_or_insert_with made {makes} defaults"
+        );
+        check!(
+            self,
+            made.contains(&r.id()),
+            "update_or_insert stored {r:?}, made {made:?}"
+        );
+        if self.owned(key) {
+            let cur = self.model.get(&key).copied();
+            check!(
+                self,
+                saw == [cur.map(|s| (self.t, s))] && made.last() == Some(&r.id()),
+                "update_or_insert({key}) saw {saw:?}, stored {r:?}, model {cur:?}"
+            );
+            self.model.insert(key, r.seq);
+        } else {
+            self.last.insert(key, r.id());
+        }
+    }
+
+    /// `compute`: what it reports matches what its closure's last call saw and decided. Own
+    /// keys: exactly one call, on the model's value.
+    fn compute(&mut self, k: u16, shared: bool, m: u8) {
+        let map = self.map;
+        let key = self.key(k, shared);
+        let mut saw = Vec::new();
+        let mut made = Vec::new();
+        let rule = m % 3;
+        let r = map.compute(key, |v| {
+            if let Some(v) = v {
+                v.verify(key);
+            }
+            saw.push(v.map(|v| v.id()));
+            match (rule, v) {
+                (0, _) => {
+                    let new = self.fresh(key);
+                    made.push(new.id());
+                    Op::Insert(new)
+                }
+                (1, Some(v)) if v.seq % 2 == 0 => Op::Remove,
+                _ => Op::Keep,
+            }
+        });
+        let last = *saw.last().expect("compute calls its closure");
+        let ok = match (&r, last) {
+            (Computed::Inserted(v), None) => rule == 0 && made.last() == Some(&v.id()),
+            (Computed::Updated { old, new }, Some(l)) => {
+                rule == 0 && old.id() == l && made.last() == Some(&new.id())
+            }
+            (Computed::Removed(v), Some(l)) => rule == 1 && v.id() == l && l.1 % 2 == 0,
+            (Computed::Unchanged(v), Some(l)) => {
+                v.id() == l && (rule == 2 || rule == 1 && l.1 % 2 == 1)
+            }
+            (Computed::Absent, None) => rule != 0,
+            _ => false,
+        };
+        check!(
+            self,
+            ok,
+            "compute({key}, rule {rule}) saw {saw:?}, reported {r:?}"
+        );
+        match &r {
+            Computed::Inserted(v) | Computed::Unchanged(v) => v.verify(key),
+            Computed::Updated { old, new } => {
+                old.verify(key);
+                new.verify(key);
+            }
+            Computed::Removed(v) => v.verify(key),
+            Computed::Absent => {}
+        }
+        if self.owned(key) {
+            let cur = self.model.get(&key).copied();
+            check!(
+                self,
+                saw == [cur.map(|s| (self.t, s))],
+                "compute({key}) saw {saw:?}, model {cur:?}"
+            );
+            match &r {
+                Computed::Inserted(v) | Computed::Updated { new: v, .. } => {
+                    self.model.insert(key, v.seq);
+                }
+                Computed::Removed(_) => {
+                    self.model.remove(&key);
+                }
+                Computed::Unchanged(_) | Computed::Absent => {}
+            }
+        } else {
+            match &r {
+                Computed::Inserted(v)
+                | Computed::Updated { new: v, .. }
+                | Computed::Unchanged(v) => {
+                    self.last.insert(key, v.id());
+                }
+                Computed::Removed(_) | Computed::Absent => {}
+            }
         }
     }
 
@@ -721,6 +905,18 @@ impl COp {
             43 => COp::DropRefs,
             44 => COp::Clear,
             45 => COp::ClearAndRelease,
+            46 => {
+                if rng.chance(1, 2) {
+                    COp::Update { k, shared }
+                } else {
+                    COp::UpdateOrInsert { k, shared }
+                }
+            }
+            47 => COp::Compute {
+                k,
+                shared,
+                m: rng.u8(),
+            },
             _ => COp::Insert { k, shared },
         }
     }

@@ -4,16 +4,18 @@
 //! Beyond one-to-one comparisons it checks what the single-threaded contract says about
 //! re-entrant user code: iteration bodies that mutate the map (each visited pair is the key's
 //! current value, no key is visited twice, a key present throughout is visited), and
-//! `get_or_insert_with`/`remove_if` closures that call back into the map. It holds [`Ref`]s
-//! across later operations to check that retired values stay readable, and counts every value
-//! so that a leak or a double drop fails the run.
+//! `get_or_insert_with`/`remove_if`/`update`/`update_or_insert_with`/`compute` closures that call
+//! back into the map (a write to the same key makes a read-modify-write run its closure again).
+//! It holds [`Ref`]s across later operations to check that retired values stay readable, and
+//! counts every value so that a leak or a double drop fails the run.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiermap::{GetOrInsert, Ref, SyncMap};
+use tiermap::{Computed, GetOrInsert, Op as Rmw, Ref, SyncMap};
 
 use super::{assert_all_dropped, FuzzHasher, HasherKind, Rng, Tracker, Val};
 
@@ -74,6 +76,13 @@ fuzz_input! {
         DropRefs,
         /// Compares the whole map with the model.
         CheckAll,
+        /// `update(k, +d)` whose closure runs `inner` on the map at its first call.
+        UpdateReentrant { k: u16, d: u8, inner: SimpleOp },
+        /// `compute(k, rule, v)` (see [`decide`]) whose closure runs `inner` at its first call.
+        ComputeReentrant { k: u16, rule: u8, v: u8, inner: SimpleOp },
+        /// `update_or_insert_with(k, +d, v)` whose closures (either) run `inner` at the first
+        /// call.
+        UpsertReentrant { k: u16, d: u8, v: u8, inner: SimpleOp },
     }
 
     /// An operation that can also run inside an iteration body or a closure.
@@ -112,6 +121,16 @@ fuzz_input! {
         /// Removes `4 * len` consecutive keys from `start`.
         RemoveRange { start: u16, len: u8 },
         CloneMap,
+        /// `update(k, +d)`.
+        Update { k: u16, d: u8 },
+        PinnedUpdate { k: u16, d: u8 },
+        /// `update_or_insert(k, +d, v)`.
+        UpdateOrInsert { k: u16, d: u8, v: u8 },
+        /// `update_or_insert_with(k, +d, || v)`.
+        UpdateOrInsertWith { k: u16, d: u8, v: u8 },
+        /// `compute(k, ..)` deciding by `rule` (see [`decide`]).
+        Compute { k: u16, rule: u8, v: u8 },
+        PinnedCompute { k: u16, rule: u8, v: u8 },
     }
 }
 
@@ -187,6 +206,30 @@ impl KeySpace {
 pub fn pred(m: u8, r: u8, n: u32) -> bool {
     let m = u32::from(m % 4) + 1;
     n % m == u32::from(r) % m
+}
+
+/// The decision of a `compute` closure under `rule`, given the current payload: keep, bump (or
+/// insert `v`), remove, or remove even payloads and bump odd ones (inserting `v` if absent).
+pub fn decide(rule: u8, cur: Option<u32>, v: u32) -> Rmw<u32> {
+    match (rule % 4, cur) {
+        (0, _) => Rmw::Keep,
+        (1, c) => Rmw::Insert(c.map_or(v, |c| c + v)),
+        (2, _) => Rmw::Remove,
+        (_, Some(c)) if c % 2 == 0 => Rmw::Remove,
+        (_, Some(c)) => Rmw::Insert(c + v),
+        (_, None) => Rmw::Insert(v),
+    }
+}
+
+/// What `compute` must report when its closure's last call saw `cur` and decided `op`.
+pub fn computed(op: &Rmw<u32>, cur: Option<u32>) -> Computed<u32> {
+    match (op, cur) {
+        (Rmw::Keep, Some(c)) => Computed::Unchanged(c),
+        (Rmw::Keep | Rmw::Remove, None) => Computed::Absent,
+        (Rmw::Remove, Some(c)) => Computed::Removed(c),
+        (Rmw::Insert(n), Some(c)) => Computed::Updated { old: c, new: *n },
+        (Rmw::Insert(n), None) => Computed::Inserted(*n),
+    }
 }
 
 /// Which keys an operation may remove (to know which keys an iteration may miss).
@@ -417,7 +460,206 @@ impl<'m> Runner<'m> {
             }
             Op::DropRefs => self.held.clear(),
             Op::CheckAll => self.check_all(),
+            Op::UpdateReentrant { k, d, ref inner } => self.update_reentrant(k, d, inner),
+            Op::ComputeReentrant {
+                k,
+                rule,
+                v,
+                ref inner,
+            } => self.compute_reentrant(k, rule, v, inner),
+            Op::UpsertReentrant { k, d, v, ref inner } => self.upsert_reentrant(k, d, v, inner),
         }
+    }
+
+    /// Runs `inner` from inside a closure of the map (which holds a guard meanwhile).
+    fn nested(&mut self, inner: &SimpleOp) {
+        self.pins += 1;
+        self.simple(inner);
+        self.pins -= 1;
+    }
+
+    /// Settles the model after a read-modify-write of `k` whose closure ran `inner` at its
+    /// first call. `seen` lists what each call of the closure saw, `after` is the model's value
+    /// for `k` once `inner` ran, and `wrote` is `Some(new)` if the operation reports a write
+    /// (`Some(None)` for a removal).
+    ///
+    /// A write must have been applied to the value the last call saw, which is what `inner`
+    /// left (if `inner` changed it, the first attempt's compare-and-swap fails and the closure
+    /// runs again). The one exception: `inner` cleared the map, orphaning the entry the
+    /// operation had found, and the write went into that entry: linearized before the clear.
+    fn settle_rmw(
+        &mut self,
+        k: u16,
+        inner: &SimpleOp,
+        seen: &[Option<u32>],
+        after: Option<u32>,
+        wrote: Option<Option<u32>>,
+        what: &str,
+    ) {
+        let now = self.map.pin().get(&k).map(|v| v.n);
+        if let Some(new) = wrote {
+            let last = *seen.last().expect("a write without a call of the closure");
+            if last == after && now == new {
+                match new {
+                    Some(n) => self.model.insert(k, n),
+                    None => self.model.remove(&k),
+                };
+            } else {
+                assert!(
+                    seen.len() == 1 && matches!(inner, SimpleOp::Clear | SimpleOp::ClearAndRelease),
+                    "{what}({k}) wrote {new:?} after seeing {seen:?}, but the key held {after:?} \
+                     after {inner:?} and holds {now:?}"
+                );
+            }
+        }
+        assert_eq!(
+            now,
+            self.model.get(&k).copied(),
+            "{what}({k}) after {inner:?}: seen {seen:?}"
+        );
+    }
+
+    fn update_reentrant(&mut self, k: u16, d: u8, inner: &SimpleOp) {
+        let map = self.map;
+        let (k, d) = (self.key(k), u32::from(d));
+        let before = self.model.get(&k).copied();
+        let tracker = self.tracker.clone();
+        let mut seen = Vec::new();
+        let r = map
+            .update(&k, |v| {
+                seen.push(Some(v.n));
+                if seen.len() == 1 {
+                    self.nested(inner);
+                }
+                Val::new(v.n + d, &tracker)
+            })
+            .map(|r| r.n);
+        let after = self.model.get(&k).copied();
+        assert_eq!(
+            seen.first().copied(),
+            before.map(Some),
+            "update saw a stale value"
+        );
+        assert!(
+            seen.len() <= 2,
+            "update ran its closure {} times",
+            seen.len()
+        );
+        match r {
+            Some(x) => {
+                let last = seen.last().copied().flatten();
+                assert_eq!(
+                    Some(x),
+                    last.map(|l| l + d),
+                    "update stored {x} after {seen:?}"
+                );
+                self.settle_rmw(k, inner, &seen, after, Some(Some(x)), "update");
+            }
+            None => {
+                // Absent all along, or removed by `inner`: the key was absent in between.
+                assert_eq!(after, None, "update found no key, but it held {after:?}");
+                self.settle_rmw(k, inner, &seen, after, None, "update");
+            }
+        }
+    }
+
+    fn compute_reentrant(&mut self, k: u16, rule: u8, v: u8, inner: &SimpleOp) {
+        let map = self.map;
+        let (k, x) = (self.key(k), u32::from(v));
+        let before = self.model.get(&k).copied();
+        let tracker = self.tracker.clone();
+        let mut seen = Vec::new();
+        let r = map
+            .compute(k, |cur| {
+                let cur = cur.map(|v| v.n);
+                seen.push(cur);
+                if seen.len() == 1 {
+                    self.nested(inner);
+                }
+                match decide(rule, cur, x) {
+                    Rmw::Insert(n) => Rmw::Insert(Val::new(n, &tracker)),
+                    Rmw::Keep => Rmw::Keep,
+                    Rmw::Remove => Rmw::Remove,
+                }
+            })
+            .map(|r| r.n);
+        let after = self.model.get(&k).copied();
+        assert_eq!(
+            seen.first().copied(),
+            Some(before),
+            "compute saw a stale value"
+        );
+        assert!(
+            seen.len() <= 3,
+            "compute ran its closure {} times",
+            seen.len()
+        );
+        let last = *seen.last().expect("compute calls its closure");
+        assert_eq!(
+            r,
+            computed(&decide(rule, last, x), last),
+            "compute({k}) after {seen:?}"
+        );
+        let wrote = match r {
+            Computed::Inserted(n) | Computed::Updated { new: n, .. } => Some(Some(n)),
+            Computed::Removed(_) => Some(None),
+            Computed::Unchanged(_) | Computed::Absent => None,
+        };
+        self.settle_rmw(k, inner, &seen, after, wrote, "compute");
+    }
+
+    fn upsert_reentrant(&mut self, k: u16, d: u8, v: u8, inner: &SimpleOp) {
+        let map = self.map;
+        let (k, d, x) = (self.key(k), u32::from(d), u32::from(v));
+        let before = self.model.get(&k).copied();
+        let tracker = self.tracker.clone();
+        // Both closures may run `inner`: they share the runner through a `RefCell`.
+        let this = RefCell::new(&mut *self);
+        let seen = RefCell::new(Vec::new());
+        let first = |cur: Option<u32>| {
+            seen.borrow_mut().push(cur);
+            if seen.borrow().len() == 1 {
+                this.borrow_mut().nested(inner);
+            }
+        };
+        let mut makes = 0;
+        let r = map
+            .update_or_insert_with(
+                k,
+                |v| {
+                    first(Some(v.n));
+                    Val::new(v.n + d, &tracker)
+                },
+                || {
+                    makes += 1;
+                    first(None);
+                    Val::new(x, &tracker)
+                },
+            )
+            .n;
+        let seen = seen.into_inner();
+        assert!(
+            makes <= 1,
+            "update_or_insert_with made its default {makes} times"
+        );
+        let after = self.model.get(&k).copied();
+        assert_eq!(
+            seen.first().copied(),
+            Some(before),
+            "update_or_insert saw a stale value"
+        );
+        assert!(
+            seen.len() <= 3,
+            "update_or_insert ran {} closures",
+            seen.len()
+        );
+        let last = *seen.last().expect("a closure runs");
+        assert_eq!(
+            r,
+            last.map_or(x, |c| c + d),
+            "update_or_insert({k}) after {seen:?}"
+        );
+        self.settle_rmw(k, inner, &seen, after, Some(Some(r)), "update_or_insert");
     }
 
     fn hold(&mut self, r: Ref<'m, Val>, n: u32) {
@@ -492,7 +734,13 @@ impl<'m> Runner<'m> {
             | SimpleOp::RemoveIf { k: x, .. }
             | SimpleOp::CompareExchange { k: x, .. }
             | SimpleOp::PinnedCompareExchange { k: x, .. }
-            | SimpleOp::CompareRemove { k: x, .. } => x % space == k,
+            | SimpleOp::CompareRemove { k: x, .. }
+            | SimpleOp::Update { k: x, .. }
+            | SimpleOp::PinnedUpdate { k: x, .. }
+            | SimpleOp::UpdateOrInsert { k: x, .. }
+            | SimpleOp::UpdateOrInsertWith { k: x, .. }
+            | SimpleOp::Compute { k: x, .. }
+            | SimpleOp::PinnedCompute { k: x, .. } => x % space == k,
             SimpleOp::Clear
             | SimpleOp::ClearAndRelease
             | SimpleOp::Retain { .. }
@@ -507,7 +755,9 @@ impl<'m> Runner<'m> {
             SimpleOp::Remove { k }
             | SimpleOp::PinnedRemove { k }
             | SimpleOp::RemoveIf { k, .. }
-            | SimpleOp::CompareRemove { k, .. } => Removal::Key(k % space),
+            | SimpleOp::CompareRemove { k, .. }
+            | SimpleOp::Compute { k, .. }
+            | SimpleOp::PinnedCompute { k, .. } => Removal::Key(k % space),
             SimpleOp::Clear
             | SimpleOp::ClearAndRelease
             | SimpleOp::Retain { .. }
@@ -804,6 +1054,85 @@ impl<'m> Runner<'m> {
                     assert_eq!(old, self.model.remove(&k), "remove({k}) in a range");
                 }
             }
+            SimpleOp::Update { k, d } | SimpleOp::PinnedUpdate { k, d } => {
+                let (k, d) = (self.key(k), u32::from(d));
+                let tracker = &self.tracker;
+                let mut seen = Vec::new();
+                let f = |v: &Val| {
+                    seen.push(v.n);
+                    Val::new(v.n + d, tracker)
+                };
+                let got = if matches!(op, SimpleOp::Update { .. }) {
+                    map.update(&k, f).map(|r| r.n)
+                } else {
+                    map.pin().update(&k, f).map(|r| r.n)
+                };
+                let cur = self.model.get(&k).copied();
+                assert_eq!(seen, cur.into_iter().collect::<Vec<_>>(), "update calls");
+                let expect = cur.map(|c| c + d);
+                if let Some(n) = expect {
+                    self.model.insert(k, n);
+                }
+                assert_eq!(got, expect, "update({k}, +{d})");
+            }
+            SimpleOp::UpdateOrInsert { k, d, v } | SimpleOp::UpdateOrInsertWith { k, d, v } => {
+                let (k, d, x) = (self.key(k), u32::from(d), u32::from(v));
+                let cur = self.model.get(&k).copied();
+                let tracker = &self.tracker;
+                let (mut fs, mut makes) = (0, 0);
+                let f = |v: &Val| {
+                    fs += 1;
+                    Val::new(v.n + d, tracker)
+                };
+                let got = if matches!(op, SimpleOp::UpdateOrInsert { .. }) {
+                    makes = usize::from(cur.is_none());
+                    map.update_or_insert(k, f, Val::new(x, tracker)).n
+                } else {
+                    map.update_or_insert_with(k, f, || {
+                        makes += 1;
+                        Val::new(x, tracker)
+                    })
+                    .n
+                };
+                let expect = cur.map_or(x, |c| c + d);
+                self.model.insert(k, expect);
+                assert_eq!(got, expect, "update_or_insert({k}, +{d}, {x})");
+                assert_eq!(fs, usize::from(cur.is_some()), "update_or_insert f calls");
+                assert_eq!(makes, usize::from(cur.is_none()), "make calls");
+            }
+            SimpleOp::Compute { k, rule, v } | SimpleOp::PinnedCompute { k, rule, v } => {
+                let (k, x) = (self.key(k), u32::from(v));
+                let tracker = &self.tracker;
+                let mut seen = Vec::new();
+                let f = |cur: Option<&Val>| {
+                    let cur = cur.map(|v| v.n);
+                    seen.push(cur);
+                    match decide(rule, cur, x) {
+                        Rmw::Insert(n) => Rmw::Insert(Val::new(n, tracker)),
+                        Rmw::Keep => Rmw::Keep,
+                        Rmw::Remove => Rmw::Remove,
+                    }
+                };
+                let got = if matches!(op, SimpleOp::Compute { .. }) {
+                    map.compute(k, f).map(|r| r.n)
+                } else {
+                    map.pin().compute(k, f).map(|r| r.n)
+                };
+                let cur = self.model.get(&k).copied();
+                assert_eq!(seen, [cur], "compute calls");
+                let decision = decide(rule, cur, x);
+                let expect = computed(&decision, cur);
+                match decision {
+                    Rmw::Insert(n) => {
+                        self.model.insert(k, n);
+                    }
+                    Rmw::Remove => {
+                        self.model.remove(&k);
+                    }
+                    Rmw::Keep => {}
+                }
+                assert_eq!(got, expect, "compute({k}, rule {rule}, {x})");
+            }
             SimpleOp::CloneMap => {
                 let copy = map.clone();
                 assert_eq!(copy.len(), self.model.len(), "clone len");
@@ -894,6 +1223,23 @@ impl Op {
             6 => Op::RemoveHold { k: rng.u16() },
             7 => Op::DropRefs,
             8 => Op::CheckAll,
+            9 => Op::UpdateReentrant {
+                k: rng.u16(),
+                d: rng.u8() % 8,
+                inner: SimpleOp::random(rng),
+            },
+            10 => Op::ComputeReentrant {
+                k: rng.u16(),
+                rule: rng.u8(),
+                v: rng.u8() % 8,
+                inner: SimpleOp::random(rng),
+            },
+            11 => Op::UpsertReentrant {
+                k: rng.u16(),
+                d: rng.u8() % 8,
+                v: rng.u8() % 8,
+                inner: SimpleOp::random(rng),
+            },
             _ => Op::Simple(SimpleOp::random(rng)),
         }
     }
@@ -951,6 +1297,12 @@ impl SimpleOp {
                 len: rng.u8(),
             },
             55 => SimpleOp::CloneMap,
+            56..=57 => SimpleOp::Update { k, d: v },
+            58 => SimpleOp::PinnedUpdate { k, d: v },
+            59 => SimpleOp::UpdateOrInsert { k, d: v, v: m % 8 },
+            60 => SimpleOp::UpdateOrInsertWith { k, d: v, v: m % 8 },
+            61..=62 => SimpleOp::Compute { k, rule: r, v },
+            63 => SimpleOp::PinnedCompute { k, rule: r, v },
             _ => SimpleOp::Insert { k, v },
         }
     }

@@ -12,16 +12,17 @@
 //! tiers, so that loom's DPOR runs the whole writer between the reader's loads).
 //!
 //! What loom cannot see here: `set_dirty` storing `dirty_view` `Relaxed` (mutation
-//! `relaxed_dirty_view`) survives every model, because under loom every operation pins a fresh
-//! epoch participant whose collection runs a `fence(SeqCst)`, and every promotion flushes its
-//! bag (another one), so the promotion's `read` swap is always ordered before the next
-//! operation's `dirty_view` store by a release fence; see `README.md`.
+//! `relaxed_dirty_view`) survives every model. A reader that reaches a new dirty tier through
+//! the first key's `amended` flag is published by that flag's release store; the remaining
+//! race (a lookup holding an old, still `amended` read tier loads the *next* migration's view
+//! and re-loads a stale `read`) needs no fence between the promotion's swap and that store,
+//! and under loom there always is one (every operation pins a fresh epoch participant, and a
+//! promotion's critical section ends with `guard.flush()`); see `README.md`. Weakening both
+//! stores (`relaxed_dirty_publish`) is caught by `publication::new_dirty_tier` and
+//! `publication::promoted_tier` (model 14).
 #![cfg(tiermap_loom)]
 
-use loom::sync::atomic::{
-    AtomicBool,
-    Ordering::{Acquire, Release},
-};
+use loom::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use loom::sync::Arc;
 use loom::thread;
 use tiermap_loom_tests::*;
@@ -177,32 +178,34 @@ fn dirty_get_vs_iteration_promotion_and_migration() {
     });
 }
 
-/// The reader pins *before* the writer starts (a signal orders the pin before the writer's
-/// first store), then looks up dirty-only key 1 through that pin, while the writer promotes
-/// (iteration) and starts a new migration. The pinned reader's only lookup must find key 1,
-/// and the tiers it reads must stay alive while it is pinned.
+/// The reader pins *before* the writer exists, then looks up dirty-only key 1 through that
+/// pin, while the writer promotes (iteration) and starts a new migration. The pinned reader's
+/// only lookup must find key 1, and the tiers it reads must stay alive while it is pinned.
+///
+/// A relaxed flag that the writer sets at its end and the reader loads just before its lookup
+/// gives loom's DPOR a race it sees (see `publication.rs`): without it, with the reader pinned
+/// first, loom never ran the writer before the lookup (59 executions, all of them with the
+/// lookup first); with it, the writer's whole run is also explored before the lookup.
 #[test]
 fn pinned_before_promotion_reads_dirty_key() {
     check("pinned_before_promotion_reads_dirty_key", 2, || {
         let t = Tracker::new();
         let map = Arc::new(new_map());
         setup_no_misses(&t, &map);
-        let pinned = Arc::new(AtomicBool::new(false));
-
-        let other = {
-            let map = map.clone();
-            let t = t.clone();
-            let pinned = pinned.clone();
-            thread::spawn(move || {
-                while !pinned.load(Acquire) {
-                    thread::yield_now();
-                }
-                iterate_then_migrate(&map, &t);
-            })
-        };
         {
             let p = map.pin();
-            pinned.store(true, Release);
+            let done = Arc::new(AtomicBool::new(false));
+            let other = {
+                let map = map.clone();
+                let t = t.clone();
+                let done = done.clone();
+                thread::spawn(move || {
+                    iterate_then_migrate(&map, &t);
+                    // Relaxed: orders nothing; a race for DPOR (see above).
+                    done.store(true, Relaxed);
+                })
+            };
+            let _ = done.load(Relaxed);
             let v1 = p.get(&1);
             assert_eq!(
                 v1.map(|v| v.get()),

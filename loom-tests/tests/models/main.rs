@@ -13,6 +13,7 @@ mod cas;
 mod clear;
 mod compact;
 mod dirty_promotion;
+mod drop_burial;
 mod get_or_insert;
 mod grave;
 mod insert_promotion;
