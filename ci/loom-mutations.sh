@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace relaxed_dirty_view clear_view_before_swap relaxed_slot_publish
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
-     expire_borrows_yard expire_all)
+     expire_borrows_yard expire_all rmw_blind_store)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
 # Mutations shown harmless (see loom-tests/README.md): reported, but not counted as survivors

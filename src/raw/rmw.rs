@@ -76,7 +76,13 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                         let cur = unsafe { &*p };
                         // Allocated only after `f` returned: a panic in `f` leaves nothing.
                         let new = Pending::new(f(cur));
-                        match e.replace_exact(p, new.0) {
+                        #[cfg(not(tiermap_mutation = "rmw_blind_store"))]
+                        let stored = e.replace_exact(p, new.0);
+                        // Seeded bug for the loom models (never built otherwise): store the
+                        // closure's result whatever the entry holds now (a lost update).
+                        #[cfg(tiermap_mutation = "rmw_blind_store")]
+                        let stored = e.try_store(new.0).map(|_| ()).map_err(|()| State::Expunged);
+                        match stored {
                             Ok(()) => {
                                 let new = new.publish();
                                 // SAFETY: we unlinked `p` from `e` with our CAS, under `guard`;

@@ -23,6 +23,7 @@ mod pool;
 mod publication;
 mod read_promotion;
 mod remove_insert;
+mod rmw;
 
 use loom::sync::Arc;
 use tiermap_loom_tests::Map;
