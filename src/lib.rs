@@ -39,6 +39,7 @@
 //! | `CompareAndDelete(k, old) bool`      | [`SyncMap::compare_remove`], [`SyncMap::remove_if`]          |
 //! | `Range(f)`                           | [`SyncMap::range`], [`SyncMap::for_each`], [`Pinned::iter`]  |
 //! | `Clear()`                            | [`SyncMap::clear`]                                           |
+//! | — (a `Load` + `CompareAndSwap` loop)  | [`SyncMap::update`], [`SyncMap::update_or_insert`], [`SyncMap::compute`] (atomic read-modify-write; the closure may run more than once) |
 //! | —                                    | [`SyncMap::clear_and_release`], [`SyncMap::shrink_to_fit`], [`SyncMap::reclaim`] |
 //! | —                                    | [`SyncMap::len`], [`SyncMap::is_empty`], [`SyncMap::contains_key`], [`SyncMap::retain`], [`SyncMap::stats`] |
 //!
