@@ -148,6 +148,7 @@
 mod alarm;
 mod facade;
 mod map;
+mod outcome;
 pub mod memory;
 pub mod pool;
 mod raw;
@@ -161,9 +162,8 @@ mod stats;
 struct ReadmeDoctests;
 
 pub use alarm::{RetentionAlarm, RetentionAlert, RetentionCondition, RetentionPolicy};
-pub use map::{
-    CompareExchangeError, Computed, GetOrInsert, IntoIter, Iter, Op, Pinned, Ref, SyncMap,
-};
+pub use map::{IntoIter, Iter, Pinned, Ref, SyncMap};
+pub use outcome::{CompareExchangeError, Computed, GetOrInsert, Op};
 pub use pool::alarm::{PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy};
 pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
 pub use stats::{MapStats, Released};

@@ -39,7 +39,7 @@ use crate::facade::{
     lock, try_lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
     MutexGuard, Reclaimer, Witness,
 };
-use crate::map::GetOrInsert;
+use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
 use grave::{free_tier, Corpse, Graveyard, Item};

@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::entry::{take_value, Entry, State};
 use super::{Gen, Pending, RawMap};
 use crate::facade::Guard;
-use crate::map::{Computed, Op};
+use crate::outcome::{Computed, Op};
 
 /// What the locked pass of [`RawMap::compute`] did.
 enum Locked<'g, K, V> {
