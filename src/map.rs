@@ -774,12 +774,11 @@ where
         let guard = self.raw.reclaimer.pin();
         let tier = self.raw.snapshot(&guard);
         let mut removed = 0;
-        for (e, p) in RawIter::new(tier) {
+        for (e, v, p) in RawIter::new(tier, &guard) {
             if !self.raw.generation_is(tier.gen.id) {
                 break;
             }
-            // SAFETY: `p` was loaded live under `guard`.
-            if !f(&e.key, unsafe { &*p }) && self.raw.remove_exact(e, p, tier, &guard) {
+            if !f(&e.key, v) && self.raw.remove_exact(e, p, tier, &guard) {
                 removed += 1;
             }
         }
@@ -1273,7 +1272,7 @@ where
         Iter {
             raw: &self.map.raw,
             gen: tier.gen.id,
-            inner: RawIter::new(tier),
+            inner: RawIter::new(tier, &self.guard),
         }
     }
 
@@ -1375,9 +1374,8 @@ impl<'p, K, V> Iterator for Iter<'p, K, V> {
         if !self.raw.generation_is(self.gen) {
             return None;
         }
-        let (e, p) = self.inner.next()?;
-        // SAFETY: `p` was loaded live under the guard that `'p` borrows.
-        Some((&e.key, unsafe { &*p }))
+        let (e, v, _) = self.inner.next()?;
+        Some((&e.key, v))
     }
 }
 

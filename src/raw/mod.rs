@@ -1396,20 +1396,23 @@ unsafe fn free_tiers<K, V>(read: *mut Tier<K, V>, upto: usize, dirty: *mut Tier<
     }
 }
 
-/// Iterates the present entries of one tier, in slot order.
+/// Iterates the present entries of one tier, in slot order, under a guard: yields each entry,
+/// its value as a reference that lives as long as the guard's borrow, and the value pointer
+/// (for `remove_exact`).
 pub(crate) struct RawIter<'g, K, V> {
     tier: &'g Tier<K, V>,
     idx: usize,
 }
 
 impl<'g, K, V> RawIter<'g, K, V> {
-    pub(crate) fn new(tier: &'g Tier<K, V>) -> Self {
+    /// Iterates `tier`, which was loaded under `_guard` (a published tier, or a snapshot).
+    pub(crate) fn new(tier: &'g Tier<K, V>, _guard: &'g Guard) -> Self {
         RawIter { tier, idx: 0 }
     }
 }
 
 impl<'g, K, V> Iterator for RawIter<'g, K, V> {
-    type Item = (&'g Entry<K, V>, *mut V);
+    type Item = (&'g Entry<K, V>, &'g V, *mut V);
 
     fn next(&mut self) -> Option<Self::Item> {
         let table = &self.tier.table;
@@ -1422,7 +1425,10 @@ impl<'g, K, V> Iterator for RawIter<'g, K, V> {
             self.idx += 1;
             if let Some(e) = table.entry_at(i) {
                 if let State::Live(p) = e.load() {
-                    return Some((e, p));
+                    // SAFETY: a live value pointer loaded under the guard that `'g` borrows
+                    // stays allocated until that guard is dropped (values are retired through
+                    // the epoch).
+                    return Some((e, unsafe { &*p }, p));
                 }
             }
         }
