@@ -11,7 +11,7 @@ use std::ops::Deref;
 use crate::alarm::{Hooks, RetentionAlarm, RetentionAlert, RetentionPolicy};
 use crate::facade::Guard;
 use crate::outcome::{CompareExchangeError, Computed, GetOrInsert, Op};
-use crate::raw::{table::mix, RawIter, RawMap, Replace};
+use crate::raw::{RawIter, RawMap, Replace};
 use crate::stats::{MapStats, Released};
 
 /// A concurrent hash map with Go's `sync.Map` design (a lock-free read tier and a locked dirty
@@ -180,7 +180,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     pub fn pin(&self) -> Pinned<'_, K, V, S> {
         Pinned {
             map: self,
-            guard: self.raw.reclaimer.pin(),
+            guard: self.raw.pin(),
         }
     }
 
@@ -196,7 +196,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// assert_eq!(map.len(), 2);
     /// ```
     pub fn len(&self) -> usize {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         self.raw.read(&guard).gen.live()
     }
 
@@ -222,7 +222,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// assert!(s.deleted <= 64, "deleted entries are purged, not kept: {s}");
     /// ```
     pub fn stats(&self) -> MapStats {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         self.raw.stats(&guard)
     }
 
@@ -356,7 +356,7 @@ where
 {
     #[inline]
     fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        mix(self.hasher.hash_one(key))
+        RawMap::<K, V>::mix(self.hasher.hash_one(key))
     }
 
     /// Runs `f` under a fresh pin and keeps the pin in the returned [`Ref`].
@@ -365,7 +365,7 @@ where
         &'m self,
         f: impl for<'g> FnOnce(&'g Guard) -> Option<&'g V>,
     ) -> Option<Ref<'m, V>> {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         let value: *const V = f(&guard)?;
         // SAFETY: `value` was loaded from this map under `guard`.
         Some(unsafe { Ref::new(value, guard) })
@@ -380,8 +380,8 @@ where
         &'m self,
         f: impl for<'g> FnOnce(&'g Guard) -> Computed<&'g V>,
     ) -> Computed<Ref<'m, V>> {
-        let guard = self.raw.reclaimer.pin();
-        let spare = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
+        let spare = self.raw.pin();
         let done = f(&guard).map(|v| v as *const V);
         // SAFETY: every pointer in `done` was loaded from this map while `guard` and `spare`
         // were both pinned; each `Ref` keeps one of them.
@@ -489,7 +489,7 @@ where
     /// assert_eq!(calls, 1);
     /// ```
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> GetOrInsert<Ref<'_, V>> {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         let hash = self.hash(&key);
         let r = self
             .raw
@@ -577,7 +577,7 @@ where
         Q: Hash + Eq + ?Sized,
         V: PartialEq,
     {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         let hash = self.hash(key);
         let r = self
             .raw
@@ -771,7 +771,7 @@ where
     /// assert_eq!(map.len(), 5);
     /// ```
     pub fn retain(&self, mut f: impl FnMut(&K, &V) -> bool) {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         let tier = self.raw.snapshot(&guard);
         let mut removed = 0;
         for (e, v, p) in RawIter::new(tier, &guard) {
@@ -799,7 +799,7 @@ where
     /// assert!(map.is_empty());
     /// ```
     pub fn clear(&self) {
-        let guard = self.raw.reclaimer.pin();
+        let guard = self.raw.pin();
         self.raw.clear(&guard);
     }
 
@@ -852,7 +852,7 @@ where
     /// ```
     pub fn shrink_to_fit(&self) {
         {
-            let guard = self.raw.reclaimer.pin();
+            let guard = self.raw.pin();
             self.raw.compact(&guard);
         }
         self.reclaim();

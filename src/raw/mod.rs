@@ -357,6 +357,19 @@ impl<K, V> RawMap<K, V> {
         self.reclaimer = other.reclaimer.share();
     }
 
+    /// Pins the current thread for this map's epoch (every operation's first step).
+    #[inline]
+    pub(crate) fn pin(&self) -> Guard {
+        self.reclaimer.pin()
+    }
+
+    /// The hash the engine uses for a user hash: spread so that weak hashers still fill the
+    /// tables evenly (see `table::mix`).
+    #[inline]
+    pub(crate) fn mix(hash: u64) -> u64 {
+        table::mix(hash)
+    }
+
     /// The current read tier.
     ///
     /// `Acquire` pairs with the `Release`/`AcqRel` publication in `promote` and `clear`, so the
