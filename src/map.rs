@@ -782,7 +782,7 @@ where
                 removed += 1;
             }
         }
-        self.raw.settle(&guard, removed);
+        self.raw.compact_after_bulk_removal(&guard, removed);
     }
 
     /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and

@@ -24,6 +24,7 @@ pub(crate) mod background;
 pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod grave;
+mod maintain;
 mod rmw;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
@@ -36,13 +37,13 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use crate::facade::{
-    lock, try_lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
-    MutexGuard, Reclaimer, Witness,
+    lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex, Reclaimer,
+    Witness,
 };
 use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
-use grave::{free_tier, Corpse, Graveyard, Item};
+use grave::{free_tier, Graveyard};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -208,7 +209,7 @@ impl<K, V> TierSlot<K, V> {
 }
 
 /// State under the dirty lock.
-pub(crate) struct Dirty<K, V> {
+pub(crate) struct LockedState<K, V> {
     pub(crate) tier: TierSlot<K, V>,
     /// Slots of the read tier decided by the migration (I4). 0 when there is no dirty tier.
     pub(crate) cursor: usize,
@@ -279,7 +280,7 @@ impl<V> Drop for Pending<V> {
 pub(crate) struct RawMap<K, V> {
     // Invariant I1.
     read: AtomicPtr<Tier<K, V>>,
-    dirty: Mutex<Dirty<K, V>>,
+    dirty: Mutex<LockedState<K, V>>,
     /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
     /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
@@ -333,7 +334,7 @@ impl<K, V> RawMap<K, V> {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
             misses: AtomicUsize::new(0),
-            dirty: Mutex::new(Dirty {
+            dirty: Mutex::new(LockedState {
                 tier: dirty,
                 cursor: 0,
                 budget: MIN_BUDGET,
@@ -390,7 +391,7 @@ impl<K, V> RawMap<K, V> {
         self.generation.load(Acquire) == id
     }
     /// What the tiers, entries and live values take (`MapStats::held_bytes`).
-    fn held_bytes(&self, st: &Dirty<K, V>, read: &Tier<K, V>) -> usize {
+    fn held_bytes(&self, st: &LockedState<K, V>, read: &Tier<K, V>) -> usize {
         let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
         tier_bytes(read)
             + st.tier.as_deref().map_or(0, tier_bytes)
@@ -421,7 +422,7 @@ impl<K, V> RawMap<K, V> {
         }
     }
     /// Locks the dirty state (for statistics).
-    pub(crate) fn dirty(&self) -> crate::facade::MutexGuard<'_, Dirty<K, V>> {
+    pub(crate) fn dirty(&self) -> crate::facade::MutexGuard<'_, LockedState<K, V>> {
         lock(&self.dirty)
     }
     /// Moves every present key and value out of the map.
@@ -493,7 +494,11 @@ impl<K, V> RawMap<K, V> {
 
     /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
     /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
-    fn set_dirty(&self, st: &mut Dirty<K, V>, tier: Option<Box<Tier<K, V>>>) -> *mut Tier<K, V> {
+    fn set_dirty(
+        &self,
+        st: &mut LockedState<K, V>,
+        tier: Option<Box<Tier<K, V>>>,
+    ) -> *mut Tier<K, V> {
         let tier = TierSlot::new(tier);
         let view = tier.ptr();
         let old = std::mem::replace(&mut st.tier, tier).take();
@@ -530,7 +535,13 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
     }
 
-    fn locate<Q>(&self, st: &Dirty<K, V>, read: &Tier<K, V>, hash: u64, key: &Q) -> Place<K, V>
+    fn locate<Q>(
+        &self,
+        st: &LockedState<K, V>,
+        read: &Tier<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> Place<K, V>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
@@ -617,59 +628,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
                 let misses = self.misses.fetch_add(1, Relaxed) + 1;
                 if misses >= dirty.table.len() {
-                    self.help(guard);
+                    self.maintain_if_free(guard);
                 }
             }
             return found.map(|(e, _)| (e, &*read.gen));
-        }
-    }
-
-    /// Does the slow-path maintenance if the lock is free right now (never waits for it).
-    fn help(&self, guard: &Guard) {
-        if let Some(st) = try_lock(&self.dirty) {
-            self.finish(st, guard);
-        }
-    }
-
-    /// Runs `f` under the dirty lock, then does the migration/promotion work every slow
-    /// operation owes, releases the lock, and pushes any retired table to the global queue.
-    fn slow<'g, R>(
-        &self,
-        guard: &'g Guard,
-        f: impl FnOnce(&Self, &mut Dirty<K, V>, &'g Guard) -> R,
-    ) -> R {
-        let mut st = lock(&self.dirty);
-        let r = f(self, &mut st, guard);
-        self.finish(st, guard);
-        r
-    }
-
-    /// The end of every critical section that may owe migration work: migrate, promote or
-    /// compact as due, unlock, then flush retired tables and run the observer.
-    fn finish(&self, mut st: MutexGuard<'_, Dirty<K, V>>, guard: &Guard) {
-        self.maintain(&mut st, guard);
-        // Relaxed: hints for the background reclaimer's trim decision (a lost update of the peak
-        // under a race only delays or skips a trim).
-        let live = self.read(guard).gen.live();
-        self.shared.live_hint.store(live, Relaxed);
-        if live > self.shared.peak_live.load(Relaxed) {
-            self.shared.peak_live.store(live, Relaxed);
-        }
-        let retired = std::mem::take(&mut st.retired);
-        let budget = st.budget;
-        st.since_observed += 1;
-        let observe = retired || st.since_observed >= OBSERVE_EVERY;
-        if observe {
-            st.since_observed = 0;
-        }
-        drop(st);
-        // Outside the lock: start the grace period of what this operation retired (flushed to
-        // the global queue, so that any thread's next collection, the background reclaimer's
-        // included, can end it), then free a step of what is past it; freeing runs the keys'
-        // and values' `Drop`, which may call the map.
-        self.grave.service(guard, grave::step_floor(budget));
-        if observe {
-            self.observe(guard);
         }
     }
 
@@ -704,7 +666,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 return self.after_store(e, gen, old, guard);
             }
         }
-        self.slow(guard, |this, st, guard| {
+        self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
             let place = this.locate(st, read, hash, &key);
             // SAFETY: found while `guard` is pinned.
@@ -760,7 +722,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// Returns the new entry's value pointer.
     fn insert_fresh(
         &self,
-        st: &mut Dirty<K, V>,
+        st: &mut LockedState<K, V>,
         hash: u64,
         key: K,
         value: V,
@@ -803,160 +765,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         v
     }
 
-    /// Starts filling a dirty tier from the read tier (Go's `dirtyLocked`, spread over later
-    /// operations instead of copying everything now).
-    fn start_migration(&self, st: &mut Dirty<K, V>, read: &Tier<K, V>, compacting: bool) {
-        debug_assert!(st.tier.is_none());
-        let t = &read.table;
-        let work = Self::work(t);
-        let budget = Self::budget(t, read.gen.live());
-        // I5: room for every read entry plus one fresh key per operation of the migration, at
-        // load factor 1/2.
-        let ops = work.div_ceil(budget) + 1;
-        let slots = 2 * (t.len() + ops);
-        self.set_dirty(st, Some(Tier::boxed(slots, read.gen.clone())));
-        st.cursor = 0;
-        st.budget = budget;
-        st.expunged = 0;
-        st.compacting = compacting;
-        self.shared.migrations.fetch_add(1, Relaxed);
-        if compacting {
-            self.shared.compactions.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Work units of a whole migration of `t`: occupied slots, chunks, and empty slots at 1/16.
-    fn work(t: &Table<K, V>) -> usize {
-        t.len() + t.chunks() + t.capacity() / 16 + 1
-    }
-
-    /// Work units per slow operation for a migration of `t` with `live` entries present: enough
-    /// to finish before half of the live entries can be removed (so a compaction keeps up), and
-    /// never less than `MIN_BUDGET`.
-    fn budget(t: &Table<K, V>, live: usize) -> usize {
-        (2 * Self::work(t)).div_ceil(live.max(1)).max(MIN_BUDGET)
-    }
-
-    /// Copies up to `budget` units of the read tier into the dirty tier (I4).
-    fn migrate(&self, st: &mut Dirty<K, V>, budget: usize, guard: &Guard) {
-        let read = self.read(guard);
-        let Some(d) = st.tier.as_deref() else { return };
-        let mut expunged = 0;
-        st.cursor = read.table.scan(st.cursor, budget, |i, hash, e| {
-            // SAFETY: entries reachable from the read tier are alive while we hold the lock and
-            // `guard` (I3: only retirement through the epoch frees them).
-            if unsafe { &*e }.expunge_if_deleted() {
-                read.table.mark_owned(i);
-                expunged += 1;
-            } else {
-                // The stored pointer itself, not one derived from a reference: the dirty tier
-                // may be the one that frees the entry later.
-                d.table.insert_unique(hash, e);
-            }
-        });
-        st.expunged += expunged;
-    }
-
-    /// Makes the (complete) dirty tier the read tier and retires the old read tier.
-    fn promote(&self, st: &mut Dirty<K, V>, guard: &Guard) {
-        let new = st.tier.take();
-        assert!(!new.is_null(), "dirty tier to promote");
-        // Deliberately wrong order for the loom models (never built otherwise): a lookup that
-        // sees the null view can re-load the old read tier and report a present key absent.
-        #[cfg(tiermap_mutation = "clear_view_before_swap")]
-        self.dirty_view.store(ptr::null_mut(), Release);
-        // `dirty_view` still points at `new`, which stays alive as the read tier; it is cleared
-        // after `read` is swapped (the order `lookup` relies on).
-        #[cfg(tiermap_mutation = "retire_before_publish")]
-        let old = {
-            let old = self.read.load(Acquire);
-            // SAFETY: deliberately wrong order for the loom models; never built otherwise.
-            unsafe { self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard) };
-            self.read.store(new, Release);
-            old
-        };
-        #[cfg(not(tiermap_mutation = "retire_before_publish"))]
-        let old = {
-            // AcqRel: release publishes the new tier's slots to readers; acquire is for the
-            // old pointer we free later (written by an earlier lock holder, also ordered by the
-            // mutex).
-            #[cfg(not(tiermap_mutation = "relaxed_promote_publish"))]
-            let publish = AcqRel;
-            // Deliberately too weak for the loom models; never built otherwise.
-            #[cfg(tiermap_mutation = "relaxed_promote_publish")]
-            let publish = Acquire;
-            self.read.swap(new, publish)
-        };
-        // SAFETY: `old` is unpublished now; I4 with `cursor == capacity` means it owns exactly
-        // its tagged entries (I3), `st.expunged` of them.
-        #[cfg(not(tiermap_mutation = "retire_before_publish"))]
-        unsafe {
-            self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard)
-        };
-        let _ = old;
-        // SAFETY: `new` is the tier we just published; it is alive while we hold the lock.
-        let gen = unsafe { &(*new).gen };
-        gen.entries.fetch_sub(st.expunged as isize, Relaxed);
-        // Release pairs with the acquire in `lookup` (see there).
-        #[cfg(not(tiermap_mutation = "clear_view_before_swap"))]
-        self.dirty_view.store(ptr::null_mut(), Release);
-        st.cursor = 0;
-        self.misses.store(0, Relaxed);
-        st.expunged = 0;
-        st.compacting = false;
-        st.retired = true;
-        self.shared.promotions.fetch_add(1, Relaxed);
-    }
-
-    /// Whether the held tables or deleted entries are out of proportion to the live entries.
-    ///
-    /// Only the read tier's allocated slots count: a dirty tier is sized from the read tier
-    /// (I5) or by `with_capacity`, and becomes the read tier when promoted.
-    fn needs_compaction(&self, read: &Tier<K, V>) -> bool {
-        let live = read.gen.live();
-        let deleted = read.gen.entries().saturating_sub(live);
-        deleted > live / 2 + DELETED_FLOOR || read.table.allocated_slots() > 8 * live + SLOTS_FLOOR
-    }
-
-    /// The work every slow operation owes: migrate, promote when due, start a compaction when
-    /// the map holds too much.
-    fn maintain(&self, st: &mut Dirty<K, V>, guard: &Guard) {
-        if st.tier.is_some() {
-            let read = self.read(guard);
-            if st.cursor < read.table.capacity() {
-                // Re-derive the budget from the live count now: if removals shrank it since the
-                // migration started, finish sooner (a compaction must not lag the removals).
-                let budget = Self::budget(&read.table, read.gen.live()).max(st.budget);
-                st.budget = budget;
-                self.migrate(st, budget, guard);
-            }
-            if st.cursor >= read.table.capacity() {
-                let d = st.tier.as_deref().expect("dirty tier");
-                let due = st.compacting
-                    || self.misses.load(Relaxed) >= d.table.len()
-                    || d.table.len() >= d.table.max_len()
-                    || self.needs_compaction(read);
-                if due {
-                    self.promote(st, guard);
-                }
-            }
-        }
-        if st.tier.is_none() {
-            let read = self.read(guard);
-            if self.needs_compaction(read) {
-                self.start_migration(st, read, true);
-                self.migrate(st, st.budget, guard);
-                if st.cursor >= read.table.capacity() {
-                    self.promote(st, guard);
-                }
-            }
-        }
-    }
-
     /// After a lock-free delete: help or start a compaction if deleted entries pile up.
     fn after_delete(&self, read: &Tier<K, V>, guard: &Guard) {
         if self.needs_compaction(read) {
-            self.slow(guard, |_, _, _| ());
+            self.with_lock(guard, |_, _, _| ());
         }
     }
 
@@ -1039,7 +851,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         // One locked pass: the value exists already, so it never has to be computed under the
         // lock (where the closure could call into the map, or panic).
         let pending = pending.expect("computed before the locked pass");
-        self.slow(guard, |this, st, guard| {
+        self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
             let place = this.locate(st, read, hash, &key);
             if let Place::Dirty(..) = place {
@@ -1167,132 +979,6 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         removed
     }
 
-    /// After a bulk removal (`retain`) of `removed` entries: if that made a compaction due, run
-    /// it to the end now, in steps with the lock released between them. A bulk removal already
-    /// paid O(n) to scan the map, so it pays for the compaction it causes instead of leaving
-    /// deleted entries to later operations (which, if they are all reads, never come).
-    pub(crate) fn settle(&self, guard: &Guard, removed: usize) {
-        if removed > 0 && self.needs_compaction(self.read(guard)) {
-            self.compact(guard);
-        }
-    }
-
-    /// A read tier that holds every present key, for iteration: completes a running migration
-    /// and promotes if the dirty tier holds keys the read tier lacks (Go's `Range` promotes
-    /// too). The work is done in steps with the lock released between them.
-    ///
-    /// Bounded under any rate of concurrent inserts: it returns the first tier promoted (by
-    /// anyone) after the call began, which holds every key present when it was promoted, even
-    /// if new keys have amended it since (as Go's `Range` uses the read map it has just
-    /// promoted). Each step either returns or migrates `SNAPSHOT_STEP` units of the one
-    /// migration that must end before that promotion.
-    pub(crate) fn snapshot<'g>(&self, guard: &'g Guard) -> &'g Tier<K, V> {
-        let start = self.read(guard);
-        // Acquire: as in `lookup`.
-        if !start.amended.load(Acquire) {
-            return start;
-        }
-        loop {
-            #[cfg(test)]
-            tests::SNAPSHOT_ROUNDS.with(|n| n.set(n.get() + 1));
-            let mut st = lock(&self.dirty);
-            let read = self.read(guard);
-            // `start` is alive (our guard), so a different pointer is a newer tier: one
-            // promoted since the call began, or a `clear`'s empty one.
-            if !ptr::eq(read, start) {
-                self.finish(st, guard);
-                return read;
-            }
-            debug_assert!(st.tier.is_some(), "amended implies a dirty tier");
-            self.migrate(&mut st, SNAPSHOT_STEP, guard);
-            if st.cursor >= read.table.capacity() && st.tier.is_some() {
-                self.promote(&mut st, guard);
-                let promoted = self.read(guard);
-                self.finish(st, guard);
-                return promoted;
-            }
-            self.finish(st, guard);
-        }
-    }
-
-    /// Empties the map. The old tiers, entries and values are retired as one unit. A map that
-    /// holds nothing (no entry, no table, no dirty tier) is left as it is: clearing it
-    /// allocates nothing.
-    pub(crate) fn clear(&self, guard: &Guard) {
-        let mut st = lock(&self.dirty);
-        let read = self.read(guard);
-        if st.tier.is_none() && read.table.capacity() == 0 && read.gen.entries() == 0 {
-            return;
-        }
-        let id = self.generation.load(Relaxed) + 1;
-        let fresh = Tier::boxed(0, Gen::new(id));
-        // AcqRel: as in `promote`.
-        #[cfg(not(tiermap_mutation = "relaxed_clear_publish"))]
-        let old = self.read.swap(Box::into_raw(fresh), AcqRel);
-        // Deliberately too weak for the loom models; never built otherwise.
-        #[cfg(tiermap_mutation = "relaxed_clear_publish")]
-        let old = self.read.swap(Box::into_raw(fresh), Acquire);
-        // Release pairs with the acquire in `generation_is`.
-        self.generation.store(id, Release);
-        let dirty = self.set_dirty(&mut st, None);
-        let upto = if dirty.is_null() { 0 } else { st.cursor };
-        // SAFETY: `old` is unpublished; with the cursor (I3) it and `dirty` own every entry of
-        // the generation exactly once.
-        unsafe {
-            let owned = (*old).gen.entries();
-            self.retire_tiers(old, upto, owned, dirty, guard)
-        };
-        st.cursor = 0;
-        self.misses.store(0, Relaxed);
-        st.expunged = 0;
-        st.compacting = false;
-        st.retired = true;
-        // Unlocks, starts the grace period of the old tiers and runs the observer.
-        self.finish(st, guard);
-    }
-
-    /// Rebuilds the tiers now so that they hold only live entries, in steps with the lock
-    /// released between them.
-    pub(crate) fn compact(&self, guard: &Guard) {
-        // A rebuild sizes its table from the read tier's entry count (I5), deleted ones
-        // included; a second round right-sizes it once those are gone.
-        for _ in 0..3 {
-            self.compact_round(guard);
-            let read = self.read(guard);
-            let live = read.gen.live();
-            let tight = read.table.len() == live && read.table.capacity() <= 4 * live + 16;
-            if tight {
-                break;
-            }
-        }
-    }
-
-    fn compact_round(&self, guard: &Guard) {
-        {
-            let mut st = lock(&self.dirty);
-            if st.tier.is_none() {
-                let read = self.read(guard);
-                self.start_migration(&mut st, read, true);
-            } else {
-                st.compacting = true;
-            }
-        }
-        loop {
-            let mut st = lock(&self.dirty);
-            if st.tier.is_none() {
-                break;
-            }
-            let read = self.read(guard);
-            self.migrate(&mut st, SNAPSHOT_STEP, guard);
-            if st.cursor >= read.table.capacity() {
-                self.promote(&mut st, guard);
-                self.finish(st, guard);
-                break;
-            }
-            self.finish(st, guard);
-        }
-    }
-
     /// Retires a value that the caller unlinked from `e` with its CAS (an inline value needs
     /// nothing: it has no drop glue and lives as long as the entry).
     ///
@@ -1304,70 +990,6 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         if e.owns_cell(p) {
             // SAFETY: per the caller; `p` came from `alloc_value` (not inline).
             unsafe { self.grave.retire_value(p, guard) };
-        }
-    }
-
-    /// Frees what the map retired and is past its grace period, now: seals the batch of removed
-    /// values, starts the grace period of everything retired, and runs collections until this
-    /// map's retired memory is freed or a guard pinned before it holds it (at most 64 rounds).
-    /// Returns the retired bytes still waiting.
-    pub(crate) fn reclaim(&self) -> usize {
-        {
-            let guard = self.reclaimer.pin();
-            self.grave.seal_values(&guard);
-            self.grave.defer(&guard);
-        }
-        let mut freed = 0;
-        for round in 0..64 {
-            if round >= 3 && self.shared.retired_bytes.load(Relaxed) == 0 {
-                break;
-            }
-            self.reclaimer.collect(1);
-            freed += self.grave.drain(usize::MAX);
-            if round >= 8 && !cfg!(tiermap_loom) {
-                // Still pending: some thread is pinned (a user's guard, or another thread in
-                // the middle of an operation, the background reclaimer's tick included, perhaps
-                // descheduled). Let it run before the next try; at most about 1.5 ms in all.
-                std::thread::sleep(std::time::Duration::from_micros(25));
-            }
-        }
-        background::freed(freed);
-        self.shared.retired_bytes.load(Relaxed)
-    }
-
-    /// Retires an unpublished read tier (owning its tagged entries and those at slots
-    /// `>= upto`) and optionally a dirty tier (owning all its entries).
-    ///
-    /// # Safety
-    /// `read` (and `dirty`, if not null) were unlinked by the caller under the lock, are
-    /// retired once, and own the entries I3 says they own. `owned_entries` is for accounting.
-    unsafe fn retire_tiers(
-        &self,
-        read: *mut Tier<K, V>,
-        upto: usize,
-        owned_entries: usize,
-        dirty: *mut Tier<K, V>,
-        _guard: &Guard,
-    ) {
-        // SAFETY: alive until the graveyard frees it.
-        let mut bytes = unsafe { (*read).table.heap_bytes() } + size_of::<Tier<K, V>>();
-        bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
-        let mut dirty_bytes = 0;
-        if !dirty.is_null() {
-            // SAFETY: as above.
-            dirty_bytes = unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
-        }
-        // SAFETY: the tiers are unpublished, so only guards pinned before now can reach them;
-        // the graveyard frees them after the grace period of a deferral made after this call
-        // (or when the map is dropped); they own what I3 says (`upto` for the read tier, all
-        // for the dirty one).
-        unsafe {
-            self.grave
-                .retire(Item::Tier(Corpse::new(read, upto, bytes)));
-            if !dirty.is_null() {
-                self.grave
-                    .retire(Item::Tier(Corpse::new(dirty, 0, dirty_bytes)));
-            }
         }
     }
 }

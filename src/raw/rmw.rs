@@ -247,7 +247,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         K: Eq,
     {
         let stale = self.read(guard);
-        self.slow(guard, |this, st, guard| {
+        self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(stale, guard);
             let k = key.as_ref().expect("key kept until inserted");
             let place = this.locate(st, read, hash, k);

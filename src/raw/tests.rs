@@ -63,7 +63,7 @@ fn iteration_is_not_starved_by_a_stream_of_new_keys() {
 
 /// The observer (the retention alarm's hook) runs after the promotions that iteration and
 /// compaction make, as the docs promise for every promotion. Before the fix, `snapshot` and
-/// `compact_round` unlocked without `finish`, so it never ran after them.
+/// `compact_round` unlocked without `unlock_and_maintain` (then `finish`), so it never ran after them.
 #[test]
 fn the_observer_runs_after_promotions_by_iteration_and_compaction() {
     let map: SyncMap<u64, u64> = SyncMap::with_capacity(1_000);
