@@ -252,8 +252,8 @@ fn main() {
             ("papaya `HashMap::guard` (seize)", &|| {
                 drop(black_box(p.guard()))
             }),
-            ("scc `ebr::Guard::new` (sdd)", &|| {
-                drop(black_box(scc::ebr::Guard::new()))
+            ("scc `Guard::new` (sdd)", &|| {
+                drop(black_box(scc::Guard::new()))
             }),
             ("uncontended `RwLock::read`", &|| {
                 drop(black_box(lock.read().unwrap()))

@@ -269,16 +269,18 @@ impl BenchMap for Dash {
 }
 
 // --------------------------------------------------------------------------------------------
-// scc::HashMap
+// scc::HashMap (scc 3.x: every blocking method carries a `_sync` suffix, next to its `_async`
+// twin; the adapters use the `_sync` forms, which are what scc 2.4's unsuffixed methods were)
 
 pub type Scc = scc::HashMap<u64, u64, Hasher>;
 
+/// Flushes scc's deferred frees (sdd, re-exported as `scc::Guard` since scc 3; `scc::ebr` is gone).
 fn scc_flush() {
-    let g = scc::ebr::Guard::new();
+    let g = scc::Guard::new();
     g.accelerate();
     drop(g);
     for _ in 0..8 {
-        drop(scc::ebr::Guard::new());
+        drop(scc::Guard::new());
     }
 }
 
@@ -289,18 +291,20 @@ impl BenchMap for Scc {
     }
     #[inline]
     fn load(&self, k: u64) -> Option<u64> {
-        self.read(&k, |_, v| *v)
+        // `read_sync` (2.4 `read`): shared bucket lock, copy the value out. scc 3's `HashMap` has
+        // no lock-free `peek`; `get_sync` would take the exclusive lock.
+        self.read_sync(&k, |_, v| *v)
     }
     #[inline]
     fn swap(&self, k: u64, v: u64) -> Option<u64> {
-        self.upsert(k, v)
+        self.upsert_sync(k, v)
     }
     #[inline]
     fn load_or_store(&self, k: u64, v: u64) -> (u64, bool) {
-        if let Some(x) = self.read(&k, |_, v| *v) {
+        if let Some(x) = self.read_sync(&k, |_, v| *v) {
             return (x, true);
         }
-        match self.entry(k) {
+        match self.entry_sync(k) {
             scc::hash_map::Entry::Occupied(o) => (*o.get(), true),
             scc::hash_map::Entry::Vacant(e) => {
                 e.insert_entry(v);
@@ -310,11 +314,11 @@ impl BenchMap for Scc {
     }
     #[inline]
     fn load_and_delete(&self, k: u64) -> Option<u64> {
-        self.remove(&k).map(|(_, v)| v)
+        self.remove_sync(&k).map(|(_, v)| v)
     }
     #[inline]
     fn compare_and_swap(&self, k: u64, old: u64, new: u64) -> bool {
-        scc::HashMap::update(self, &k, |_, v| {
+        self.update_sync(&k, |_, v| {
             if *v == old {
                 *v = new;
                 true
@@ -326,17 +330,19 @@ impl BenchMap for Scc {
     }
     #[inline]
     fn compare_and_delete(&self, k: u64, old: u64) -> bool {
-        self.remove_if(&k, |v| *v == old).is_some()
+        self.remove_if_sync(&k, |v| *v == old).is_some()
     }
     #[inline]
     fn update(&self, k: u64, v: u64) -> bool {
-        scc::HashMap::update(self, &k, |_, x| *x = v).is_some()
+        self.update_sync(&k, |_, x| *x = v).is_some()
     }
     fn range<F: FnMut(u64, u64) -> bool>(&self, mut f: F) {
-        self.any(|k, v| !f(*k, *v));
+        // `iter_sync` (2.4 `any` with a negated predicate): shared bucket locks, stops when `f`
+        // returns false. scc 3's `any_sync` takes exclusive locks and returns an entry.
+        self.iter_sync(|k, v| f(*k, *v));
     }
     fn clear(&self) {
-        scc::HashMap::clear(self)
+        self.clear_sync()
     }
     fn len(&self) -> usize {
         scc::HashMap::len(self)
@@ -359,11 +365,12 @@ impl BenchMap for SccIndex {
     }
     #[inline]
     fn load(&self, k: u64) -> Option<u64> {
+        // `peek_with`, lock-free as in 2.4 (3.x `read_sync` also takes this path for `u64`).
         self.peek_with(&k, |_, v| *v)
     }
     fn swap(&self, k: u64, v: u64) -> Option<u64> {
-        match self.entry(k) {
-            scc::hash_index::Entry::Occupied(o) => {
+        match self.entry_sync(k) {
+            scc::hash_index::Entry::Occupied(mut o) => {
                 let old = *o.get();
                 o.update(v);
                 Some(old)
@@ -378,7 +385,7 @@ impl BenchMap for SccIndex {
         if let Some(x) = self.peek_with(&k, |_, v| *v) {
             return (x, true);
         }
-        match self.entry(k) {
+        match self.entry_sync(k) {
             scc::hash_index::Entry::Occupied(o) => (*o.get(), true),
             scc::hash_index::Entry::Vacant(e) => {
                 e.insert_entry(v);
@@ -388,15 +395,15 @@ impl BenchMap for SccIndex {
     }
     fn load_and_delete(&self, k: u64) -> Option<u64> {
         let mut got = None;
-        self.remove_if(&k, |v| {
+        self.remove_if_sync(&k, |v| {
             got = Some(*v);
             true
         });
         got
     }
     fn compare_and_swap(&self, k: u64, old: u64, new: u64) -> bool {
-        match self.get(&k) {
-            Some(o) if *o.get() == old => {
+        match self.get_sync(&k) {
+            Some(mut o) if *o.get() == old => {
                 o.update(new);
                 true
             }
@@ -404,11 +411,11 @@ impl BenchMap for SccIndex {
         }
     }
     fn compare_and_delete(&self, k: u64, old: u64) -> bool {
-        self.remove_if(&k, |v| *v == old)
+        self.remove_if_sync(&k, |v| *v == old)
     }
     fn update(&self, k: u64, v: u64) -> bool {
-        match self.get(&k) {
-            Some(o) => {
+        match self.get_sync(&k) {
+            Some(mut o) => {
                 o.update(v);
                 true
             }
@@ -416,7 +423,7 @@ impl BenchMap for SccIndex {
         }
     }
     fn range<F: FnMut(u64, u64) -> bool>(&self, mut f: F) {
-        let g = scc::ebr::Guard::new();
+        let g = scc::Guard::new();
         for (k, v) in self.iter(&g) {
             if !f(*k, *v) {
                 break;
@@ -424,7 +431,7 @@ impl BenchMap for SccIndex {
         }
     }
     fn clear(&self) {
-        scc::HashIndex::clear(self)
+        self.clear_sync()
     }
     fn len(&self) -> usize {
         scc::HashIndex::len(self)
