@@ -12,7 +12,9 @@
 //!    ceiling and with the ceiling turned off (`capacity_ceiling(None)`, Go-like).
 //!
 //! Environment: `BENCH_THREADS` (default `1,2,4`), `POOL_ROUNDS` (round trips per thread,
-//! default 2,000,000), `POOL_SCENARIO=0` skips part 2. Run: `cargo bench --bench pool` (about a minute).
+//! default 2,000,000), `POOL_SCENARIO=0` skips part 2, `POOL_ONLY=<pool>` runs only `POOL_ROUNDS`
+//! round trips of one pool on one thread (for callgrind; see `only`).
+//! Run: `cargo bench --bench pool` (about a minute).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -214,12 +216,38 @@ macro_rules! each_pool {
     }};
 }
 
+/// `POOL_ONLY=<pool>`: runs `rounds` round trips of one pool on the main thread and nothing
+/// else, for instruction counts under callgrind. Run it twice with different `POOL_ROUNDS` and
+/// divide the difference of the totals by the difference of the rounds: startup and warm-up
+/// cancel out (see `docs/DESIGN.md`, MapPool, and BENCHMARKS.md section 5).
+fn only<P: Pool>(pool: &P, rounds: u64) {
+    for i in 0..1000u64 {
+        pool.with(|m| m.insert(i, i));
+    }
+    for i in 0..rounds {
+        pool.with(|m| black_box(m.insert(i, i)));
+    }
+}
+
 fn main() {
     let threads = thread_counts();
     let rounds: u64 = std::env::var("POOL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
+    if let Ok(name) = std::env::var("POOL_ONLY") {
+        match name.as_str() {
+            "tiermap" => only(&new_tier(), rounds),
+            "tiermap-no-ceiling" => only(&new_tier_no_ceiling(), rounds),
+            "mutex" => only(&new_mutex(), rounds),
+            "lockfree" => only(&new_lockfree(), rounds),
+            "object-pool" => only(&new_object_pool(), rounds),
+            other => panic!(
+                "POOL_ONLY={other}: one of tiermap, tiermap-no-ceiling, mutex, lockfree, object-pool"
+            ),
+        }
+        return;
+    }
 
     println!("### Pool round trip: get, one insert, return (ns per round trip; lower is better)");
     println!();

@@ -338,6 +338,22 @@ impl PoolHooks {
         }
     }
 
+    /// The smallest object (in heap bytes) that the return path must keep in the shared stripes
+    /// rather than in a per-thread cache: with a sink set, the at-once threshold (so that
+    /// `MapPool::clear`, from any thread, reaches the big objects that trip the alarm), else
+    /// none (`usize::MAX`).
+    #[inline]
+    pub(crate) fn cache_limit(&self) -> usize {
+        // Relaxed: hints, as in `after_return`.
+        if !self.active.load(Relaxed) {
+            return usize::MAX;
+        }
+        match self.big.load(Relaxed) {
+            0 => usize::MAX,
+            big => big,
+        }
+    }
+
     /// Runs the sinks now if any is set (after `clear`, and on installation).
     pub(crate) fn check_now(&self, stats: impl Fn() -> PoolStats) {
         // Relaxed: as in `after_return`; the sinks themselves are read through `ArcSwapOption`,
@@ -380,6 +396,12 @@ impl<T: Recycle> MapPool<T> {
     /// one, two relaxed loads and a relaxed increment of the pool's return counter per return
     /// (one counter shared by all threads), and every 64 returns a check that sums the shards'
     /// counters (a few atomic loads per shard), plus one check per big object kept.
+    ///
+    /// **Big objects are kept where `clear` reaches them.** While an alarm is set, a return that
+    /// keeps an object of at least a sixteenth of the threshold stores it in the shared stripes,
+    /// never in the returning thread's cache (see [per-thread
+    /// caches](crate::pool#per-thread-caches)), so that [`MapPool::clear`] from any thread drops
+    /// it.
     ///
     /// **The callback** runs on the returning thread, may use the pool (and `get` or `put`
     /// objects), and if it panics the panic is caught and counted

@@ -32,12 +32,13 @@ use super::{MapPool, Recycle};
 /// ```
 pub struct Pooled<'a, T: Recycle> {
     pool: &'a MapPool<T>,
-    // Invariant: `Some` until `detach` or `drop` takes it.
-    value: Option<T>,
+    // Invariant: `Some` until `detach` or `drop` takes it. Boxed: the pool
+    // moves only the pointer (see the pool's module docs).
+    value: Option<Box<T>>,
 }
 
 impl<'a, T: Recycle> Pooled<'a, T> {
-    pub(crate) fn new(pool: &'a MapPool<T>, value: T) -> Self {
+    pub(crate) fn new(pool: &'a MapPool<T>, value: Box<T>) -> Self {
         Pooled {
             pool,
             value: Some(value),
@@ -142,12 +143,13 @@ impl<T: Recycle + fmt::Debug> fmt::Debug for Pooled<'_, T> {
 /// ```
 pub struct OwnedPooled<T: Recycle> {
     pool: Arc<MapPool<T>>,
-    // Invariant: `Some` until `detach` or `drop` takes it.
-    value: Option<T>,
+    // Invariant: `Some` until `detach` or `drop` takes it (boxed, as in
+    // `Pooled`).
+    value: Option<Box<T>>,
 }
 
 impl<T: Recycle> OwnedPooled<T> {
-    pub(crate) fn new(pool: Arc<MapPool<T>>, value: T) -> Self {
+    pub(crate) fn new(pool: Arc<MapPool<T>>, value: Box<T>) -> Self {
         OwnedPooled {
             pool,
             value: Some(value),
@@ -220,23 +222,23 @@ impl<T: Recycle + fmt::Debug> fmt::Debug for OwnedPooled<T> {
 
 const TAKEN: &str = "pooled object used after detach (a tiermap bug)";
 
-fn get<T>(value: &Option<T>) -> &T {
+fn get<T>(value: &Option<Box<T>>) -> &T {
     match value.as_ref() {
         Some(value) => value,
         None => unreachable!("{TAKEN}"),
     }
 }
 
-fn get_mut<T>(value: &mut Option<T>) -> &mut T {
+fn get_mut<T>(value: &mut Option<Box<T>>) -> &mut T {
     match value.as_mut() {
         Some(value) => value,
         None => unreachable!("{TAKEN}"),
     }
 }
 
-fn take<T>(value: &mut Option<T>) -> T {
+fn take<T>(value: &mut Option<Box<T>>) -> T {
     match value.take() {
-        Some(value) => value,
+        Some(value) => *value,
         None => unreachable!("{TAKEN}"),
     }
 }

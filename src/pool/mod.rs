@@ -47,7 +47,9 @@
 //! 2. otherwise it is emptied with [`Recycle::reset`], whose cost is then
 //!    bounded by the ceiling, whatever the object once held;
 //! 3. it is stored if the pool holds fewer than `max_idle` objects, and dropped
-//!    otherwise (counted in [`PoolStats::returns_dropped`]).
+//!    otherwise (counted in [`PoolStats::returns_dropped`]): in the returning
+//!    thread's own cache if that is empty (see [per-thread
+//!    caches](#per-thread-caches)), else in the shared stripes.
 //!
 //! # Choosing the ceiling
 //!
@@ -90,27 +92,63 @@
 //! | `capacity_ceiling` | `Some(1024)` | about 34 KiB for a `HashMap<u64, u64>`, so at most 2.2 MiB idle |
 //! | `shards` | available parallelism, rounded up to a power of two, at most 64 and at most `max_idle` | one lock per core |
 //!
-//! # Design, and why it is enough
+//! # Per-thread caches
 //!
-//! Idle objects live in a few *shards*, each a `Mutex<Vec<T>>` on its own cache
-//! lines, with `max_idle` split between them exactly (so the total never
-//! exceeds it). Each thread gets a home shard, assigned round robin on its
-//! first use of any pool; `get` pops from the home shard (the most recently
-//! returned object, the warmest in cache), and if it is empty, tries the other
-//! shards that look non-empty with `try_lock`, then creates a new object.
-//! A return goes to the home shard, and if it is full, to another one that
-//! looks non-full and is not locked, else the object is dropped.
+//! Each thread that uses a pool gets, on its first `get` or return, a cache of
+//! **one** object in that pool (while the pool has a free one: a pool has
+//! `max_idle / 2` caches, at most 64). A round trip by a thread whose cache is
+//! in use takes the cached object and puts it back there: no lock, no atomic
+//! read-modify-write, no fence, and nothing written that another thread reads
+//! except the thread's own counters. That is the fast path; everything else
+//! (a thread holding two objects at once, threads beyond the caches) uses the
+//! shared stripes below.
 //!
-//! With no more threads than shards, each thread has a lock of its own, so a
-//! round trip costs two uncontended lock/unlock pairs, like a pool behind a
-//! single `Mutex`, but without a cache line bouncing between cores. No object
-//! is ever kept in a thread-local, so none outlives the pool, none is lost
-//! when a thread exits, and the idle count is exact. The price of `try_lock`
-//! is that a `get` racing with another thread on a foreign shard may allocate
-//! although an idle object exists (a miss), and a return may drop an object
-//! although some shard has room; the bounds hold either way. No user code
-//! (`reset`, `Drop`, `with_capacity`) runs while a lock is held: the critical
-//! sections are a `Vec` push or pop that never reallocates.
+//! * **`max_idle` stays exact.** A cache borrows one unit of `max_idle` from a
+//!   stripe when its thread claims it (with one of the stripe's idle objects,
+//!   if the stripe was full), and gives it back when the thread exits. So idle
+//!   objects in the stripes plus cached objects never exceed `max_idle`, at
+//!   every instant; a thread's cached object counts in [`PoolStats::idle`] and
+//!   [`PoolStats::retained_bytes`] like any other. At least half of `max_idle`
+//!   always stays with the stripes, for the threads without a cache.
+//! * **A cached object is its thread's.** Other threads' gets do not see it (they
+//!   may miss although it is idle), and [`MapPool::clear`] drops only the
+//!   calling thread's cached object (and the stripes'). With a retention alarm
+//!   installed, an object of at least a sixteenth of its threshold (the size
+//!   the alarm checks at once) is never cached: it goes to the stripes, where
+//!   `clear` from any thread reaches it.
+//! * **Nothing is lost when a thread exits**: its cached object goes to the
+//!   stripe that lent the unit (it always fits), from the thread-local
+//!   destructor, so it is idle and reachable once the thread is joined.
+//! * **Nothing outlives the pool**: dropping the pool drops every cached
+//!   object too, including those of threads still running (on the dropping
+//!   thread, before the drop returns); a thread that exits later finds the pool
+//!   gone and touches nothing. Each object is dropped exactly once.
+//! * Objects are kept boxed, so that the fast path moves a pointer, never the
+//!   object (moving a map of a few words through the cache cost more than the
+//!   rest of the round trip: the loads of the next `get` stall on the stores of
+//!   the last return). Creating an object, or [`MapPool::put`] of an object
+//!   that did not come from the pool, allocates that box; [`Pooled::detach`]
+//!   frees it.
+//!
+//! # Shared stripes
+//!
+//! The other idle objects live in a few *stripes* (shards), each a
+//! `Mutex<Vec<_>>` on its own cache lines, with `max_idle` (less the units lent
+//! to caches) split between them exactly. Each thread gets a home stripe,
+//! assigned round robin on its first use of any pool; `get` pops from the home
+//! stripe (the most recently returned object, the warmest in cache), and if it
+//! is empty, tries the other stripes that look non-empty with `try_lock`, then
+//! creates a new object. A return goes to the home stripe, and if it is full,
+//! to another one that looks non-full and is not locked, else the object is
+//! dropped.
+//!
+//! The price of `try_lock` is that a `get` racing with another thread on a
+//! foreign stripe may allocate although an idle object exists (a miss), and a
+//! return may drop an object although some stripe has room; the bounds hold
+//! either way. No user code (`reset`, `Drop`, `with_capacity`) runs while a
+//! lock is held: the critical sections are a `Vec` push or pop that never
+//! reallocates, or (when a thread claims or gives back its cache) a move of
+//! one object.
 //!
 //! # Panics
 //!
@@ -124,14 +162,21 @@
 //!
 //! # Statistics
 //!
-//! [`MapPool::stats`] sums per-shard counters into a [`PoolStats`]. The
-//! counters are relaxed atomics, read without locking: they are diagnostics,
+//! [`MapPool::stats`] sums the stripes' and the per-thread caches' counters
+//! into a [`PoolStats`]. The counters are relaxed atomics, read without
+//! locking, each written by one thread at a time (a cache's by its thread, a
+//! stripe's under its lock) with no read-modify-write: they are diagnostics,
 //! exact once the threads using the pool are joined, and possibly a few
-//! operations apart from each other while they run.
-#![forbid(unsafe_code)]
+//! operations apart from each other while they run. `hits` is not counted but
+//! derived (`gets - misses`). One more caveat on `idle` and `retained_bytes`:
+//! an exiting thread moves its cached object to a stripe in its thread-local
+//! destructor, which for a scoped thread may run after the scope has returned;
+//! for that instant the object is counted in neither.
+#![deny(unsafe_code)] // Allowed in `local` only: the per-thread caches' object slots.
 
 pub(crate) mod alarm;
 mod guard;
+mod local;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod recycle;
@@ -153,11 +198,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
 
+use local::{Core, MyCell, Shared};
 use shard::{ColdCounters, Padded, Shard};
 
 const DEFAULT_MAX_IDLE: usize = 64;
 const DEFAULT_CAPACITY_CEILING: usize = 1024;
 const MAX_SHARDS: usize = 64;
+/// Most per-thread caches (cells) of one pool; a pool has `min(max_idle / 2, MAX_CELLS)`.
+const MAX_CELLS: usize = 64;
 
 /// A pool of reusable objects (maps, sets, vectors, or any [`Recycle`] type)
 /// whose retained memory is bounded by `max_idle` objects of at most the
@@ -186,10 +234,13 @@ const MAX_SHARDS: usize = 64;
 /// assert_eq!(pool.stats().gets, 2);
 /// ```
 pub struct MapPool<T: Recycle> {
-    // Invariant: `shards.len()` is a power of two, at most `MAX_SHARDS`, and
-    // the shard limits add up to `max_idle`.
-    shards: Box<[Padded<Shard<T>>]>,
-    // `shards.len() - 1`.
+    // The stripes and the per-thread cells (see `local`), and the link that
+    // the thread-local tables use to give cells back. Invariants:
+    // `core().shards.len()` is a power of two, at most `MAX_SHARDS`; the
+    // stripes' limits plus the claimed cells add up to `max_idle`, and each
+    // claimed cell holds at most one object.
+    shared: Shared<Box<T>>,
+    // `core.shards.len() - 1`.
     mask: usize,
     cold: Padded<ColdCounters>,
     // Invariant: at most `ceiling.requested` when there is a ceiling.
@@ -198,6 +249,40 @@ pub struct MapPool<T: Recycle> {
     max_idle: usize,
     /// The retention alarm and metrics publisher (`alarm`), checked after returns.
     pub(crate) hook: alarm::PoolHooks,
+    /// Loom builds: how many gets stole from and returns spilled to a stripe
+    /// other than the thread's home, so that a model can check it ran them.
+    #[cfg(tiermap_loom)]
+    loom_moves: LoomMoves,
+}
+
+/// See `MapPool::loom_moves`. Plain std counters of the model harness.
+#[cfg(tiermap_loom)]
+#[derive(Default)]
+struct LoomMoves {
+    steals: std::sync::atomic::AtomicUsize,
+    spills: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(tiermap_loom)]
+impl<T: Recycle> MapPool<T> {
+    /// Loom builds only: (gets served by stealing from another stripe, returns
+    /// spilled to another stripe) so far.
+    #[doc(hidden)]
+    pub fn loom_steals_and_spills(&self) -> (usize, usize) {
+        // Relaxed: counters read after the model's threads are joined.
+        (
+            self.loom_moves.steals.load(Relaxed),
+            self.loom_moves.spills.load(Relaxed),
+        )
+    }
+
+    /// Loom builds only: how many per-thread caches are free. Loom's `join` returns before
+    /// the joined thread's thread-local destructors have run (as std's scoped threads do), so a
+    /// model waits on this to see an exited thread's cache given back.
+    #[doc(hidden)]
+    pub fn loom_free_caches(&self) -> usize {
+        self.shared.link().free_cells()
+    }
 }
 
 /// The capacity ceiling as configured, and as `T` rounds it.
@@ -246,7 +331,8 @@ impl<T: Recycle> MapPool<T> {
         PoolBuilder::new()
     }
 
-    /// Takes an idle object, or creates one with
+    /// Takes an idle object (the calling thread's cached one first, see
+    /// [per-thread caches](self#per-thread-caches)), or creates one with
     /// `T::with_capacity(initial_capacity)` if none is idle. The object is
     /// empty, and its capacity is at most the ceiling. It goes back to the pool
     /// when the guard is dropped.
@@ -300,7 +386,7 @@ impl<T: Recycle> MapPool<T> {
     /// assert_eq!(pool.stats().idle, 1);
     /// ```
     pub fn put(&self, value: T) {
-        self.give_back(value);
+        self.give_back(Box::new(value));
     }
 
     /// A snapshot of the pool's counters; see [`PoolStats`].
@@ -319,13 +405,20 @@ impl<T: Recycle> MapPool<T> {
     #[must_use]
     pub fn stats(&self) -> PoolStats {
         let mut stats = PoolStats::default();
-        for shard in self.shards.iter() {
+        for shard in self.core().shards.iter() {
             let counts = shard.0.counts();
             stats.gets += counts.gets;
-            stats.hits += counts.hits;
             stats.returns += counts.returns;
             stats.returns_shrunk += counts.returns_shrunk;
             stats.idle += counts.idle;
+            stats.retained_bytes += counts.retained_bytes;
+        }
+        for cell in self.core().cells.iter() {
+            let counts = cell.0.counts();
+            stats.gets += counts.gets;
+            stats.returns += counts.returns;
+            stats.returns_shrunk += counts.returns_shrunk;
+            stats.idle += usize::from(counts.idle);
             stats.retained_bytes += counts.retained_bytes;
         }
         let cold = &self.cold.0;
@@ -333,11 +426,21 @@ impl<T: Recycle> MapPool<T> {
         stats.misses = cold.misses.load(Relaxed);
         stats.returns_dropped = cold.returns_dropped.load(Relaxed);
         stats.detached = cold.detached.load(Relaxed);
+        // Every get is a hit or a miss, and only misses are counted (off the
+        // hot path). Saturating: while other threads work, a miss may be
+        // counted before its get is.
+        stats.hits = stats.gets.saturating_sub(stats.misses);
         stats
     }
 
-    /// Drops every idle object, giving their memory back, and returns how many
-    /// there were. Objects in use are not affected and still come back later.
+    /// Drops every idle object in the shared stripes and the calling thread's
+    /// cached object, giving their memory back, and returns how many it
+    /// dropped. Objects in use are not affected and still come back later.
+    ///
+    /// An object cached by another thread that is still running (at most one
+    /// per thread, of at most the ceiling; see [per-thread
+    /// caches](self#per-thread-caches)) is not dropped: that thread uses it
+    /// again, or it goes to the stripes when that thread exits.
     ///
     /// ```
     /// use tiermap::pool::MapPool;
@@ -348,10 +451,18 @@ impl<T: Recycle> MapPool<T> {
     /// ```
     pub fn clear(&self) -> usize {
         let mut dropped = 0;
-        for shard in self.shards.iter() {
+        // The calling thread's own cached object (other threads' caches are
+        // theirs alone: see the module docs).
+        if let Ok(Some(cell)) = self.shared.my_cell() {
+            if let Some(value) = cell.take() {
+                dropped += 1;
+                drop(value);
+            }
+        }
+        for shard in self.core().shards.iter() {
             // Allocated before locking, dropped after: nothing allocates,
             // frees or runs `Drop` under the lock.
-            let mut idle = Vec::with_capacity(shard.0.limit());
+            let mut idle = Vec::with_capacity(shard.0.share());
             shard.0.lock().drain_into(&mut idle);
             dropped += idle.len();
             drop(idle);
@@ -381,7 +492,8 @@ impl<T: Recycle> MapPool<T> {
         self.ceiling.map(|ceiling| ceiling.effective)
     }
 
-    /// The most objects the pool keeps idle.
+    /// The most objects the pool keeps idle, in its stripes and per-thread
+    /// caches together.
     ///
     /// ```
     /// use tiermap::pool::MapPool;
@@ -411,17 +523,98 @@ impl<T: Recycle> MapPool<T> {
         self.initial_capacity
     }
 
+    /// The cells and stripes.
+    #[inline]
+    fn core(&self) -> &Core<Box<T>> {
+        self.shared.core()
+    }
+
     /// The index of the calling thread's home shard.
     fn home(&self) -> usize {
         thread_slot() & self.mask
     }
 
-    /// Takes an idle object or makes a new one.
-    fn take(&self) -> T {
+    /// The calling thread's cell (per-thread cache) in this pool, if it has
+    /// one; on the thread's first use of the pool (or when a cell may have
+    /// been freed since it found none), claims one.
+    #[inline]
+    fn my_cell(&self) -> Option<MyCell<'_, Box<T>>> {
+        match self.shared.my_cell() {
+            Ok(Some(cell)) => Some(cell),
+            // Registered without a cell: retry only if one may be free.
+            Ok(None) if !self.shared.link().may_have_free_cell() => None,
+            _ => self.register(),
+        }
+    }
+
+    /// Registers the pool in the calling thread's table, with a cell if one
+    /// can be claimed (see `local`).
+    #[cold]
+    #[inline(never)]
+    fn register(&self) -> Option<MyCell<'_, Box<T>>> {
+        if self.core().cells.is_empty() {
+            return None;
+        }
+        self.shared.register(|| self.claim())?;
+        self.shared.my_cell().ok().flatten()
+    }
+
+    /// Claims a free cell for the calling thread, borrowing a unit of
+    /// `max_idle` for it from a stripe (the home stripe first). If that stripe
+    /// is full, one of its idle objects moves to the cell with the unit.
+    fn claim(&self) -> Option<u32> {
+        let home = self.home();
+        self.shared.claim(|| {
+            (0..self.core().shards.len()).find_map(|step| {
+                let stripe = (home + step) & self.mask;
+                let moved = self.core().shards[stripe].0.lock().lend_unit()?;
+                Some((stripe, moved))
+            })
+        })
+    }
+
+    /// Takes an idle object or makes a new one: the calling thread's cached
+    /// object if it has one (no lock, no atomic read-modify-write), else one
+    /// from the stripes.
+    #[inline]
+    fn take(&self) -> Box<T> {
+        if let Ok(Some(cell)) = self.shared.my_cell() {
+            cell.note_get();
+            if let Some(value) = cell.take() {
+                return value;
+            }
+            return self.take_shared(false);
+        }
+        self.take_uncached()
+    }
+
+    /// `take` for a thread that has no cell yet (or none at all).
+    #[cold]
+    #[inline(never)]
+    fn take_uncached(&self) -> Box<T> {
+        match self.my_cell() {
+            Some(cell) => {
+                cell.note_get();
+                match cell.take() {
+                    Some(value) => value,
+                    None => self.take_shared(false),
+                }
+            }
+            None => self.take_shared(true),
+        }
+    }
+
+    /// Takes an object from the stripes (home first, then the others), or makes
+    /// a new one; counts the get on the home stripe if `count` (the caller did
+    /// not count it in its cell).
+    #[inline(never)]
+    fn take_shared(&self, count: bool) -> Box<T> {
         let home = self.home();
         {
-            let mut locked = self.shards[home].0.lock();
-            locked.note_get();
+            let mut locked = self.core().shards[home].0.lock();
+            if count {
+                locked.note_get();
+            }
             if let Some(value) = locked.pop() {
                 return value;
             }
@@ -430,18 +623,20 @@ impl<T: Recycle> MapPool<T> {
             return value;
         }
         ColdCounters::bump(&self.cold.0.misses);
-        T::with_capacity(self.initial_capacity)
+        Box::new(T::with_capacity(self.initial_capacity))
     }
 
     /// Pops an object from a shard other than `home`, skipping shards that
     /// look empty or are locked.
-    fn steal(&self, home: usize) -> Option<T> {
-        for step in 1..self.shards.len() {
-            let shard = &self.shards[(home + step) & self.mask].0;
+    fn steal(&self, home: usize) -> Option<Box<T>> {
+        for step in 1..self.core().shards.len() {
+            let shard = &self.core().shards[(home + step) & self.mask].0;
             if shard.idle_hint() == 0 {
                 continue;
             }
             if let Some(value) = shard.try_lock().and_then(|mut locked| locked.pop()) {
+                #[cfg(tiermap_loom)]
+                self.loom_moves.steals.fetch_add(1, Relaxed);
                 return Some(value);
             }
         }
@@ -450,15 +645,27 @@ impl<T: Recycle> MapPool<T> {
 
     /// Stores `value` in a shard other than `home`, skipping shards that look
     /// full or are locked; gives it back if none took it.
-    fn spill(&self, home: usize, mut value: T, bytes: usize) -> Result<(), T> {
-        for step in 1..self.shards.len() {
-            let shard = &self.shards[(home + step) & self.mask].0;
-            if shard.idle_hint() >= shard.limit() {
+    fn spill(&self, home: usize, mut value: Box<T>, bytes: usize) -> Result<(), Box<T>> {
+        for step in 1..self.core().shards.len() {
+            let shard = &self.core().shards[(home + step) & self.mask].0;
+            if shard.idle_hint() >= shard.limit_hint() {
                 continue;
             }
             if let Some(mut locked) = shard.try_lock() {
+                // Mutation: the hint read above is trusted, the limit not checked
+                // again under the lock.
+                #[cfg(tiermap_mutation = "pool_spill_trusts_hint")]
+                {
+                    locked.push_unchecked(value, bytes);
+                    return Ok(());
+                }
+                #[cfg(not(tiermap_mutation = "pool_spill_trusts_hint"))]
                 match locked.push(value, bytes) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        #[cfg(tiermap_loom)]
+                        self.loom_moves.spills.fetch_add(1, Relaxed);
+                        return Ok(());
+                    }
                     Err(back) => value = back,
                 }
             }
@@ -468,6 +675,7 @@ impl<T: Recycle> MapPool<T> {
 
     /// Empties `value` and brings it under the ceiling. Returns whether it had
     /// to be shrunk, and its heap bytes if it may be kept.
+    #[inline]
     fn prepare(&self, value: &mut T) -> (bool, Option<usize>) {
         match self.ceiling {
             Some(ceiling) if value.capacity() > ceiling.effective => {
@@ -484,30 +692,82 @@ impl<T: Recycle> MapPool<T> {
         }
     }
 
-    /// Takes an object back: from a guard's `drop`, or `put`.
-    pub(crate) fn give_back(&self, value: T) {
-        let home = self.home();
-        let kept = self.store_returned(home, value);
-        self.hook.after_return(kept, || self.stats());
+    /// Takes an object back: from a guard's `drop`, or `put`. It goes to the
+    /// calling thread's cell if that is empty (no lock, no atomic
+    /// read-modify-write), else to the stripes.
+    #[inline]
+    pub(crate) fn give_back(&self, value: Box<T>) {
+        match self.shared.my_cell() {
+            Ok(Some(cell)) => self.give_back_to(Some(cell), value),
+            _ => self.give_back_uncached(value),
+        }
     }
 
-    /// `give_back`'s work; returns the bytes of the object if it was kept, else 0.
-    fn store_returned(&self, home: usize, mut value: T) -> usize {
+    /// `give_back` for a thread that has no cell yet (or none at all).
+    #[cold]
+    #[inline(never)]
+    fn give_back_uncached(&self, value: Box<T>) {
+        let cell = self.my_cell();
+        self.give_back_to(cell, value);
+    }
+
+    /// Prepares `value` (reset, shrink) and keeps it: in `cell` if given and
+    /// empty, else in the stripes; or drops it.
+    #[inline]
+    fn give_back_to(&self, cell: Option<MyCell<'_, Box<T>>>, mut value: Box<T>) {
         // User code runs here, before any lock is taken. A panic in it is
         // caught so that the counters stay consistent and, if the thread is
         // already unwinding, the process does not abort.
         let prepared = panic::catch_unwind(AssertUnwindSafe(|| self.prepare(&mut value)));
-        let (shrunk, keep) = match prepared {
-            Ok(outcome) => outcome,
-            Err(_) => (false, None),
+        let (shrunk, keep, payload) = match prepared {
+            Ok((shrunk, keep)) => (shrunk, keep, None),
+            Err(payload) => (false, None, Some(payload)),
         };
-        let mut locked = self.shards[home].0.lock();
-        locked.note_return(shrunk);
+        let kept = match &cell {
+            Some(cell) => {
+                cell.note_return(shrunk);
+                match keep {
+                    // An object big enough for the retention alarm's at-once
+                    // check goes to the stripes, where `clear` reaches it.
+                    Some(bytes) if bytes < self.hook.cache_limit() => {
+                        match cell.put(value, bytes) {
+                            Ok(()) => bytes,
+                            // The cell is full (two objects out at once).
+                            Err(value) => self.store_shared(value, keep, None, None),
+                        }
+                    }
+                    _ => self.store_shared(value, keep, payload, None),
+                }
+            }
+            None => self.store_shared(value, keep, payload, Some(shrunk)),
+        };
+        self.hook.after_return(kept, || self.stats());
+    }
+
+    /// Stores a returned, prepared object in the stripes (home first, then the
+    /// others), or drops it if `keep` is `None` (with the panic `payload` of
+    /// its `Recycle` method, if any) or no stripe has room. Counts the return
+    /// on the home stripe if `count` is `Some(shrunk)`. Returns the bytes kept.
+    #[inline(never)]
+    fn store_shared(
+        &self,
+        value: Box<T>,
+        keep: Option<usize>,
+        payload: Option<Box<dyn Any + Send>>,
+        count: Option<bool>,
+    ) -> usize {
+        let home = self.home();
         let Some(bytes) = keep else {
-            drop(locked);
-            self.drop_returned(value, prepared.err());
+            if let Some(shrunk) = count {
+                self.core().shards[home].0.lock().note_return(shrunk);
+            }
+            self.drop_returned(value, payload);
             return 0;
         };
+        let mut locked = self.core().shards[home].0.lock();
+        if let Some(shrunk) = count {
+            locked.note_return(shrunk);
+        }
         if let Err(value) = locked.push(value, bytes) {
             drop(locked);
             if let Err(value) = self.spill(home, value, bytes) {
@@ -521,7 +781,7 @@ impl<T: Recycle> MapPool<T> {
     /// Drops an object that the pool will not keep, counting it. `panic` is
     /// the payload of a panic raised by `value`'s `Recycle` methods, resumed
     /// once the object is gone, unless the thread is already unwinding.
-    fn drop_returned(&self, value: T, panic: Option<Box<dyn Any + Send>>) {
+    fn drop_returned(&self, value: Box<T>, panic: Option<Box<dyn Any + Send>>) {
         ColdCounters::bump(&self.cold.0.returns_dropped);
         if panic.is_none() && !thread::panicking() {
             // An ordinary drop: a panic in `T`'s `Drop` propagates to the
@@ -568,7 +828,8 @@ impl<T: Recycle> fmt::Debug for MapPool<T> {
             .field("capacity_ceiling", &self.capacity_ceiling())
             .field("max_idle", &self.max_idle)
             .field("initial_capacity", &self.initial_capacity)
-            .field("shards", &self.shards.len())
+            .field("shards", &self.core().shards.len())
+            .field("thread_caches", &self.core().cells.len())
             .field("stats", &self.stats())
             .finish()
     }
@@ -657,7 +918,9 @@ impl<T: Recycle> PoolBuilder<T> {
     }
 
     /// The most objects kept idle (default 64); further returns are dropped.
-    /// 0 makes a pool that keeps nothing.
+    /// 0 makes a pool that keeps nothing. Half of it (at most 64) can be lent
+    /// to per-thread caches of one object each (see [per-thread
+    /// caches](self#per-thread-caches)); the bound counts them.
     ///
     /// ```
     /// use tiermap::pool::MapPool;
@@ -752,21 +1015,29 @@ impl<T: Recycle> PoolBuilder<T> {
                 ))
             })
             .collect();
+        // At most half of `max_idle` can be lent to per-thread caches, so the
+        // stripes always keep at least half for the threads without one.
+        let cell_count = (max_idle / 2).min(MAX_CELLS);
         let pool = MapPool {
-            shards,
+            shared: Shared::new(shards, cell_count),
             mask: count - 1,
             cold: Padded(ColdCounters::default()),
             initial_capacity,
             ceiling,
             max_idle,
             hook: Default::default(),
+            #[cfg(tiermap_loom)]
+            loom_moves: LoomMoves::default(),
         };
         // Round robin fits: shard `i` receives `prefill / count` objects, plus
         // one if `i < prefill % count`, never more than its limit.
         for i in 0..self.prefill.min(max_idle) {
-            let value = T::with_capacity(initial_capacity);
+            let value = Box::new(T::with_capacity(initial_capacity));
             let bytes = value.heap_bytes();
-            let pushed = pool.shards[i & pool.mask].0.lock().push(value, bytes);
+            let pushed = pool.core().shards[i & pool.mask]
+                .0
+                .lock()
+                .push(value, bytes);
             debug_assert!(pushed.is_ok(), "prefill overflowed shard {i}");
         }
         pool
@@ -822,6 +1093,7 @@ fn drop_quietly<V>(value: V) {
 
 /// This thread's slot number, assigned round robin on first use, so that
 /// threads spread evenly over any pool's shards.
+#[cfg(not(tiermap_loom))]
 #[inline]
 fn thread_slot() -> usize {
     // std's atomic, not the facade's: a process-wide round-robin hint that no model checks
@@ -842,5 +1114,28 @@ fn thread_slot() -> usize {
     })
     // During thread-local destruction (a guard dropped by another
     // thread-local's destructor) any shard will do.
+    .unwrap_or(0)
+}
+
+/// Loom builds: the same, per model thread and per execution (loom runs every model thread on
+/// one OS thread, so std's thread-local would give them all one home; and the counter restarts
+/// with each execution, so that replays are deterministic).
+#[cfg(tiermap_loom)]
+fn thread_slot() -> usize {
+    loom::lazy_static! {
+        static ref NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    }
+    loom::thread_local! {
+        static SLOT: Cell<usize> = Cell::new(usize::MAX);
+    }
+    SLOT.try_with(|slot| {
+        let mut index = slot.get();
+        if index == usize::MAX {
+            // Relaxed: as above (a plain counter of the model harness).
+            index = NEXT.fetch_add(1, Relaxed);
+            slot.set(index);
+        }
+        index
+    })
     .unwrap_or(0)
 }

@@ -1,15 +1,19 @@
-//! One stripe of the pool: a `Mutex<Vec<_>>` of idle objects and its counters.
+//! One stripe of the pool: a `Mutex<Vec<_>>` of idle objects, its share of `max_idle` and its
+//! counters.
 //!
 //! Counters come in two kinds, and a counter is never of both kinds:
 //!
-//! * *locked* counters (`gets`, `hits`, `returns`, `returns_shrunk`, `idle`,
-//!   `retained_bytes`) are written only by the holder of the shard's lock,
-//!   through [`Locked`], with a relaxed load and a relaxed store: the lock
+//! * *locked* counters (`gets`, `returns`, `returns_shrunk`, `idle`,
+//!   `retained_bytes`) and the stripe's `limit` are written only by the holder of the shard's
+//!   lock, through [`Locked`], with a relaxed load and a relaxed store: the lock
 //!   serializes the writers, so no update is lost and no read-modify-write
 //!   instruction is needed on the hot path;
 //! * *cold* counters (`misses`, `returns_dropped`, `detached`, in
 //!   [`ColdCounters`]) are bumped with a relaxed `fetch_add` outside any lock,
 //!   on paths that allocate or free memory anyway.
+//!
+//! (Hits are not counted: `hits = gets - misses`, see `MapPool::stats`.) The per-thread caches
+//! (`local`) keep counters of the same kind, written only by their owner thread.
 //!
 //! Readers (`MapPool::stats`) load all of them with `Relaxed` and no lock. That
 //! is enough: the counters are diagnostics, nothing is published through them,
@@ -36,13 +40,18 @@ struct Idle<T> {
 
 /// One stripe of idle objects.
 pub(crate) struct Shard<T> {
-    // Invariant: `slots.len() <= limit`, and `slots` never reallocates (its
-    // capacity is `limit` from the start), so no push runs the allocator while
+    // Invariant: `slots.len() <= limit <= slots.capacity()`, and `slots` never
+    // reallocates (its capacity is the stripe's share of `max_idle` from the
+    // start, and `limit` never exceeds it), so no push runs the allocator while
     // the lock is held.
     slots: Mutex<Vec<Idle<T>>>,
-    limit: usize,
+    // The stripe's share of `max_idle`, less the units lent to per-thread
+    // caches (`Locked::lend_unit`, `Locked::take_unit_back`). Written under the
+    // lock; read without it as a hint.
+    limit: AtomicUsize,
+    // The stripe's share of `max_idle`, fixed at build time.
+    share: usize,
     gets: AtomicU64,
-    hits: AtomicU64,
     returns: AtomicU64,
     returns_shrunk: AtomicU64,
     // Invariant (whenever the lock is free): `idle == slots.len()` and
@@ -72,7 +81,6 @@ impl ColdCounters {
 #[derive(Default, Clone, Copy)]
 pub(crate) struct ShardCounts {
     pub(crate) gets: u64,
-    pub(crate) hits: u64,
     pub(crate) returns: u64,
     pub(crate) returns_shrunk: u64,
     pub(crate) idle: usize,
@@ -83,9 +91,9 @@ impl<T> Shard<T> {
     pub(crate) fn new(limit: usize) -> Self {
         Shard {
             slots: Mutex::new(Vec::with_capacity(limit)),
-            limit,
+            limit: AtomicUsize::new(limit),
+            share: limit,
             gets: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
             returns: AtomicU64::new(0),
             returns_shrunk: AtomicU64::new(0),
             idle: AtomicUsize::new(0),
@@ -113,9 +121,17 @@ impl<T> Shard<T> {
         Some(Locked { slots, shard: self })
     }
 
-    /// How many objects the shard may keep.
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
+    /// A hint of how many objects the shard may keep now, read without the lock
+    /// (see [`Shard::idle_hint`]); the lock holder's view is exact.
+    pub(crate) fn limit_hint(&self) -> usize {
+        // Relaxed: a hint, as `idle_hint`; `push` checks the limit under the
+        // lock.
+        self.limit.load(Relaxed)
+    }
+
+    /// The most objects the shard can ever hold: its share of `max_idle`.
+    pub(crate) fn share(&self) -> usize {
+        self.share
     }
 
     /// A hint of the number of idle objects, read without the lock.
@@ -132,7 +148,6 @@ impl<T> Shard<T> {
         // Relaxed: statistics, read without the lock; see the module docs.
         ShardCounts {
             gets: self.gets.load(Relaxed),
-            hits: self.hits.load(Relaxed),
             returns: self.returns.load(Relaxed),
             returns_shrunk: self.returns_shrunk.load(Relaxed),
             idle: self.idle.load(Relaxed),
@@ -169,24 +184,27 @@ impl<T> Locked<'_, T> {
         }
     }
 
-    /// Takes the most recently stored object (the warmest in cache), counting
-    /// a hit.
+    /// Takes the most recently stored object (the warmest in cache).
     pub(crate) fn pop(&mut self) -> Option<T> {
+        self.pop_idle().map(|idle| idle.value)
+    }
+
+    /// Takes the most recently stored object with its counted bytes.
+    fn pop_idle(&mut self) -> Option<Idle<T>> {
         let idle = self.slots.pop()?;
-        add_u64(&self.shard.hits, 1);
         self.publish_len();
         // Relaxed: a locked counter (see `add_u64`).
         let bytes = self.shard.retained_bytes.load(Relaxed);
         self.shard
             .retained_bytes
             .store(bytes.wrapping_sub(idle.bytes), Relaxed);
-        Some(idle.value)
+        Some(idle)
     }
 
     /// Stores an object counted as `bytes`, or gives it back if the shard is
     /// full.
     pub(crate) fn push(&mut self, value: T, bytes: usize) -> Result<(), T> {
-        if self.slots.len() >= self.shard.limit {
+        if self.slots.len() >= self.limit() {
             return Err(value);
         }
         self.slots.push(Idle { value, bytes });
@@ -197,6 +215,63 @@ impl<T> Locked<'_, T> {
             .retained_bytes
             .store(total.wrapping_add(bytes), Relaxed);
         Ok(())
+    }
+
+    /// Mutation `pool_spill_trusts_hint`: stores without checking the limit
+    /// under the lock (the caller trusted the unlocked hint).
+    #[cfg(tiermap_mutation = "pool_spill_trusts_hint")]
+    pub(crate) fn push_unchecked(&mut self, value: T, bytes: usize) {
+        self.slots.push(Idle { value, bytes });
+        self.publish_len();
+        // Relaxed: a locked counter (see `add_u64`).
+        let total = self.shard.retained_bytes.load(Relaxed);
+        self.shard
+            .retained_bytes
+            .store(total.wrapping_add(bytes), Relaxed);
+    }
+
+    /// The stripe's limit now (exact: the caller holds the lock).
+    fn limit(&self) -> usize {
+        // Relaxed: written only under this lock, which we hold.
+        self.shard.limit.load(Relaxed)
+    }
+
+    fn set_limit(&mut self, limit: usize) {
+        debug_assert!(limit <= self.shard.share && self.slots.len() <= limit);
+        // Relaxed: a locked value (see `add_u64`), also read as a hint.
+        self.shard.limit.store(limit, Relaxed);
+    }
+
+    /// Lends one unit of the stripe's share of `max_idle` to a per-thread cache:
+    /// `None` if the stripe has none left, else `Some` of the idle object (and its
+    /// bytes) that must move to the cache with the unit, if the stripe was full.
+    /// Either way the stripe's idle objects plus the lent units never exceed its
+    /// share.
+    pub(crate) fn lend_unit(&mut self) -> Option<Option<(T, usize)>> {
+        let limit = self.limit();
+        if limit == 0 {
+            return None;
+        }
+        let moved = if self.slots.len() == limit {
+            self.pop_idle().map(|idle| (idle.value, idle.bytes))
+        } else {
+            None
+        };
+        self.set_limit(limit - 1);
+        Some(moved)
+    }
+
+    /// Takes back a unit lent by [`lend_unit`](Self::lend_unit), with the
+    /// cache's object if it held one, which then always fits. (Were the units
+    /// ever unbalanced, the object would be given back, for the caller to drop
+    /// after unlocking.)
+    pub(crate) fn take_unit_back(&mut self, object: Option<(T, usize)>) -> Option<T> {
+        let limit = self.limit() + 1;
+        self.set_limit(limit.min(self.shard.share));
+        let (value, bytes) = object?;
+        let pushed = self.push(value, bytes);
+        debug_assert!(pushed.is_ok(), "a unit taken back had no room");
+        pushed.err()
     }
 
     /// Moves every idle object into `out` (whose capacity must be at least the

@@ -6,9 +6,11 @@ use std::fmt;
 /// [`MapPool::stats`](super::MapPool::stats).
 ///
 /// Counters start at zero when the pool is built and only grow (`idle` and
-/// `retained_bytes` are gauges). Taken while other threads use the pool, the
-/// fields may come from slightly different instants; once those threads are
-/// joined they are exact, and then:
+/// `retained_bytes` are gauges). They are sums over the pool's stripes and its
+/// per-thread caches (see [`MapPool`](super::MapPool)'s module docs); a
+/// thread's cached object counts in `idle` and `retained_bytes`. Taken while
+/// other threads use the pool, the fields may come from slightly different
+/// instants; once those threads are joined they are exact, and then:
 ///
 /// * `gets == hits + misses`;
 /// * `gets == returns + detached + (guards still alive)`, where
@@ -36,7 +38,8 @@ use std::fmt;
 pub struct PoolStats {
     /// Objects handed out by `get` and `get_owned`.
     pub gets: u64,
-    /// Gets served by an idle object.
+    /// Gets served by an idle object (from the thread's cache or a stripe).
+    /// Derived, not counted: `gets - misses`.
     pub hits: u64,
     /// Gets that created a new object (with `Recycle::with_capacity`).
     pub misses: u64,
@@ -52,7 +55,8 @@ pub struct PoolStats {
     /// Guards turned into plain objects with `Pooled::detach` or
     /// `OwnedPooled::detach`.
     pub detached: u64,
-    /// Objects idle in the pool now.
+    /// Objects idle in the pool now: in the shared stripes and in the threads'
+    /// caches (one at most per thread).
     pub idle: usize,
     /// Approximate heap bytes held by the idle objects (the sum of their
     /// `Recycle::heap_bytes`, taken when each was stored).

@@ -542,3 +542,99 @@ fn reset_is_called_on_every_kept_return() {
     drop(guard);
     assert!(flag.load(SeqCst));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread caches (white-box: `local`).
+
+/// Whether the calling thread has a cache (cell) in `pool`.
+fn has_cell<T: Recycle>(pool: &MapPool<T>) -> bool {
+    matches!(pool.shared.my_cell(), Ok(Some(_)))
+}
+
+/// The stripes' limits now.
+fn limits<T: Recycle>(pool: &MapPool<T>) -> Vec<usize> {
+    pool.core()
+        .shards
+        .iter()
+        .map(|s| s.0.limit_hint())
+        .collect()
+}
+
+#[test]
+fn a_cache_borrows_one_unit_of_max_idle_while_its_thread_lives() {
+    let pool: MapPool<Vec<u8>> = MapPool::builder().max_idle(4).shards(1).build();
+    assert_eq!(pool.core().cells.len(), 2, "max_idle / 2 caches");
+    assert_eq!(limits(&pool), [4]);
+    assert!(!has_cell(&pool));
+    drop(pool.get());
+    assert!(has_cell(&pool), "claimed on first use");
+    assert_eq!(limits(&pool), [3]);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            drop(pool.get());
+            assert!(has_cell(&pool));
+            assert_eq!(limits(&pool), [2]);
+        })
+        .join()
+        .unwrap();
+    });
+    // Joined explicitly: the thread's destructors ran, its unit and object came back.
+    assert_eq!(limits(&pool), [3]);
+    let stats = pool.stats();
+    assert_eq!((stats.idle, stats.gets, stats.misses), (2, 2, 2), "{stats}");
+    // Both are reachable: one cached here, one in the stripe.
+    let (a, b) = (pool.get(), pool.get());
+    assert_eq!(pool.stats().misses, 2);
+    drop((a, b));
+}
+
+#[test]
+fn a_claim_on_a_full_stripe_moves_an_object_into_the_cache() {
+    let pool: MapPool<Vec<u8>> = MapPool::builder().max_idle(4).shards(1).prefill(4).build();
+    assert_eq!(limits(&pool), [4]);
+    let guard = pool.get(); // claims: the stripe lends a unit and one of its 4 objects
+    assert_eq!(limits(&pool), [3]);
+    let stats = pool.stats();
+    assert_eq!((stats.hits, stats.idle), (1, 3), "{stats}");
+    drop(guard);
+    assert_eq!(pool.stats().idle, 4);
+    assert_eq!(pool.stats().returns_dropped, 0);
+}
+
+#[test]
+fn threads_beyond_the_caches_use_the_stripes() {
+    // `max_idle(2)`: one cache, claimed by the first thread; the stripe keeps one unit.
+    let pool: MapPool<Vec<u8>> = MapPool::builder().max_idle(2).shards(1).build();
+    drop(pool.get());
+    assert!(has_cell(&pool));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let guard = pool.get();
+            assert!(!has_cell(&pool), "no cache left");
+            drop(guard);
+            let stats = pool.stats();
+            assert_eq!((stats.misses, stats.idle), (2, 2), "{stats}");
+            // It took the stripe's object, not the other thread's cached one.
+            drop(pool.get());
+            assert_eq!(pool.stats().misses, 2);
+        });
+    });
+    // A pool with `max_idle` under 2 has no cache at all.
+    let tiny: MapPool<Vec<u8>> = MapPool::builder().max_idle(1).build();
+    drop(tiny.get());
+    assert!(!has_cell(&tiny));
+    assert_eq!(tiny.stats().idle, 1);
+}
+
+#[test]
+fn hits_are_gets_minus_misses() {
+    let pool: MapPool<Vec<u8>> = MapPool::builder().max_idle(4).build();
+    for n in 1..5u64 {
+        let held: Vec<_> = (0..n).map(|_| pool.get()).collect();
+        drop(held);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.gets, 10);
+    assert_eq!(stats.misses, 4, "{stats}");
+    assert_eq!(stats.hits, 6, "{stats}");
+}

@@ -20,6 +20,7 @@ mod insert_promotion;
 mod iter;
 mod iter_clear;
 mod pool;
+mod pool_cache;
 mod publication;
 mod read_promotion;
 mod remove_insert;
