@@ -25,7 +25,8 @@ cd "$(dirname "$0")/.."
 
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace relaxed_dirty_view clear_view_before_swap relaxed_slot_publish
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
-     expire_borrows_yard expire_all rmw_blind_store)
+     expire_borrows_yard expire_all rmw_blind_store
+     pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
 # Mutations shown harmless (see loom-tests/README.md): reported, but not counted as survivors
@@ -55,6 +56,11 @@ declare -A models=(
   [relaxed_dirty_publish]="publication::new_dirty_tier publication::promoted_tier"
   [expire_borrows_yard]="drop_burial"
   [rmw_blind_store]="rmw::"
+  [pool_claim_shares_cell]="pool"
+  [pool_release_free_first]="pool"
+  [pool_unlink_late]="pool"
+  [pool_exit_keeps_cell]="pool"
+  [pool_spill_trusts_hint]="pool"
 )
 # Mutations caught by a unit test (name:test filter), run in a normal build.
 declare -A unit=([expire_all]="expiry_frees_only_what_was_retired_before_the_deferral")
