@@ -138,6 +138,25 @@
 //! predicate or iteration body leaves the map consistent and usable: no entry is lost, nothing
 //! leaks, and the internal lock is never left poisoned in a way later calls notice.
 //!
+//! ## Parallel iteration (feature `rayon`)
+//!
+//! With the `rayon` feature, `Pinned::par_iter` (also `IntoParallelIterator for &Pinned`) is a
+//! rayon `ParallelIterator` over `(&K, &V)` with the contract of [`Pinned::iter`], and
+//! `SyncMap::par_for_each` is the parallel [`SyncMap::for_each`]; `SyncMap` implements
+//! `FromParallelIterator<(K, V)>` and `ParallelExtend<(K, V)>`, inserting in parallel. These
+//! need `K, V: Send + Sync` (worker threads read them). The calling thread's pin protects what
+//! the workers read, so it stays pinned until the parallel operation returns.
+//!
+//! ```
+//! # #[cfg(feature = "rayon")] {
+//! use rayon::prelude::*;
+//!
+//! let map: tiermap::SyncMap<u64, u64> = (0..1000u64).into_par_iter().map(|i| (i, i)).collect();
+//! let m = map.pin();
+//! assert_eq!(m.par_iter().filter(|(_, v)| **v % 2 == 0).count(), 500);
+//! # }
+//! ```
+//!
 //! ## Loom
 //!
 //! Built with `--cfg tiermap_loom --cfg crossbeam_loom` and the `loom` feature, every atomic,
@@ -148,10 +167,12 @@
 mod alarm;
 mod facade;
 mod map;
-mod outcome;
 pub mod memory;
+mod outcome;
 pub mod pool;
 mod raw;
+#[cfg(feature = "rayon")]
+mod rayon_impls;
 #[cfg(feature = "serde")]
 mod serde_impls;
 mod stats;
@@ -166,4 +187,6 @@ pub use map::{IntoIter, Iter, Pinned, Ref, SyncMap};
 pub use outcome::{CompareExchangeError, Computed, GetOrInsert, Op};
 pub use pool::alarm::{PoolRetentionAlarm, PoolRetentionAlert, PoolRetentionPolicy};
 pub use pool::{MapPool, OwnedPooled, PoolBuilder, PoolStats, Pooled, Recycle};
+#[cfg(feature = "rayon")]
+pub use rayon_impls::ParIter;
 pub use stats::{MapStats, Released};

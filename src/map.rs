@@ -860,8 +860,8 @@ where
 }
 
 impl<K, V, S> SyncMap<K, V, S> {
-    /// The engine, for white-box tests of the crate.
-    #[cfg(test)]
+    /// The engine, for white-box tests of the crate and for `rayon_impls`.
+    #[cfg(any(test, feature = "rayon"))]
     pub(crate) fn raw(&self) -> &RawMap<K, V> {
         &self.raw
     }

@@ -25,6 +25,8 @@ pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod grave;
 mod maintain;
+#[cfg(feature = "rayon")]
+pub(crate) mod par;
 mod rmw;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
