@@ -15,7 +15,9 @@ use crate::drop_map;
 /// present at once) and increments it with a CAS. The final count is 2 whatever the order.
 #[test]
 fn update_or_insert_counts_twice_from_absent() {
-    check("rmw::update_or_insert_counts_twice_from_absent", 2, || {
+    // Bound 1 in CI (17,022 executions, ~3 s); at bound 2 it passes too (231,221 executions,
+    // 76 s), too long for the CI budget.
+    check("rmw::update_or_insert_counts_twice_from_absent", 1, || {
         let t = Tracker::new();
         let map = Arc::new(new_map());
         fill_read(&t, &map, &[(2, 20)]);
