@@ -196,7 +196,10 @@ async fn ingest_uses_the_pool() {
     assert_eq!(s["pool"]["returns_shrunk"], 0);
     let (hits, misses) = (pool_u64(&s, "hits"), pool_u64(&s, "misses"));
     assert_eq!(hits + misses, 2);
-    assert!((1..=2).contains(&misses), "the first get cannot hit: {misses}");
+    assert!(
+        (1..=2).contains(&misses),
+        "the first get cannot hit: {misses}"
+    );
     assert_eq!(pool_u64(&s, "idle"), misses, "every map made is idle again");
     assert_eq!(s["server"]["ingests"], 2);
     assert_eq!(s["server"]["ingested_pairs"], 14);
