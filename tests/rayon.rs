@@ -314,7 +314,8 @@ fn panicking_closures_leave_the_map_usable() {
             map.par_for_each(|k, v| {
                 calls.fetch_add(1, Ordering::Relaxed);
                 assert_eq!(v.key, *k);
-                if k % 97 == 1 {
+                // Several panicking calls (one under Miri, where unwinding costs minutes).
+                if k % 97 == 1 && (!cfg!(miri) || *k == 1) {
                     panic!("boom at {k}");
                 }
             })
