@@ -24,12 +24,13 @@ pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 pub(crate) use crossbeam_epoch::Guard;
 
-/// Slots per table chunk. A chunk of 256 slots of 16 bytes is one 4 KiB page; loom models use
-/// tiny chunks so that a model's tables hold a handful of loom atomics.
+/// Slots per counted group of a table (the unit that migration, iteration and freeing skip
+/// when it holds no entry). 256 slots of 8 bytes are half a 4 KiB page; loom models use tiny
+/// groups so that the skipping is exercised in tables of a handful of slots.
 #[cfg(not(tiermap_loom))]
-pub(crate) const CHUNK_SLOTS: usize = 256;
+pub(crate) const GROUP_SLOTS: usize = 256;
 #[cfg(tiermap_loom)]
-pub(crate) const CHUNK_SLOTS: usize = 4;
+pub(crate) const GROUP_SLOTS: usize = 4;
 
 /// Locks `mutex`, ignoring poisoning.
 ///
@@ -151,8 +152,8 @@ impl std::fmt::Debug for Reclaimer {
 /// read by [`Witness::check`] each time a thread reaches that object through a published
 /// pointer.
 ///
-/// The plain fields of an entry (its key, an inline value) and of a tier (its table's size and
-/// chunk directory) are ordinary memory, invisible to loom: a reader that reached them through a
+/// The plain fields of an entry (its key, hash, an inline value) and of a tier (its table's
+/// slot array and size) are ordinary memory, invisible to loom: a reader that reached them through a
 /// pointer loaded without the happens-before edge of a release/acquire pair would read them
 /// silently. With the witness, loom reports that read as a "Causality violation" (the object's
 /// creation does not happen-before it), so a weakened publication shows up even where the

@@ -90,7 +90,8 @@
 //!   state.
 //! * Tables never grow in place: a full dirty tier is promoted and the next dirty tier is filled
 //!   from the read tier a few dozen slots per slow-path operation, so no single operation copies
-//!   the map. Table chunks are allocated as keys land in them.
+//!   the map. A table is one zeroed allocation: large ones are fresh pages that the kernel
+//!   zeroes as keys land in them, so creating one costs microseconds.
 //! * Deleted entries are counted; when they pass half the live entries plus 64, or the read
 //!   table holds more than eight slots per live entry plus 1024, the map rebuilds itself, again
 //!   a few slots per operation. At every point, once no guard pinned earlier is alive, the map

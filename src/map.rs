@@ -113,8 +113,9 @@ impl<K, V> SyncMap<K, V, RandomState> {
 
     /// An empty map whose first table has room for `capacity` keys before it is promoted.
     ///
-    /// The table's chunks are allocated as keys land in them, and the map still shrinks if it
-    /// stays far emptier than `capacity` (see [`SyncMap::stats`]).
+    /// The table is allocated at once (zeroed; a large one is fresh pages that the operating
+    /// system backs as keys land in them), and the map still shrinks if it stays far emptier
+    /// than `capacity` (see [`SyncMap::stats`]).
     ///
     /// ```
     /// let map: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_capacity(1000);
@@ -867,8 +868,8 @@ impl<K, V, S> SyncMap<K, V, S> {
     }
 
     /// Empties a map you own exclusively and frees its entries, values and tables at once (no
-    /// epoch deferral is needed with `&mut self`), leaving a fresh table of `slots` slots whose
-    /// chunks are allocated on first use. Used by [`MapPool`](crate::MapPool).
+    /// epoch deferral is needed with `&mut self`), leaving a fresh, empty table of `slots`
+    /// slots. Used by [`MapPool`](crate::MapPool).
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
         self.raw.reset_exclusive(slots);
     }

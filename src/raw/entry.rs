@@ -51,6 +51,10 @@ pub(crate) enum State<V> {
 /// when `V` has no drop glue) and freed by [`Entry::destroy`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
+    /// The key's mixed hash: tables tag slots with part of it, a probe whose tag matches
+    /// compares it before the key, and a migration places the entry by it without calling the
+    /// user's `Hash` again.
+    pub(crate) hash: u64,
     // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
     // that no other entry holds.
     value: AtomicPtr<V>,
@@ -78,13 +82,23 @@ fn entry_layout<K, V>() -> (Layout, usize) {
 }
 
 impl<K, V> Entry<K, V> {
-    /// Allocates an entry holding `value`.
-    pub(crate) fn create(key: K, value: V) -> *mut Entry<K, V> {
+    /// Allocates an entry holding `key` (whose mixed hash is `hash`) and `value`.
+    ///
+    /// # Panics
+    /// If the allocator returns an address that does not leave the table's tag bits free (see
+    /// `table`): never seen on the targets Rust supports, whose allocators hand out user-space
+    /// addresses below 2^48; checked so that it can never mistag a slot.
+    pub(crate) fn create(hash: u64, key: K, value: V) -> *mut Entry<K, V> {
         let (layout, offset) = entry_layout::<K, V>();
         // SAFETY: an entry has a non-zero size (it holds a pointer).
         let e = unsafe { alloc::alloc(layout) }.cast::<Entry<K, V>>();
         if e.is_null() {
             alloc::handle_alloc_error(layout);
+        }
+        if !super::table::fits_tag(e.addr()) {
+            // SAFETY: just allocated with `layout`, holds nothing yet.
+            unsafe { alloc::dealloc(e.cast(), layout) };
+            panic!("tiermap: the allocator returned an address above 2^48; slots cannot be tagged");
         }
         let v = if inline::<V>() {
             // SAFETY: `offset` is inside the allocation and aligned for `V` (Layout::extend).
@@ -99,6 +113,7 @@ impl<K, V> Entry<K, V> {
         unsafe {
             e.write(Entry {
                 key,
+                hash,
                 value: AtomicPtr::new(v),
                 witness: Witness::new(),
             })

@@ -5,8 +5,8 @@
 //! one `free` per owned entry, inside whatever operation of whatever thread next collects (a
 //! 3.3 ms stall at the 99.99th percentile of a 100,000-key churn, `BENCHMARKS.md`). So a large
 //! tier's deferred closure only moves it here (O(1)), and the map's own slow operations free
-//! [`BUDGET`] slots' worth each, outside the dirty lock, chunk by chunk (memory comes back as the
-//! cursor passes). `SyncMap::reclaim` and `clear_and_release` empty the graveyard at once, and a
+//! [`BUDGET`] slots' worth each, outside the dirty lock, group by group (entries come back as
+//! the cursor passes, the slot array when it reaches the end). `SyncMap::reclaim` and `clear_and_release` empty the graveyard at once, and a
 //! dropped map frees what is left.
 //!
 //! The graveyard also holds sealed batches of removed values (`batch`), so that everything a
@@ -35,7 +35,7 @@ use crate::facade::{lock, AtomicUsize, Guard, Mutex};
 /// tier was freed at once, with its 4-6 ms stalls).
 #[cfg(not(tiermap_loom))]
 pub(crate) const BUDGET: usize = 64;
-/// Loom: half a 4-slot chunk, so that the models also stop and resume inside a chunk.
+/// Loom: half a 4-slot group, so that the models also stop and resume inside a group.
 #[cfg(tiermap_loom)]
 pub(crate) const BUDGET: usize = 2;
 
@@ -57,7 +57,7 @@ pub(crate) struct Corpse<K, V> {
     tier: *mut Tier<K, V>,
     /// I3: the tier owns its tagged entries and the untagged ones at slots `>= upto`.
     upto: usize,
-    /// Next slot to free (its chunk is freed with its last slot).
+    /// Next slot to free.
     next: usize,
     /// What `Shared::retired_bytes` counts for this corpse, subtracted when it is gone.
     bytes: usize,
@@ -76,12 +76,24 @@ impl<K, V> Corpse<K, V> {
         }
     }
 
-    /// Frees slots (the entries they own, and each chunk after its last slot) until `budget`
+    /// Frees slots (the entries they own) until `budget`
     /// slots were looked at or the tier is empty; then frees the tier itself. Returns whether it
     /// is gone (its `bytes` are then the caller's to uncount). Panic-safe: if a key's or value's
     /// `Drop` panics, the entries already handed out are not seen again.
     fn free_some(&mut self, budget: &mut usize) -> bool {
-        // SAFETY: `new`'s contract: the tier is ours alone until it is freed below.
+        if !self.free_entries(budget) {
+            return false;
+        }
+        // SAFETY: `new`'s contract; every owned entry is freed, so this frees the slot array,
+        // the group counters and the tier header only.
+        drop(unsafe { Box::from_raw(self.tier) });
+        true
+    }
+
+    /// The first half of `free_some`: frees the owned entries and empties every slot, until
+    /// `budget` slots were looked at (returns `false`) or the table is empty (`true`).
+    fn free_entries(&mut self, budget: &mut usize) -> bool {
+        // SAFETY: `new`'s contract: the tier is ours alone until it is freed.
         let tier = unsafe { &mut *self.tier };
         let upto = self.upto;
         let slots = tier.table.capacity();
@@ -97,12 +109,10 @@ impl<K, V> Corpse<K, V> {
                 }
             });
             self.next = next;
-            // A chunk never allocated or empty costs one unit: the directory is still walked.
+            // A group without entries costs one unit: its counter is still read.
             *budget = budget.saturating_sub(looked.max(1));
         }
-        // SAFETY: `new`'s contract; every chunk is freed, so this frees the directory and the
-        // tier header only.
-        drop(unsafe { Box::from_raw(self.tier) });
+        tier.table.emptied();
         true
     }
 
@@ -123,6 +133,22 @@ impl<K, V> Corpse<K, V> {
 pub(crate) unsafe fn free_tier<K, V>(tier: *mut Tier<K, V>, upto: usize) {
     // SAFETY: per the caller; nothing is counted in `retired_bytes` for it here.
     unsafe { Corpse::new(tier, upto, 0) }.free_all();
+}
+
+/// Frees the entries a tier owns (as [`free_tier`]) now and hands the tier back with every
+/// slot empty, so that its table can be used again (a pooled map's reset keeps its table).
+///
+/// # Safety
+/// As for [`Corpse::new`]; the returned tier is the caller's, reachable by no one else.
+pub(crate) unsafe fn empty_tier<K, V>(tier: *mut Tier<K, V>, upto: usize) -> Box<Tier<K, V>> {
+    // SAFETY: per the caller.
+    let mut corpse = unsafe { Corpse::new(tier, upto, 0) };
+    let mut unlimited = usize::MAX;
+    let done = corpse.free_entries(&mut unlimited);
+    debug_assert!(done);
+    // SAFETY: per the caller, `tier` came from `Box::into_raw` and is handed over once; the
+    // corpse that borrowed it is gone.
+    unsafe { Box::from_raw(corpse.tier) }
 }
 
 /// Something retired: a tier (with the entries it owns) or a sealed batch of values.
@@ -744,7 +770,7 @@ mod tests {
         let mut last = 0;
         while !map.raw().grave.is_empty() {
             steps += 1;
-            // Each step frees at least `BUDGET` slots (or skips a whole unused chunk).
+            // Each step frees at least `BUDGET` slots (or skips a whole unused group).
             assert!(
                 steps as usize <= slots.div_ceil(BUDGET) + 16,
                 "graveyard not drained after {steps} slow operations ({slots} slots)"

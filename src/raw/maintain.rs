@@ -97,9 +97,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
     }
 
-    /// Work units of a whole migration of `t`: occupied slots, chunks, and empty slots at 1/16.
+    /// Work units of a whole migration of `t`: occupied slots, groups, and empty slots at 1/16.
     pub(super) fn migration_work(t: &Table<K, V>) -> usize {
-        t.len() + t.chunks() + t.capacity() / 16 + 1
+        t.len() + t.groups() + t.capacity() / 16 + 1
     }
 
     /// Work units per slow operation for a migration of `t` with `live` entries present: enough
@@ -116,7 +116,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let read = self.read(guard);
         let Some(d) = st.tier.as_deref() else { return };
         let mut expunged = 0;
-        st.cursor = read.table.scan(st.cursor, budget, |i, hash, e| {
+        st.cursor = read.table.scan(st.cursor, budget, |i, e| {
             // SAFETY: entries reachable from the read tier are alive while we hold the lock and
             // `guard` (I3: only retirement through the epoch frees them).
             if unsafe { &*e }.expunge_if_deleted() {
@@ -125,7 +125,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             } else {
                 // The stored pointer itself, not one derived from a reference: the dirty tier
                 // may be the one that frees the entry later.
-                d.table.insert_unique(hash, e);
+                d.table.insert_unique(e);
             }
         });
         st.expunged += expunged;

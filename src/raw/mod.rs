@@ -45,7 +45,7 @@ use crate::facade::{
 use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, free_value, take_value, Entry, State};
-use grave::{free_tier, Graveyard};
+use grave::{empty_tier, free_tier, Graveyard};
 use table::Table;
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -449,14 +449,34 @@ impl<K, V> RawMap<K, V> {
     }
     /// Empties a map the caller owns exclusively, freeing everything now (no epoch deferral:
     /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
-    /// `slots` slots (chunks are allocated on first use, so this costs a directory).
+    /// `slots` slots.
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
         // SAFETY: `&mut self`: no guard can reach anything the map retired, and no operation
         // of the map runs.
         unsafe { self.grave.free_all_exclusive() };
         let (read, dirty, upto) = self.take_tiers();
-        // SAFETY: as in `Drop`: exclusive access, and I3 says what each tier owns.
-        unsafe { free_tiers(read, upto, dirty) };
+        // A pooled map is reset after every use: it keeps a table of the size asked for, with
+        // its slots emptied in place (work for the groups that held entries, no allocation),
+        // and frees the other.
+        let want = Table::<K, V>::capacity_for(slots);
+        // SAFETY: `take_tiers` returned non-null tiers that only this map held.
+        let fits = |t: *mut Tier<K, V>| !t.is_null() && unsafe { (*t).table.capacity() } == want;
+        // SAFETY (all three branches): as in `Drop`: exclusive access, and I3 says what each
+        // tier owns; each tier is handed over once.
+        let kept = unsafe {
+            if want > 0 && fits(dirty) {
+                free_tier(read, upto);
+                Some(empty_tier(dirty, 0))
+            } else if want > 0 && fits(read) {
+                if !dirty.is_null() {
+                    free_tier(dirty, 0);
+                }
+                Some(empty_tier(read, upto))
+            } else {
+                free_tiers(read, upto, dirty);
+                None
+            }
+        };
         let id = self.generation.load(Relaxed) + 1;
         let gen = Gen::new(id);
         let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
@@ -465,7 +485,16 @@ impl<K, V> RawMap<K, V> {
         drop(unsafe { Box::from_raw(empty) });
         self.generation.store(id, Release);
         let mut st = lock(&self.dirty);
-        self.set_dirty(&mut st, (slots > 0).then(|| Tier::boxed(slots, gen)));
+        let next = match kept {
+            Some(mut tier) => {
+                tier.gen = gen;
+                // Relaxed: the tier is ours alone; `set_dirty` publishes it with release.
+                tier.amended.store(false, Relaxed);
+                Some(tier)
+            }
+            None => (slots > 0).then(|| Tier::boxed(slots, gen)),
+        };
+        self.set_dirty(&mut st, next);
         st.cursor = 0;
         self.misses.store(0, Relaxed);
         st.expunged = 0;
@@ -746,13 +775,13 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             Some(_) => {}
         }
         let d = st.tier.as_deref().expect("dirty tier exists");
-        let e = Entry::create(key, value);
+        let e = Entry::create(hash, key, value);
         // SAFETY: just created; not yet shared.
         let v = match unsafe { &*e }.load() {
             State::Live(v) => v,
             State::Deleted | State::Expunged => unreachable!("a new entry is live"),
         };
-        d.table.insert_unique(hash, e);
+        d.table.insert_unique(e);
         // Relaxed: counters; see `Gen::live`.
         d.gen.live.fetch_add(1, Relaxed);
         d.gen.entries.fetch_add(1, Relaxed);

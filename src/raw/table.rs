@@ -1,59 +1,83 @@
-//! The hash table both tiers use: open addressing with linear probing over lazily allocated
-//! chunks.
+//! The hash table both tiers use: open addressing with linear probing over one contiguous array
+//! of tagged 8-byte slots.
 //!
 //! A table is built while it is the dirty tier (only under the dirty lock) and frozen when it is
 //! promoted to the read tier: from then on its slots never change, except for the `OWNED` tag
-//! bit that a migration sets on entries it expunges (readers mask it off). Slots hold the mixed
-//! hash and an entry pointer, so a probe compares hashes without touching entries.
+//! bit that a migration sets on entries it expunges (readers mask it off).
 //!
-//! The table is split into chunks of [`CHUNK_SLOTS`] slots, allocated on first write, so that
-//! creating a table for a million entries costs a directory of pointers, not megabytes of
-//! zeroing: this is what keeps the first new-key insert after a read-only phase in microseconds.
+//! **Slots.** A slot is one word: null (empty) or an entry pointer carrying, in the address
+//! bits that user-space pointers leave zero, a 16-bit *tag* taken from the key's hash, and in
+//! its lowest bit the `OWNED` mark. A probe compares tags without touching the entry, so a
+//! lookup dereferences only the entry it is after (or, once in 65,536 probed slots, another
+//! one, whose full hash, kept in the entry, rules it out before `Eq` runs). On 64-bit targets
+//! the tag sits in the top 16 bits: x86-64 and AArch64 hand user space addresses below 2^48
+//! unless a program asks for more with an explicit `mmap` hint, which no allocator does
+//! ([`Entry::create`](super::entry::Entry::create) checks each entry's address and panics
+//! rather than mistag one). Targets with narrower pointers store no tag (every slot matches,
+//! and the entry's hash decides).
+//!
+//! **One allocation.** The slot array is one zeroed allocation: for large tables the allocator
+//! maps fresh pages that the kernel zeroes on first touch, so creating the dirty table of a
+//! million-entry map costs a system call, not megabytes of zeroing, and the pages are given
+//! back whole (`munmap`) when the table is freed. v1 split tables into chunks allocated on
+//! first write to get the same O(1) creation, at the price of one more dependent load (the
+//! chunk directory) on every probe. A table also keeps a count of entries per group of
+//! [`GROUP_SLOTS`] slots, so that migration, iteration and freeing skip empty groups without
+//! reading their slots.
+//!
 //! A table never grows; the map grows by promoting a full dirty table and migrating into a
 //! bigger one, a few slots per operation.
 //!
 //! While a table is the dirty tier it only gains entries (a removal leaves a deleted entry in
 //! place), so lock-free readers may probe it concurrently with the lock holder's inserts: a slot
-//! is published by a release store of its entry pointer after its hash, and a chunk by a release
-//! store of its directory pointer after it was zeroed; readers load both with acquire, so they
-//! see a slot either empty or complete. Everything else about a table (counters, the `OWNED`
-//! tag) is only read under the dirty lock, after publication, or by the table's destructor
-//! (which runs after the epoch has synchronized with every earlier access), so `Relaxed`
-//! accesses suffice there.
+//! is published by a release store of its tagged entry pointer after the entry was written, and
+//! readers load it with acquire, so they see a slot either empty or complete. Everything else
+//! about a table (counters, the `OWNED` tag) is only read under the dirty lock, after
+//! publication, or by the table's destructor (which runs after the epoch has synchronized with
+//! every earlier access), so `Relaxed` accesses suffice there.
 
 use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::entry::Entry;
-use crate::facade::{zeroed_slice, AtomicPtr, AtomicU64, AtomicUsize, ZeroInit, CHUNK_SLOTS};
+use crate::facade::{zeroed_slice, AtomicPtr, AtomicUsize, GROUP_SLOTS};
 
 /// Tag bit on a slot's entry pointer: this table is the last one to hold the entry (a migration
 /// expunged it here), so the table's destructor frees it.
 const OWNED: usize = 1;
 
-/// Smallest table, in slots.
-pub(crate) const MIN_SLOTS: usize = 8;
+/// Where the hash tag sits in a slot: the top 16 bits on 64-bit targets; nowhere (shift 0,
+/// empty mask) on narrower ones.
+#[cfg(target_pointer_width = "64")]
+const TAG_SHIFT: u32 = 48;
+#[cfg(target_pointer_width = "64")]
+const TAG_MASK: usize = 0xFFFF << TAG_SHIFT;
+#[cfg(not(target_pointer_width = "64"))]
+const TAG_SHIFT: u32 = 0;
+#[cfg(not(target_pointer_width = "64"))]
+const TAG_MASK: usize = 0;
 
-pub(crate) struct Slot<K, V> {
-    hash: AtomicU64,
-    // Invariant: null (empty) or an entry pointer, possibly tagged with `OWNED`.
-    entry: AtomicPtr<Entry<K, V>>,
+/// Whether `addr` leaves the tag bits free (checked for every entry when it is created).
+#[inline]
+pub(crate) fn fits_tag(addr: usize) -> bool {
+    addr & TAG_MASK == 0
 }
 
-// SAFETY: a slot is two atomics; all-zero bytes are hash 0 and a null (empty) entry.
-unsafe impl<K, V> ZeroInit for Slot<K, V> {
-    fn zero() -> Self {
-        Slot {
-            hash: AtomicU64::new(0),
-            entry: AtomicPtr::new(ptr::null_mut()),
-        }
-    }
+/// The slot tag of a (mixed) hash: bits 16..32 of the hash. The slot index comes from the top
+/// bits (see `home`), so the tag tells apart keys that share a probe neighbourhood.
+#[inline]
+fn tag_of(hash: u64) -> usize {
+    ((hash >> 16) as usize) << TAG_SHIFT & TAG_MASK
 }
 
+/// The entry pointer of a slot word, with tag and `OWNED` bit cleared (full provenance kept).
 #[inline]
 fn untag<K, V>(p: *mut Entry<K, V>) -> *mut Entry<K, V> {
-    p.map_addr(|a| a & !OWNED)
+    p.map_addr(|a| a & !(TAG_MASK | OWNED))
 }
+
+/// Smallest table, in slots.
+pub(crate) const MIN_SLOTS: usize = 8;
 
 /// Spreads a user hash so that weak hashers (identity hashes of small integers) still fill the
 /// table evenly: the slot index is taken from the high bits of the product.
@@ -63,54 +87,49 @@ pub(crate) fn mix(hash: u64) -> u64 {
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// A table of entry pointers. See the module docs.
+/// A table of tagged entry pointers. See the module docs.
 pub(crate) struct Table<K, V> {
-    cap: usize,
-    chunk_shift: u32,
-    // Invariant: `dir.len() * chunk_len == cap`; each pointer is null or a chunk of
-    // `chunk_len` slots allocated by `alloc_chunk`.
-    dir: Box<[AtomicPtr<Slot<K, V>>]>,
-    // Entries per chunk, to skip empty chunks when migrating and dropping.
+    // Invariant: each slot is null or an entry pointer, tagged with `tag_of(entry.hash)` and
+    // possibly with `OWNED`; `slots.len()` is the capacity.
+    slots: Box<[AtomicPtr<Entry<K, V>>]>,
+    group_shift: u32,
+    // Entries per group of `1 << group_shift` slots, to skip empty groups when migrating,
+    // iterating and freeing. `used.len() * group_len == capacity`.
     used: Box<[AtomicUsize]>,
     len: AtomicUsize,
-    chunks_allocated: AtomicUsize,
+    // Groups that ever held an entry (slots are cleared only by `release_slots`, which
+    // decrements this too).
+    groups_used: AtomicUsize,
 }
 
 impl<K, V> Table<K, V> {
     /// A table with room for at least `slots` slots (0 gives an empty table that allocates
     /// nothing but its header).
     pub(crate) fn new(slots: usize) -> Self {
-        let (cap, chunk_len) = if slots == 0 {
-            (0, 1)
-        } else if slots <= CHUNK_SLOTS {
-            let c = slots.max(MIN_SLOTS.min(CHUNK_SLOTS)).next_power_of_two();
-            (c, c)
-        } else {
-            (slots.div_ceil(CHUNK_SLOTS) * CHUNK_SLOTS, CHUNK_SLOTS)
-        };
-        let chunks = cap / chunk_len;
+        let cap = Self::capacity_for(slots);
+        let group_len = cap.clamp(1, GROUP_SLOTS);
         Table {
-            cap,
-            chunk_shift: chunk_len.trailing_zeros(),
-            dir: zeroed_slice(chunks),
-            used: zeroed_slice(chunks),
+            slots: zeroed_slice(cap),
+            group_shift: group_len.trailing_zeros(),
+            used: zeroed_slice(cap / group_len),
             len: AtomicUsize::new(0),
-            chunks_allocated: AtomicUsize::new(0),
+            groups_used: AtomicUsize::new(0),
         }
     }
 
     #[inline]
     pub(crate) fn capacity(&self) -> usize {
-        self.cap
+        self.slots.len()
     }
 
     #[inline]
-    fn chunk_len(&self) -> usize {
-        1 << self.chunk_shift
+    fn group_len(&self) -> usize {
+        1 << self.group_shift
     }
 
-    pub(crate) fn chunks(&self) -> usize {
-        self.dir.len()
+    /// Groups of slots (the unit that migration skips when empty).
+    pub(crate) fn groups(&self) -> usize {
+        self.used.len()
     }
 
     /// Entries in the table (frozen once the table is the read tier).
@@ -122,60 +141,41 @@ impl<K, V> Table<K, V> {
     /// The most entries this table takes before the map promotes it (load factor 3/4).
     #[inline]
     pub(crate) fn max_len(&self) -> usize {
-        self.cap / 4 * 3
+        self.capacity() / 4 * 3
     }
 
-    /// Slots in allocated chunks.
+    /// Slots in groups that hold entries: how much of the table is in use (a table built with
+    /// room to grow into has none).
     pub(crate) fn allocated_slots(&self) -> usize {
-        self.chunks_allocated.load(Relaxed) * self.chunk_len()
+        self.groups_used.load(Relaxed) * self.group_len()
     }
 
-    /// Heap bytes held by the table itself (directory, counters and allocated chunks).
+    /// Heap bytes held by the table itself (slots and group counters).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.dir.len() * (size_of::<AtomicPtr<Slot<K, V>>>() + size_of::<AtomicUsize>())
-            + self.chunks_allocated.load(Relaxed) * self.chunk_len() * size_of::<Slot<K, V>>()
+        self.capacity() * size_of::<AtomicPtr<Entry<K, V>>>()
+            + self.used.len() * size_of::<AtomicUsize>()
     }
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        ((hash as u128 * self.cap as u128) >> 64) as usize
+        ((hash as u128 * self.capacity() as u128) >> 64) as usize
     }
 
     #[inline]
     fn next(&self, i: usize) -> usize {
-        if i + 1 == self.cap {
+        if i + 1 == self.capacity() {
             0
         } else {
             i + 1
         }
     }
 
-    /// The slot at `i`, or `None` if its chunk was never allocated (all its slots are empty).
     #[inline]
-    fn slot(&self, i: usize) -> Option<&Slot<K, V>> {
-        // Acquire pairs with the release store in `slot_alloc` (the chunk's zeroing).
-        let chunk = self.dir[i >> self.chunk_shift].load(Acquire);
-        if chunk.is_null() {
-            None
-        } else {
-            // SAFETY: a non-null directory pointer is a live chunk of `chunk_len` slots (dir
-            // invariant), and `i & (chunk_len - 1)` is in bounds. Chunks are freed only when the
-            // table is dropped, which outlives `&self`.
-            Some(unsafe { &*chunk.add(i & (self.chunk_len() - 1)) })
-        }
-    }
-
-    fn slot_alloc(&self, i: usize) -> &Slot<K, V> {
-        let c = i >> self.chunk_shift;
-        let mut chunk = self.dir[c].load(Relaxed);
-        if chunk.is_null() {
-            chunk = alloc_chunk::<K, V>(self.chunk_len());
-            // Release: lock-free readers of a dirty table see the chunk zeroed.
-            self.dir[c].store(chunk, Release);
-            self.chunks_allocated.fetch_add(1, Relaxed);
-        }
-        // SAFETY: `chunk` is a live chunk of `chunk_len` slots owned by this table.
-        unsafe { &*chunk.add(i & (self.chunk_len() - 1)) }
+    fn slot(&self, i: usize) -> &AtomicPtr<Entry<K, V>> {
+        debug_assert!(i < self.capacity());
+        // SAFETY: every caller passes an index below the capacity (`home` maps into
+        // `0..capacity`, `next` wraps at it, and the scans stop at it).
+        unsafe { self.slots.get_unchecked(i) }
     }
 
     /// Finds the entry for `hash` whose key satisfies `eq`. Returns the entry and its slot index.
@@ -188,23 +188,23 @@ impl<K, V> Table<K, V> {
         hash: u64,
         mut eq: impl FnMut(&K) -> bool,
     ) -> Option<(&Entry<K, V>, usize)> {
-        if self.cap == 0 {
+        if self.capacity() == 0 {
             return None;
         }
+        let tag = tag_of(hash);
         let mut i = self.home(hash);
         loop {
-            let slot = self.slot(i)?;
-            // Acquire pairs with the release store in `insert_unique`: the slot's hash and the
-            // entry's key were written before.
-            let e = slot.entry.load(Acquire);
+            // Acquire pairs with the release store in `insert_unique`: the entry's hash and key
+            // were written before.
+            let e = self.slot(i).load(Acquire);
             if e.is_null() {
                 return None;
             }
-            if slot.hash.load(Relaxed) == hash {
+            if e.addr() & TAG_MASK == tag {
                 // SAFETY: entries reachable from a table that the caller may read (published
                 // and protected by the caller's guard, or dirty under the lock) are alive.
                 let entry = unsafe { &*untag(e) }.witness();
-                if eq(&entry.key) {
+                if entry.hash == hash && eq(&entry.key) {
                     return Some((entry, i));
                 }
             }
@@ -213,21 +213,26 @@ impl<K, V> Table<K, V> {
     }
 
     /// Inserts an entry whose key the table does not hold. Dirty table only, under the lock.
-    pub(crate) fn insert_unique(&self, hash: u64, entry: *mut Entry<K, V>) {
-        debug_assert!(self.len() < self.cap, "table full");
+    pub(crate) fn insert_unique(&self, entry: *mut Entry<K, V>) {
+        debug_assert!(self.len() < self.capacity(), "table full");
+        // SAFETY: the caller passes a live entry (fresh, or read from the read tier under the
+        // lock and the guard).
+        let hash = unsafe { (*entry).hash };
+        debug_assert!(fits_tag(entry.addr()));
+        let tagged = entry.map_addr(|a| a | tag_of(hash));
         let mut i = self.home(hash);
         loop {
-            let slot = self.slot_alloc(i);
-            if slot.entry.load(Relaxed).is_null() {
-                slot.hash.store(hash, Relaxed);
-                // Release publishes the hash and the entry to lock-free readers (see the
-                // module docs).
+            let slot = self.slot(i);
+            if slot.load(Relaxed).is_null() {
+                // Release publishes the entry to lock-free readers (see the module docs).
                 #[cfg(not(tiermap_mutation = "relaxed_slot_publish"))]
-                slot.entry.store(entry, Release);
+                slot.store(tagged, Release);
                 // Deliberately too weak for the loom models; never built otherwise.
                 #[cfg(tiermap_mutation = "relaxed_slot_publish")]
-                slot.entry.store(entry, Relaxed);
-                self.used[i >> self.chunk_shift].fetch_add(1, Relaxed);
+                slot.store(tagged, Relaxed);
+                if self.used[i >> self.group_shift].fetch_add(1, Relaxed) == 0 {
+                    self.groups_used.fetch_add(1, Relaxed);
+                }
                 self.len.fetch_add(1, Relaxed);
                 return;
             }
@@ -240,150 +245,139 @@ impl<K, V> Table<K, V> {
     /// Under the dirty lock only. A plain load and store suffice: the lock holder is the only
     /// writer of a published table's slots, and concurrent readers mask the tag off.
     pub(crate) fn mark_owned(&self, i: usize) {
-        if let Some(slot) = self.slot(i) {
-            let e = slot.entry.load(Relaxed);
-            slot.entry.store(e.map_addr(|a| a | OWNED), Relaxed);
-        }
+        let slot = self.slot(i);
+        let e = slot.load(Relaxed);
+        slot.store(e.map_addr(|a| a | OWNED), Relaxed);
     }
 
-    /// Visits slots from `start`, calling `f(index, hash, entry)` for each occupied one (with the
-    /// entry pointer as stored, so that it keeps the allocation's full provenance), and
-    /// stops after about `budget` units of work (an occupied slot or a skipped empty chunk costs
-    /// one unit, an empty slot in an allocated chunk a sixteenth). Returns the index to resume
+    /// Visits slots from `start`, calling `f(index, entry)` for each occupied one (with the
+    /// entry pointer as stored, untagged, so that it keeps the allocation's full provenance),
+    /// and stops after about `budget` units of work (an occupied slot or a skipped empty group
+    /// costs one unit, an empty slot in a used group a sixteenth). Returns the index to resume
     /// from (`capacity()` when done).
     pub(crate) fn scan(
         &self,
         start: usize,
         budget: usize,
-        mut f: impl FnMut(usize, u64, *mut Entry<K, V>),
+        mut f: impl FnMut(usize, *mut Entry<K, V>),
     ) -> usize {
         let mut work = 0usize;
         let budget = budget.saturating_mul(16);
+        let cap = self.capacity();
         let mut i = start;
-        while i < self.cap && work < budget {
-            let c = i >> self.chunk_shift;
-            let chunk_end = (c + 1) << self.chunk_shift;
+        while i < cap && work < budget {
+            let c = i >> self.group_shift;
             if self.used[c].load(Relaxed) == 0 {
-                i = chunk_end;
+                i = (c + 1) << self.group_shift;
                 work += 16;
                 continue;
             }
-            match self.slot(i) {
-                None => {
-                    i = chunk_end;
-                    work += 16;
-                }
-                Some(slot) => {
-                    let e = slot.entry.load(Relaxed);
-                    if e.is_null() {
-                        work += 1;
-                    } else {
-                        f(i, slot.hash.load(Relaxed), untag(e));
-                        work += 16;
-                    }
-                    i += 1;
-                }
+            let e = self.slot(i).load(Relaxed);
+            if e.is_null() {
+                work += 1;
+            } else {
+                f(i, untag(e));
+                work += 16;
             }
+            i += 1;
         }
         i
     }
 
     /// Iterates occupied slots in index order, yielding `(index, entry, owned_tag)`.
     pub(crate) fn for_each_raw(&self, mut f: impl FnMut(usize, *mut Entry<K, V>, bool)) {
-        for c in 0..self.dir.len() {
-            let chunk = self.dir[c].load(Relaxed);
-            if chunk.is_null() || self.used[c].load(Relaxed) == 0 {
+        let glen = self.group_len();
+        for (c, used) in self.used.iter().enumerate() {
+            if used.load(Relaxed) == 0 {
                 continue;
             }
-            for j in 0..self.chunk_len() {
-                // SAFETY: `chunk` is live (dir invariant) and `j < chunk_len`.
-                let slot = unsafe { &*chunk.add(j) };
-                let e = slot.entry.load(Relaxed);
+            for i in c * glen..(c + 1) * glen {
+                let e = self.slot(i).load(Relaxed);
                 if !e.is_null() {
-                    f((c << self.chunk_shift) + j, untag(e), e.addr() & OWNED != 0);
+                    f(i, untag(e), e.addr() & OWNED != 0);
                 }
             }
         }
     }
 
     /// Empties up to `max` slots of a table nobody else can reach, from slot `from` to at most
-    /// the end of its chunk, freeing the chunk once its last slot is done: each occupied slot
-    /// is cleared, then passed to `f` as `(index, entry, owned_tag)`. Returns the index to
-    /// continue from and the slots looked at (0 for a chunk never allocated or without entries,
-    /// which is skipped or freed whole). `max` must be at least 1.
+    /// the end of its group: each occupied slot is cleared, then passed to `f` as `(index,
+    /// entry, owned_tag)`. Returns the index to continue from and the slots looked at (0 for a
+    /// group without entries, which is skipped whole). `max` must be at least 1. The slot array
+    /// itself is freed with the table.
     ///
     /// A slot is cleared before `f` sees it, so if `f` panics, calling this again from the
-    /// same `from` skips the entries already handed out, and the chunk is still freed (here or
-    /// by `Drop`).
+    /// same `from` skips the entries already handed out.
     pub(crate) fn release_slots(
         &mut self,
         from: usize,
         max: usize,
         mut f: impl FnMut(usize, *mut Entry<K, V>, bool),
     ) -> (usize, usize) {
-        debug_assert!(max >= 1 && from < self.cap);
-        let len = self.chunk_len();
-        let c = from >> self.chunk_shift;
-        let chunk_end = (c + 1) << self.chunk_shift;
+        debug_assert!(max >= 1 && from < self.capacity());
+        let c = from >> self.group_shift;
+        let group_end = (c + 1) << self.group_shift;
         // Relaxed throughout: `&mut self` means this thread is the only one touching the table
         // (the epoch's grace period ordered every reader's accesses before this call).
-        let chunk = self.dir[c].load(Relaxed);
-        if chunk.is_null() {
-            return (chunk_end, 0);
+        if self.used[c].load(Relaxed) == 0 {
+            return (group_end, 0);
         }
-        // A chunk without entries is freed whole, at the cost of one slot.
-        let empty = self.used[c].load(Relaxed) == 0;
-        let to = if empty {
-            chunk_end
-        } else {
-            chunk_end.min(from.saturating_add(max))
-        };
-        if !empty {
-            // In groups: take the group's entries out of their slots and prefetch them, then
-            // hand them out. Entries sit in the heap in insertion order and slots in hash order,
-            // so each one is a cache miss (its header is read by `free`); prefetching a group
-            // overlaps those misses (`drop` of 1M entries: 140-170 ms -> 118-125 ms,
-            // BENCHMARKS.md section 4b).
-            const GROUP: usize = 16;
-            let mut i = from;
-            while i < to {
-                let end = to.min(i + GROUP);
-                for j in i..end {
-                    // SAFETY: `chunk` is live (dir invariant), the offset is below `len`, and
-                    // `&mut self` means no other thread looks at it.
-                    let e = unsafe { &*chunk.add(j & (len - 1)) }.entry.load(Relaxed);
-                    if !e.is_null() {
-                        prefetch(untag(e));
-                    }
+        let to = group_end.min(from.saturating_add(max));
+        // In runs: take the run's entries out of their slots and prefetch them, then hand them
+        // out. Entries sit in the heap in insertion order and slots in hash order, so each one
+        // is a cache miss (its header is read by `free`); prefetching a run overlaps those
+        // misses (`drop` of 1M entries: 140-170 ms -> 118-125 ms, BENCHMARKS.md section 4b).
+        const RUN: usize = 16;
+        let mut i = from;
+        while i < to {
+            let end = to.min(i + RUN);
+            for j in i..end {
+                let e = self.slot(j).load(Relaxed);
+                if !e.is_null() {
+                    prefetch(untag(e));
                 }
-                for j in i..end {
-                    // SAFETY: as above.
-                    let slot = unsafe { &*chunk.add(j & (len - 1)) };
-                    let e = slot.entry.load(Relaxed);
-                    if !e.is_null() {
-                        // Cleared before `f` runs: a panicking `f` never sees this entry again,
-                        // and the entries after it stay in their slots for the retry.
-                        slot.entry.store(ptr::null_mut(), Relaxed);
-                        f(j, untag(e), e.addr() & OWNED != 0);
-                    }
-                }
-                i = end;
             }
+            for j in i..end {
+                let slot = self.slot(j);
+                let e = slot.load(Relaxed);
+                if !e.is_null() {
+                    // Cleared before `f` runs: a panicking `f` never sees this entry again, and
+                    // the entries after it stay in their slots for the retry.
+                    slot.store(ptr::null_mut(), Relaxed);
+                    f(j, untag(e), e.addr() & OWNED != 0);
+                }
+            }
+            i = end;
         }
-        if to == chunk_end {
-            self.dir[c].store(ptr::null_mut(), Relaxed);
-            self.chunks_allocated.fetch_sub(1, Relaxed);
-            // SAFETY: allocated by `alloc_chunk(len)`; unlinked from the directory above, so
-            // neither a later call nor `Drop` frees it again.
-            unsafe { free_chunk(chunk, len) };
+        if to == group_end {
+            self.used[c].store(0, Relaxed);
+            self.groups_used.fetch_sub(1, Relaxed);
         }
-        (to, if empty { 0 } else { to - from })
+        (to, to - from)
+    }
+
+    /// Resets the entry count after `release_slots` emptied every slot (the table can then be
+    /// filled again).
+    pub(crate) fn emptied(&mut self) {
+        debug_assert_eq!(self.groups_used.load(Relaxed), 0);
+        self.len.store(0, Relaxed);
+    }
+
+    /// The capacity `Table::new(slots)` gives.
+    pub(crate) fn capacity_for(slots: usize) -> usize {
+        if slots == 0 {
+            0
+        } else if slots <= GROUP_SLOTS {
+            slots.max(MIN_SLOTS.min(GROUP_SLOTS)).next_power_of_two()
+        } else {
+            slots.div_ceil(GROUP_SLOTS) * GROUP_SLOTS
+        }
     }
 
     /// Slot `i`'s entry, if any (for iteration by index over a published table).
     #[inline]
     pub(crate) fn entry_at(&self, i: usize) -> Option<&Entry<K, V>> {
-        let e = self.slot(i)?.entry.load(Relaxed);
+        let e = self.slot(i).load(Relaxed);
         if e.is_null() {
             None
         } else {
@@ -392,43 +386,19 @@ impl<K, V> Table<K, V> {
         }
     }
 
-    /// The first index at or after `i` whose chunk holds entries (to skip empty chunks).
+    /// The first index at or after `i` whose group holds entries (to skip empty groups).
     #[inline]
     pub(crate) fn skip_empty(&self, mut i: usize) -> usize {
-        while i < self.cap {
-            let c = i >> self.chunk_shift;
-            if self.used[c].load(Relaxed) != 0 && !self.dir[c].load(Relaxed).is_null() {
+        let cap = self.capacity();
+        while i < cap {
+            let c = i >> self.group_shift;
+            if self.used[c].load(Relaxed) != 0 {
                 return i;
             }
-            i = (c + 1) << self.chunk_shift;
+            i = (c + 1) << self.group_shift;
         }
         i
     }
-}
-
-impl<K, V> Drop for Table<K, V> {
-    fn drop(&mut self) {
-        let len = self.chunk_len();
-        for c in self.dir.iter() {
-            let chunk = c.load(Relaxed);
-            if !chunk.is_null() {
-                // SAFETY: allocated by `alloc_chunk(len)` and freed only here.
-                unsafe { free_chunk(chunk, len) };
-            }
-        }
-    }
-}
-
-fn alloc_chunk<K, V>(len: usize) -> *mut Slot<K, V> {
-    let chunk: Box<[Slot<K, V>]> = zeroed_slice(len);
-    Box::into_raw(chunk).cast()
-}
-
-/// # Safety
-/// `chunk` came from `alloc_chunk(len)` and is freed once.
-unsafe fn free_chunk<K, V>(chunk: *mut Slot<K, V>, len: usize) {
-    // SAFETY: rebuilds the boxed slice that `alloc_chunk` leaked, with the same length.
-    drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(chunk, len)) });
 }
 
 /// Hints the CPU to fetch the cache lines of `e` and of its allocation header (which `free`
