@@ -178,6 +178,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// let v: &String = m.get(&1).unwrap();
     /// assert_eq!(v, "one");
     /// ```
+    #[inline]
     pub fn pin(&self) -> Pinned<'_, K, V, S> {
         Pinned {
             map: self,
@@ -408,6 +409,7 @@ where
     /// assert_eq!(map.get("k").unwrap().len(), 2);
     /// assert!(map.get("missing").is_none());
     /// ```
+    #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<Ref<'_, V>>
     where
         K: Borrow<Q>,
@@ -424,6 +426,7 @@ where
     /// map.insert(1, "x".to_string());
     /// assert_eq!(map.get_cloned(&1).as_deref(), Some("x"));
     /// ```
+    #[inline]
     pub fn get_cloned<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -1031,6 +1034,7 @@ where
     /// map.insert(1, 1);
     /// assert_eq!(map.pin().get(&1), Some(&1));
     /// ```
+    #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,

@@ -39,8 +39,8 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use crate::facade::{
-    lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex, Reclaimer,
-    Witness,
+    lock, zeroed_slice, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
+    Reclaimer, Witness,
 };
 use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
@@ -132,6 +132,13 @@ pub(crate) struct Tier<K, V> {
     /// Set (under the dirty lock) while this tier is the read tier and the dirty tier holds keys
     /// that this one lacks. Readers that miss check it before taking the lock.
     pub(crate) amended: AtomicBool,
+    /// While this tier is the dirty tier: a one-hash Bloom filter of the *fresh* keys inserted
+    /// into it (`insert_fresh`), one bit per slot. A lock-free lookup that missed the read tier
+    /// probes the dirty table only if its key's bit is set: the other keys of a dirty table are
+    /// the read tier's live entries, which that lookup already found in the read tier. Absent
+    /// keys are the common miss (bustle's ReadHeavy: three reads in four), and without the
+    /// filter each of them probed both tables while new keys kept the read tier amended.
+    fresh: Box<[AtomicUsize]>,
     pub(crate) gen: Arc<Gen>,
     /// Loom builds: lets the models see a read of the table's plain fields through a tier
     /// pointer published without release (see `facade::Witness`).
@@ -140,12 +147,50 @@ pub(crate) struct Tier<K, V> {
 
 impl<K, V> Tier<K, V> {
     fn boxed(slots: usize, gen: Arc<Gen>) -> Box<Self> {
+        let table = Table::new(slots);
+        let bits = table.capacity().next_power_of_two();
         Box::new(Tier {
-            table: Table::new(slots),
+            fresh: zeroed_slice(bits.div_ceil(usize::BITS as usize)),
+            table,
             amended: AtomicBool::new(false),
             gen,
             witness: Witness::new(),
         })
+    }
+
+    /// The filter bit of `hash`: (word, mask). Bits 0.. of the mixed hash (the table's slot
+    /// index comes from the top bits, the slot tag from bits 16..32).
+    #[inline]
+    fn fresh_bit(&self, hash: u64) -> (usize, usize) {
+        let bits = self.fresh.len() * usize::BITS as usize;
+        let i = hash as usize & (bits - 1);
+        (i / usize::BITS as usize, 1 << (i % usize::BITS as usize))
+    }
+
+    /// Records a fresh key of this (dirty) tier in the filter. Under the dirty lock, before
+    /// the key's slot is published.
+    ///
+    /// Relaxed: a lookup needs the bit only if the insert happens-before it (through the
+    /// release store of `amended`, or any other synchronization), and then write-read
+    /// coherence makes the bit visible; a lookup concurrent with the insert may miss the key
+    /// either way.
+    fn note_fresh(&self, hash: u64) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let (w, m) = self.fresh_bit(hash);
+        self.fresh[w].fetch_or(m, Relaxed);
+    }
+
+    /// Whether this (dirty) tier may hold a fresh key of hash `hash` (false: it surely does
+    /// not). Relaxed: see `note_fresh`.
+    #[inline]
+    fn may_hold_fresh(&self, hash: u64) -> bool {
+        if self.fresh.is_empty() {
+            return false;
+        }
+        let (w, m) = self.fresh_bit(hash);
+        self.fresh[w].load(Relaxed) & m != 0
     }
 
     /// Loom builds: checks that this tier's creation happens-before the caller's access (a
@@ -488,6 +533,10 @@ impl<K, V> RawMap<K, V> {
         let next = match kept {
             Some(mut tier) => {
                 tier.gen = gen;
+                for w in tier.fresh.iter() {
+                    // Relaxed: the tier is ours alone; `set_dirty` publishes it with release.
+                    w.store(0, Relaxed);
+                }
                 // Relaxed: the tier is ours alone; `set_dirty` publishes it with release.
                 tier.amended.store(false, Relaxed);
                 Some(tier)
@@ -604,6 +653,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// user code called in between) intervened. With `count_miss`, a probe of the dirty tier
     /// counts a miss (Go's promotion clock) and, once misses reach the dirty tier's size, helps
     /// the migration and promotion along if the lock is free.
+    #[inline]
     pub(crate) fn lookup<'g, Q>(
         &self,
         hash: u64,
@@ -615,18 +665,72 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+            if !e.is_expunged() {
+                return Some((e, &*read.gen));
+            }
+        }
+        // Acquire pairs with the release store that set `amended` after the fresh key's slot
+        // was written.
+        if !read.amended.load(Acquire) {
+            return None;
+        }
+        if count_miss && self.surely_not_fresh(read, hash, guard) {
+            return None;
+        }
+        self.lookup_amended(read, hash, key, guard, count_miss)
+    }
+
+    /// Whether the dirty tier that goes with `read` (amended) surely holds no fresh key of
+    /// hash `hash`, by its filter (`Tier::fresh`); counts the absent-key miss if so. `false`
+    /// when unsure (the filter's bit is set, or `read` was just replaced): the caller then
+    /// probes with `lookup_amended`. Inline, so that most absent-key lookups end here.
+    #[inline]
+    fn surely_not_fresh(&self, read: &Tier<K, V>, hash: u64, guard: &Guard) -> bool {
+        // Acquire: as in `lookup_amended`, whose argument this is.
+        let d = self.dirty_view.load(Acquire);
+        if d.is_null() || !ptr::eq(self.read.load(Acquire), read) {
+            return false;
+        }
+        // SAFETY: as in `lookup_amended`: `d` goes with `read`, under `guard`.
+        let dirty = unsafe { &*d }.witness();
+        if dirty.may_hold_fresh(hash) {
+            return false;
+        }
+        if sample_absent_miss(hash) {
+            self.count_miss(dirty, guard);
+        }
+        true
+    }
+
+    /// One more miss on the promotion clock (see `lookup_amended`).
+    #[inline(never)]
+    fn count_miss(&self, dirty: &Tier<K, V>, guard: &Guard) {
+        // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
+        let misses = self.misses.fetch_add(1, Relaxed) + 1;
+        if misses >= dirty.table.len() {
+            self.maintain_if_free(guard);
+        }
+    }
+
+    /// The rest of `lookup` once the read tier `read` missed (or held the key expunged) and is
+    /// amended: the lock-free probe of the dirty tier. Out of line, so that the read-tier path
+    /// that every hit takes is short enough to inline.
+    #[inline(never)]
+    fn lookup_amended<'g, Q>(
+        &self,
+        mut read: &'g Tier<K, V>,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+        count_miss: bool,
+    ) -> Option<(&'g Entry<K, V>, &'g Gen)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         loop {
-            let read = self.read(guard);
-            if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
-                if !e.is_expunged() {
-                    return Some((e, &*read.gen));
-                }
-            }
-            // Acquire pairs with the release store that set `amended` after the fresh key's
-            // slot was written.
-            if !read.amended.load(Acquire) {
-                return None;
-            }
             // Acquire pairs with the release stores in `set_dirty`. `promote` and `clear` swap
             // `read` before they change `dirty_view`, so if this load sees their change, the
             // re-load of `read` below sees the new read tier and we start over; if it does not,
@@ -634,6 +738,17 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             // epoch, and a promoted one lives on as the read tier).
             let d = self.dirty_view.load(Acquire);
             if !ptr::eq(self.read.load(Acquire), read) {
+                // Start over on the new read tier, as `lookup` does.
+                read = self.read(guard);
+                if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+                    if !e.is_expunged() {
+                        return Some((e, &*read.gen));
+                    }
+                }
+                // Acquire: as in `lookup`.
+                if !read.amended.load(Acquire) {
+                    return None;
+                }
                 continue;
             }
             if d.is_null() {
@@ -642,7 +757,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             }
             // SAFETY: see above; `guard` was pinned before the load.
             let dirty = unsafe { &*d }.witness();
-            let found = dirty.table.find(hash, |k| k.borrow() == key);
+            // The read tier missed, so only a fresh key of the dirty tier can match.
+            let found = if dirty.may_hold_fresh(hash) {
+                dirty.table.find(hash, |k| k.borrow() == key)
+            } else {
+                None
+            };
             // Go's promotion clock counts every lookup that missed the read tier. Here a miss
             // that found the key in the dirty tier always counts (promoting makes that key's
             // later reads one probe, as in Go); a miss for a key that no tier holds counts one
@@ -656,24 +776,39 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             // figures). Sampled, a read-only phase of absent-key lookups still ends in a
             // promotion, which frees the second table.
             if count_miss && (found.is_some() || sample_absent_miss(hash)) {
-                // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
-                let misses = self.misses.fetch_add(1, Relaxed) + 1;
-                if misses >= dirty.table.len() {
-                    self.maintain_if_free(guard);
-                }
+                self.count_miss(dirty, guard);
             }
             return found.map(|(e, _)| (e, &*read.gen));
         }
     }
 
+    #[inline]
     pub(crate) fn get<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        match self.lookup(hash, key, guard, true)?.0.load() {
-            // SAFETY: a live value pointer loaded under `guard` stays allocated until the guard
-            // is dropped (values are retired through the epoch).
+        // `lookup`'s read-tier path with the entry's state loaded once: a hit is this much.
+        let read = self.read(guard);
+        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+            match e.load() {
+                // SAFETY: a live value pointer loaded under `guard` stays allocated until the
+                // guard is dropped (values are retired through the epoch).
+                State::Live(p) => return Some(unsafe { &*p }),
+                State::Deleted => return None,
+                // The key may have been stored again as a fresh entry of the dirty tier.
+                State::Expunged => {}
+            }
+        }
+        // Acquire: as in `lookup`.
+        if !read.amended.load(Acquire) {
+            return None;
+        }
+        if self.surely_not_fresh(read, hash, guard) {
+            return None;
+        }
+        match self.lookup_amended(read, hash, key, guard, true)?.0.load() {
+            // SAFETY: as above.
             State::Live(p) => Some(unsafe { &*p }),
             State::Deleted | State::Expunged => None,
         }
@@ -781,6 +916,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             State::Live(v) => v,
             State::Deleted | State::Expunged => unreachable!("a new entry is live"),
         };
+        d.note_fresh(hash);
         d.table.insert_unique(e);
         // Relaxed: counters; see `Gen::live`.
         d.gen.live.fetch_add(1, Relaxed);
