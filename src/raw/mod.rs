@@ -980,12 +980,17 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     where
         K: Eq,
     {
+        // The value, computed at most once; moved to a heap cell (`boxed`) only when an entry
+        // is revived with it (a fresh entry takes it by value: inline, for types without drop
+        // glue, with no allocation but the entry's).
         let mut f = Some(f);
-        let mut pending: Option<Pending<V>> = None;
-        let mut make = |pending: &mut Option<Pending<V>>| -> *mut V {
-            pending
-                .get_or_insert_with(|| Pending::new((f.take().expect("value computed once"))()))
-                .0
+        let mut value: Option<V> = None;
+        let mut boxed: Option<Pending<V>> = None;
+        let mut cell = |value: &mut Option<V>, boxed: &mut Option<Pending<V>>| -> *mut V {
+            if value.is_none() && boxed.is_none() {
+                *value = Some((f.take().expect("value computed once"))());
+            }
+            Pending::boxed(boxed, value)
         };
         let read = self.read(guard);
         if let Some((e, gen)) = self.lookup(hash, &key, guard, true) {
@@ -995,10 +1000,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                     State::Live(p) => return GetOrInsert::Loaded(unsafe { &*p }),
                     State::Expunged => break,
                     State::Deleted => {
-                        let v = make(&mut pending);
+                        let v = cell(&mut value, &mut boxed);
                         match e.try_revive(v) {
                             Ok(()) => {
-                                let _ = pending.take().map(Pending::publish);
+                                let _ = boxed.take().map(Pending::publish);
                                 gen.live.fetch_add(1, Relaxed);
                                 // SAFETY: just published under the guard.
                                 return GetOrInsert::Inserted(unsafe { &*v });
@@ -1013,11 +1018,11 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             }
         }
         // The lock-free lookup saw the key absent (or expunged, which is absent too): build the
-        // value now, outside the lock, so that the locked pass below usually runs once.
-        make(&mut pending);
-        // One locked pass: the value exists already, so it never has to be computed under the
-        // lock (where the closure could call into the map, or panic).
-        let pending = pending.expect("computed before the locked pass");
+        // value now, outside the lock, so that the locked pass below usually runs once, and
+        // the closure never runs under the lock (where it could call into the map, or panic).
+        if value.is_none() && boxed.is_none() {
+            value = Some((f.take().expect("value computed once"))());
+        }
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
             let place = this.locate(st, read, hash, &key);
@@ -1028,12 +1033,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             match unsafe { place.entry(guard) } {
                 Some(e) => loop {
                     match e.load() {
-                        // SAFETY: as above; `pending` is dropped (freed) unpublished.
+                        // SAFETY: as above; the value is dropped (a cell freed) unpublished.
                         State::Live(p) => break GetOrInsert::Loaded(unsafe { &*p }),
                         State::Deleted => {
-                            let v = pending.0;
+                            let v = Pending::boxed(&mut boxed, &mut value);
                             if e.try_revive(v).is_ok() {
-                                pending.publish();
+                                let _ = boxed.take().map(Pending::publish);
                                 read.gen.live.fetch_add(1, Relaxed);
                                 // SAFETY: as above.
                                 break GetOrInsert::Inserted(unsafe { &*v });
@@ -1043,8 +1048,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                     }
                 },
                 None => {
-                    // SAFETY: never published; we own it.
-                    let v = unsafe { take_value(pending.publish()) };
+                    let v = match (value.take(), boxed.take()) {
+                        (Some(v), _) => v,
+                        // SAFETY: a cell never published (a revive failed); we own it.
+                        (None, Some(b)) => unsafe { take_value(b.publish()) },
+                        (None, None) => unreachable!("value computed before the locked pass"),
+                    };
                     let v = this.insert_fresh(st, hash, key, v, guard);
                     // SAFETY: the value of the entry just published; it outlives the guard
                     // (values and entries are retired through the epoch).
