@@ -302,6 +302,15 @@ impl<K, V> Entry<K, V> {
     /// earlier store to the cell; the failure load needs no ordering because the caller only
     /// learns that the entry is live and copies the entry pointer, not the value.
     pub(crate) fn expunge_if_deleted(&self) -> bool {
+        // Most entries a migration meets are live: a plain load tells, without the locked
+        // read-modify-write of a failing compare-and-swap. Relaxed, as the CAS's failure load
+        // below: the caller learns only that the entry was live and copies the entry pointer
+        // (if it is deleted meanwhile, it is copied as a deleted entry, as when the CAS fails
+        // just before the removal).
+        let p = self.value.load(std::sync::atomic::Ordering::Relaxed);
+        if !p.is_null() && p != expunged() {
+            return false;
+        }
         loop {
             match self.value.compare_exchange(
                 ptr::null_mut(),

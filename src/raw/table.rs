@@ -230,10 +230,16 @@ impl<K, V> Table<K, V> {
                 // Deliberately too weak for the loom models; never built otherwise.
                 #[cfg(tiermap_mutation = "relaxed_slot_publish")]
                 slot.store(tagged, Relaxed);
-                if self.used[i >> self.group_shift].fetch_add(1, Relaxed) == 0 {
-                    self.groups_used.fetch_add(1, Relaxed);
+                // Load and store, not read-modify-writes: only the lock holder writes these
+                // counters (readers never read them), so no update can be lost, and a plain
+                // store skips the locked instruction.
+                let used = &self.used[i >> self.group_shift];
+                let n = used.load(Relaxed);
+                used.store(n + 1, Relaxed);
+                if n == 0 {
+                    self.groups_used.store(self.groups_used.load(Relaxed) + 1, Relaxed);
                 }
-                self.len.fetch_add(1, Relaxed);
+                self.len.store(self.len.load(Relaxed) + 1, Relaxed);
                 return;
             }
             i = self.next(i);
