@@ -690,7 +690,15 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     fn surely_not_fresh(&self, read: &Tier<K, V>, hash: u64, guard: &Guard) -> bool {
         // Acquire: as in `lookup_amended`, whose argument this is.
         let d = self.dirty_view.load(Acquire);
+        #[cfg(not(tiermap_mutation = "filter_no_recheck"))]
         if d.is_null() || !ptr::eq(self.read.load(Acquire), read) {
+            return false;
+        }
+        // Deliberately wrong for the loom models (consults the filter of a dirty tier that
+        // may belong to a newer read tier, which this lookup did not probe); never built
+        // otherwise.
+        #[cfg(tiermap_mutation = "filter_no_recheck")]
+        if d.is_null() {
             return false;
         }
         // SAFETY: as in `lookup_amended`: `d` goes with `read`, under `guard`.

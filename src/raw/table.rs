@@ -237,7 +237,8 @@ impl<K, V> Table<K, V> {
                 let n = used.load(Relaxed);
                 used.store(n + 1, Relaxed);
                 if n == 0 {
-                    self.groups_used.store(self.groups_used.load(Relaxed) + 1, Relaxed);
+                    self.groups_used
+                        .store(self.groups_used.load(Relaxed) + 1, Relaxed);
                 }
                 self.len.store(self.len.load(Relaxed) + 1, Relaxed);
                 return;
