@@ -396,12 +396,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         _guard: &Guard,
     ) {
         // SAFETY: alive until the graveyard frees it.
-        let mut bytes = unsafe { (*read).table.heap_bytes() } + size_of::<Tier<K, V>>();
+        let mut bytes = unsafe { (*read).bytes() };
         bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
         let mut dirty_bytes = 0;
         if !dirty.is_null() {
             // SAFETY: as above.
-            dirty_bytes = unsafe { (*dirty).table.heap_bytes() } + size_of::<Tier<K, V>>();
+            dirty_bytes = unsafe { (*dirty).bytes() };
         }
         // SAFETY: the tiers are unpublished, so only guards pinned before now can reach them;
         // the graveyard frees them after the grace period of a deferral made after this call

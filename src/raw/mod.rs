@@ -158,6 +158,11 @@ impl<K, V> Tier<K, V> {
         })
     }
 
+    /// Heap bytes of the tier: its header, its table and its filter.
+    pub(crate) fn bytes(&self) -> usize {
+        size_of::<Self>() + self.table.heap_bytes() + self.fresh.len() * size_of::<AtomicUsize>()
+    }
+
     /// The filter bit of `hash`: (word, mask). Bits 0.. of the mixed hash (the table's slot
     /// index comes from the top bits, the slot tag from bits 16..32).
     #[inline]
@@ -439,7 +444,7 @@ impl<K, V> RawMap<K, V> {
     }
     /// What the tiers, entries and live values take (`MapStats::held_bytes`).
     fn held_bytes(&self, st: &LockedState<K, V>, read: &Tier<K, V>) -> usize {
-        let tier_bytes = |t: &Tier<K, V>| t.table.heap_bytes() + size_of::<Tier<K, V>>();
+        let tier_bytes = |t: &Tier<K, V>| t.bytes();
         tier_bytes(read)
             + st.tier.as_deref().map_or(0, tier_bytes)
             + read.gen.entries() * size_of::<Entry<K, V>>()
