@@ -69,15 +69,8 @@ export MIRIFLAGS="${MIRIFLAGS:-${flags[*]}}"
 #   differential     proptest: hundreds of cases, minutes each
 #   memory           byte accounting over 2,000+ step workloads
 #   alarm, metrics   observer plumbing with no unsafe code of its own
-# Skipped by default (MIRI_SKIP): fuzz_replay's retain_compaction_stalls_under_reads, a
-# liveness regression test (no unsafe path of its own: `retain` and its compaction run under
-# Miri in panic_injection's `retain`). Since engine v2's first step it runs for over 8 minutes
-# under Miri (10 minutes with its 10,000 reads, still over 8 with 500), while natively it
-# executes fewer instructions than on v1 (callgrind: 7.4M vs 8.6M for the whole test binary
-# run): the time goes somewhere Miri-specific, to find (suspect: the background reclaimer's
-# 10 ms ticks, interpreted back to back while the test keeps retired tiers alive).
 TESTS=(${MIRI_TESTS:-fuzz_replay panic_injection})
-SKIP=(${MIRI_SKIP:-deleted_entries_are_purged_without_new_inserts retain_compaction_stalls_under_reads})
+SKIP=(${MIRI_SKIP:-deleted_entries_are_purged_without_new_inserts})
 # MIRI_LIB=0 leaves out the library's unit tests (the pool's, mostly: no unsafe code of its own;
 # 7 minutes under load). Any other value but 1 is a name filter: only the unit tests matching it
 # run, e.g. MIRI_LIB=raw::grave (the graveyard's white-box tests, 1 minute). .ci/run uses that,

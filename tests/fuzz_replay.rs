@@ -309,9 +309,8 @@ fn retain_compaction_stalls_under_reads() {
     map.retain(|k, _| k % 2 == 0); // 1000 deleted: starts a compaction, one step
     map.retain(|_, _| false); // 2000 deleted: one more step
 
-    // Under Miri every read walks the same unsafe path: Miri runs 500. (ci/miri.sh skips this
-    // test by default, see there. Since the fix, `retain` drives the compaction itself; the
-    // assertions below hold natively with no reads at all.)
+    // Under Miri every read walks the same unsafe path: Miri runs 500. (Since the fix, `retain`
+    // drives the compaction itself; the assertions below hold natively with no reads at all.)
     let reads = if cfg!(miri) { 500 } else { 10_000u32 };
     for i in 0..reads {
         assert!(map.get(&(i % 4000)).is_none());

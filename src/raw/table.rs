@@ -91,7 +91,13 @@ pub(crate) fn mix(hash: u64) -> u64 {
 pub(crate) struct Table<K, V> {
     // Invariant: each slot is null or an entry pointer, tagged with `tag_of(entry.hash)` and
     // possibly with `OWNED`; `slots.len()` is the capacity.
-    slots: Box<[AtomicPtr<Entry<K, V>>]>,
+    //
+    // A raw pointer to the first of `cap` slots (a leaked `Box<[_]>`), not the box itself:
+    // each slot access then makes a reference to that one slot, where indexing the box makes a
+    // reference to the whole array, which Miri's Tree Borrows retags location by location
+    // (fuzz_replay's retain test went from seconds to 6 minutes under Miri with the box).
+    slots: *mut AtomicPtr<Entry<K, V>>,
+    cap: usize,
     group_shift: u32,
     // Entries per group of `1 << group_shift` slots, to skip empty groups when migrating,
     // iterating and freeing. `used.len() * group_len == capacity`.
@@ -109,7 +115,8 @@ impl<K, V> Table<K, V> {
         let cap = Self::capacity_for(slots);
         let group_len = cap.clamp(1, GROUP_SLOTS);
         Table {
-            slots: zeroed_slice(cap),
+            slots: Box::into_raw(zeroed_slice::<AtomicPtr<Entry<K, V>>>(cap)).cast(),
+            cap,
             group_shift: group_len.trailing_zeros(),
             used: zeroed_slice(cap / group_len),
             len: AtomicUsize::new(0),
@@ -119,7 +126,7 @@ impl<K, V> Table<K, V> {
 
     #[inline]
     pub(crate) fn capacity(&self) -> usize {
-        self.slots.len()
+        self.cap
     }
 
     #[inline]
@@ -173,9 +180,10 @@ impl<K, V> Table<K, V> {
     #[inline]
     fn slot(&self, i: usize) -> &AtomicPtr<Entry<K, V>> {
         debug_assert!(i < self.capacity());
-        // SAFETY: every caller passes an index below the capacity (`home` maps into
-        // `0..capacity`, `next` wraps at it, and the scans stop at it).
-        unsafe { self.slots.get_unchecked(i) }
+        // SAFETY: `slots` points to `cap` initialized slots that live as long as the table
+        // (freed in `Drop`), and every caller passes an index below the capacity (`home` maps
+        // into `0..capacity`, `next` wraps at it, and the scans stop at it).
+        unsafe { &*self.slots.add(i) }
     }
 
     /// Finds the entry for `hash` whose key satisfies `eq`. Returns the entry and its slot index.
@@ -407,6 +415,21 @@ impl<K, V> Table<K, V> {
         i
     }
 }
+
+impl<K, V> Drop for Table<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: `slots` came from `Box::into_raw` of a boxed slice of `cap` slots in `new`
+        // and is freed once, here.
+        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(self.slots, self.cap)) });
+    }
+}
+
+// SAFETY: the table owns its slot array as a `Box<[AtomicPtr<_>]>` would (the raw pointer only
+// changes how slots are reached), and that box is `Send` and `Sync` for any `K`, `V`: a slot is
+// an atomic pointer. What the pointers lead to is the map's to guard (`RawMap`'s bounds).
+unsafe impl<K, V> Send for Table<K, V> {}
+// SAFETY: as above.
+unsafe impl<K, V> Sync for Table<K, V> {}
 
 /// Hints the CPU to fetch the cache lines of `e` and of its allocation header (which `free`
 /// reads), without waiting. A no-op where unsupported (and under Miri).
