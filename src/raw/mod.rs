@@ -733,7 +733,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     #[inline(never)]
     fn lookup_amended<'g, Q>(
         &self,
-        mut read: &'g Tier<K, V>,
+        read: &'g Tier<K, V>,
         hash: u64,
         key: &Q,
         guard: &'g Guard,
@@ -743,56 +743,44 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        loop {
-            // Acquire pairs with the release stores in `set_dirty`. `promote` and `clear` swap
-            // `read` before they change `dirty_view`, so if this load sees their change, the
-            // re-load of `read` below sees the new read tier and we start over; if it does not,
-            // `d` is the dirty tier that goes with `read` (alive: tiers are retired through the
-            // epoch, and a promoted one lives on as the read tier).
-            let d = self.dirty_view.load(Acquire);
-            if !ptr::eq(self.read.load(Acquire), read) {
-                // Start over on the new read tier, as `lookup` does.
-                read = self.read(guard);
-                if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
-                    if !e.is_expunged() {
-                        return Some((e, &*read.gen));
-                    }
-                }
-                // Acquire: as in `lookup`.
-                if !read.amended.load(Acquire) {
-                    return None;
-                }
-                continue;
-            }
-            if d.is_null() {
-                debug_assert!(false, "amended read tier without a dirty tier");
-                return None;
-            }
-            // SAFETY: see above; `guard` was pinned before the load.
-            let dirty = unsafe { &*d }.witness();
-            // The read tier missed, so only a fresh key of the dirty tier can match.
-            let found = if dirty.may_hold_fresh(hash) {
-                dirty.table.find(hash, |k| k.borrow() == key)
-            } else {
-                None
-            };
-            // Go's promotion clock counts every lookup that missed the read tier. Here a miss
-            // that found the key in the dirty tier always counts (promoting makes that key's
-            // later reads one probe, as in Go); a miss for a key that no tier holds counts one
-            // time in `ABSENT_MISS_SAMPLE`, by a per-thread counter (not by hash bits: the mixed
-            // hash's low bits are zero for a whole family of keys under an identity or Fx-style
-            // hasher, which then never, or always, count). Such a lookup costs one lock-free probe more while
-            // `amended` is set, and under a steady trickle of new keys a promotion cannot save
-            // even that (the next new key sets `amended` again) while it costs a migration of
-            // the whole read tier: counting every absent-key miss made bustle's ReadHeavy
-            // promote over and over (DESIGN.md, "Promotion, misses and compaction", has the
-            // figures). Sampled, a read-only phase of absent-key lookups still ends in a
-            // promotion, which frees the second table.
-            if count_miss && (found.is_some() || sample_absent_miss(hash)) {
-                self.count_miss(dirty, guard);
-            }
-            return found.map(|(e, _)| (e, &*read.gen));
+        // Acquire pairs with the release stores in `set_dirty`. `promote` and `clear` swap
+        // `read` before they change `dirty_view`, so if this load sees their change, the
+        // re-load of `read` below sees the new read tier and `lookup` starts over; if not,
+        // `d` is the dirty tier that goes with `read` (alive: tiers are retired through the
+        // epoch, and a promoted one lives on as the read tier).
+        let d = self.dirty_view.load(Acquire);
+        if !ptr::eq(self.read.load(Acquire), read) {
+            // Start over on the new read tier.
+            return self.lookup(hash, key, guard, count_miss);
         }
+        if d.is_null() {
+            debug_assert!(false, "amended read tier without a dirty tier");
+            return None;
+        }
+        // SAFETY: see above; `guard` was pinned before the load.
+        let dirty = unsafe { &*d }.witness();
+        // The read tier missed, so only a fresh key of the dirty tier can match.
+        let found = if dirty.may_hold_fresh(hash) {
+            dirty.table.find(hash, |k| k.borrow() == key)
+        } else {
+            None
+        };
+        // Go's promotion clock counts every lookup that missed the read tier. Here a miss
+        // that found the key in the dirty tier always counts (promoting makes that key's
+        // later reads one probe, as in Go); a miss for a key that no tier holds counts one
+        // time in `ABSENT_MISS_SAMPLE`, by a per-thread counter (not by hash bits: the mixed
+        // hash's low bits are zero for a whole family of keys under an identity or Fx-style
+        // hasher, which then never, or always, count). Such a lookup costs one lock-free probe more while
+        // `amended` is set, and under a steady trickle of new keys a promotion cannot save
+        // even that (the next new key sets `amended` again) while it costs a migration of
+        // the whole read tier: counting every absent-key miss made bustle's ReadHeavy
+        // promote over and over (DESIGN.md, "Promotion, misses and compaction", has the
+        // figures). Sampled, a read-only phase of absent-key lookups still ends in a
+        // promotion, which frees the second table.
+        if count_miss && (found.is_some() || sample_absent_miss(hash)) {
+            self.count_miss(dirty, guard);
+        }
+        found.map(|(e, _)| (e, &*read.gen))
     }
 
     #[inline]
