@@ -140,12 +140,13 @@ impl Serialize for MapStats {
             migrating,
             misses,
             held_bytes,
+            spare_bytes,
             retired_bytes,
             promotions,
             migrations,
             compactions,
         } = *self;
-        let mut s = serializer.serialize_struct("MapStats", 11)?;
+        let mut s = serializer.serialize_struct("MapStats", 12)?;
         s.serialize_field("len", &len)?;
         s.serialize_field("deleted", &deleted)?;
         s.serialize_field("read_capacity", &read_capacity)?;
@@ -153,6 +154,7 @@ impl Serialize for MapStats {
         s.serialize_field("migrating", &migrating)?;
         s.serialize_field("misses", &misses)?;
         s.serialize_field("held_bytes", &held_bytes)?;
+        s.serialize_field("spare_bytes", &spare_bytes)?;
         s.serialize_field("retired_bytes", &retired_bytes)?;
         s.serialize_field("promotions", &promotions)?;
         s.serialize_field("migrations", &migrations)?;
@@ -268,7 +270,8 @@ mod tests {
         let map: SyncMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
         let value = serde_json::to_value(map.stats()).unwrap();
         let object = value.as_object().unwrap();
-        assert_eq!(object.len(), 11);
+        assert_eq!(object.len(), 12);
+        assert_eq!(value["spare_bytes"], map.stats().spare_bytes);
         assert_eq!(value["len"], 10);
         let released = serde_json::to_value(Released::default()).unwrap();
         assert_eq!(

@@ -37,6 +37,13 @@ pub struct MapStats {
     pub misses: usize,
     /// Approximate heap bytes held by the map: tables, entries and value cells.
     pub held_bytes: usize,
+    /// Bytes of the map's entry blocks that hold no entry (not in `held_bytes`): slots freed
+    /// by compactions and clears, which the map's next inserts reuse, and the unused end of
+    /// its newest block. A block goes back to the allocator as soon as none of its slots holds
+    /// an entry (an emptied map keeps none; a map that dropped its oldest keys gives their
+    /// blocks back); a block in which some entry is still alive, or retired and not yet
+    /// freed, stays.
+    pub spare_bytes: usize,
     /// Bytes retired but not yet freed: superseded and cleared tables (with the entries they
     /// own) and sealed batches of removed or replaced values (64 per batch), because a guard
     /// pinned before they were retired may still be alive, or they are past that and wait for
@@ -86,15 +93,16 @@ impl fmt::Display for Bytes {
 }
 
 impl fmt::Display for MapStats {
-    /// One log line: `len=3 deleted=0 held=1.2 KiB retired=0 B read_cap=8 dirty_cap=0 ...`.
+    /// One log line: `len=3 deleted=0 held=1.2 KiB spare=416 B retired=0 B read_cap=8 ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "len={} deleted={} held={} retired={} read_cap={} dirty_cap={}{} promotions={} \
-             migrations={} compactions={}",
+            "len={} deleted={} held={} spare={} retired={} read_cap={} dirty_cap={}{} \
+             promotions={} migrations={} compactions={}",
             self.len,
             self.deleted,
             Bytes(self.held_bytes),
+            Bytes(self.spare_bytes),
             Bytes(self.retired_bytes),
             self.read_capacity,
             self.dirty_capacity,

@@ -12,6 +12,8 @@ pub(crate) const ENTRIES: &str = "tiermap_map_entries";
 pub(crate) const DELETED: &str = "tiermap_map_deleted_entries";
 /// Gauge: [`MapStats::held_bytes`].
 pub(crate) const HELD_BYTES: &str = "tiermap_map_held_bytes";
+/// Gauge: [`MapStats::spare_bytes`].
+pub(crate) const SPARE_BYTES: &str = "tiermap_map_spare_bytes";
 /// Gauge: [`MapStats::retired_bytes`].
 pub(crate) const RETIRED_BYTES: &str = "tiermap_map_retired_bytes";
 /// Counter: [`MapStats::promotions`].
@@ -25,6 +27,7 @@ pub(crate) struct Publisher {
     entries: Gauge,
     deleted: Gauge,
     held_bytes: Gauge,
+    spare_bytes: Gauge,
     retired_bytes: Gauge,
     promotions: Counter,
     compactions: Counter,
@@ -42,6 +45,11 @@ impl Publisher {
             HELD_BYTES,
             Unit::Bytes,
             "Heap bytes held by the map's tables, entries and value cells."
+        );
+        metrics::describe_gauge!(
+            SPARE_BYTES,
+            Unit::Bytes,
+            "Bytes of the map's entry blocks that hold no entry, kept for its next inserts."
         );
         metrics::describe_gauge!(
             RETIRED_BYTES,
@@ -63,6 +71,7 @@ impl Publisher {
             entries: metrics::gauge!(ENTRIES, &labels),
             deleted: metrics::gauge!(DELETED, &labels),
             held_bytes: metrics::gauge!(HELD_BYTES, &labels),
+            spare_bytes: metrics::gauge!(SPARE_BYTES, &labels),
             retired_bytes: metrics::gauge!(RETIRED_BYTES, &labels),
             promotions: metrics::counter!(PROMOTIONS, &labels),
             compactions: metrics::counter!(COMPACTIONS, &labels),
@@ -75,6 +84,7 @@ impl Publish<MapStats> for Publisher {
         self.entries.set(s.len as f64);
         self.deleted.set(s.deleted as f64);
         self.held_bytes.set(s.held_bytes as f64);
+        self.spare_bytes.set(s.spare_bytes as f64);
         self.retired_bytes.set(s.retired_bytes as f64);
         self.promotions.absolute(s.promotions);
         self.compactions.absolute(s.compactions);

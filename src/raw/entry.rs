@@ -25,6 +25,7 @@
 use std::alloc::{self, Layout};
 use std::ptr;
 
+use super::arena::Arena;
 use crate::facade::{AtomicPtr, Witness};
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
@@ -47,8 +48,9 @@ pub(crate) enum State<V> {
 
 /// One key and its value cell. Shared by the read and the dirty table while both hold it.
 ///
-/// Allocated by [`Entry::create`] with [`entry_layout`] (the entry, then the inline value slot
-/// when `V` has no drop glue) and freed by [`Entry::destroy`].
+/// Allocated by [`Entry::create`] in a slot of the map's [`Arena`] (of [`entry_layout`]: the
+/// entry, then the inline value slot when `V` has no drop glue) and freed by
+/// [`Entry::destroy`] or [`Entry::into_parts`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
     /// The key's mixed hash: tables tag slots with part of it, a probe whose tag matches
@@ -61,6 +63,17 @@ pub(crate) struct Entry<K, V> {
     /// Loom builds: lets the models see a read of the key or of the inline value through a
     /// slot published without release (see `facade::Witness`).
     witness: Witness,
+}
+
+/// Bytes an entry of `K, V` takes, with its inline value slot, plus its value cell when it
+/// holds a live value that is not inline (statistics).
+pub(crate) fn entry_bytes<K, V>(live: bool) -> usize {
+    let cell = if live && !inline::<V>() {
+        value_size::<V>()
+    } else {
+        0
+    };
+    entry_layout::<K, V>().0.size() + cell
 }
 
 /// Whether values of type `V` are stored inline in their entry (see the module docs).
@@ -82,26 +95,29 @@ fn entry_layout<K, V>() -> (Layout, usize) {
 }
 
 impl<K, V> Entry<K, V> {
-    /// Allocates an entry holding `key` (whose mixed hash is `hash`) and `value`.
+    /// The arena for a map's entries.
+    pub(crate) fn arena() -> Arena {
+        Arena::for_entries(entry_layout::<K, V>().0)
+    }
+
+    /// Allocates an entry holding `key` (whose mixed hash is `hash`) and `value` in a slot of
+    /// `arena` (made by [`Entry::arena`]).
     ///
     /// # Panics
     /// If the allocator returns an address that does not leave the table's tag bits free (see
     /// `table`): never seen on the targets Rust supports, whose allocators hand out user-space
     /// addresses below 2^48; checked so that it can never mistag a slot.
-    pub(crate) fn create(hash: u64, key: K, value: V) -> *mut Entry<K, V> {
-        let (layout, offset) = entry_layout::<K, V>();
-        // SAFETY: an entry has a non-zero size (it holds a pointer).
-        let e = unsafe { alloc::alloc(layout) }.cast::<Entry<K, V>>();
-        if e.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
+    pub(crate) fn create(hash: u64, key: K, value: V, arena: &Arena) -> *mut Entry<K, V> {
+        let (_, offset) = entry_layout::<K, V>();
+        let e = arena.alloc().cast::<Entry<K, V>>();
         if !super::table::fits_tag(e.addr()) {
-            // SAFETY: just allocated with `layout`, holds nothing yet.
-            unsafe { alloc::dealloc(e.cast(), layout) };
+            // SAFETY: just allocated from `arena`, holds nothing yet.
+            unsafe { arena.free(e.cast()) };
             panic!("tiermap: the allocator returned an address above 2^48; slots cannot be tagged");
         }
         let v = if inline::<V>() {
-            // SAFETY: `offset` is inside the allocation and aligned for `V` (Layout::extend).
+            // SAFETY: `offset` is inside the slot (of `entry_layout`) and aligned for `V`
+            // (Layout::extend).
             let v = unsafe { e.cast::<u8>().add(offset) }.cast::<V>();
             // SAFETY: as above; the slot is fresh.
             unsafe { v.write(value) };
@@ -109,7 +125,7 @@ impl<K, V> Entry<K, V> {
         } else {
             alloc_value(value)
         };
-        // SAFETY: `e` is a fresh allocation with the layout of `Entry` at offset 0.
+        // SAFETY: `e` is a fresh slot with the layout of `Entry` at offset 0.
         unsafe {
             e.write(Entry {
                 key,
@@ -121,30 +137,31 @@ impl<K, V> Entry<K, V> {
         e
     }
 
-    /// Drops an entry (its key, and its value if live) and frees its allocation.
+    /// Drops an entry (its key, and its value if live) and frees its slot.
     ///
     /// # Safety
-    /// `e` came from [`Entry::create`], is freed once, and no reader can reach it any more.
-    pub(crate) unsafe fn destroy(e: *mut Entry<K, V>) {
-        // Frees the allocation even if the key's or the value's `Drop` panics (no leak).
-        let _free = Dealloc(e.cast(), entry_layout::<K, V>().0);
-        // SAFETY: per the caller; `_free` releases the allocation with the layout `create`
-        // used, afterwards, also on unwinding.
+    /// `e` came from [`Entry::create`] with `arena`, is freed once, and no reader can reach it
+    /// any more.
+    pub(crate) unsafe fn destroy(e: *mut Entry<K, V>, arena: &Arena) {
+        // Frees the slot even if the key's or the value's `Drop` panics (no leak).
+        let _free = FreeSlot(e.cast(), arena);
+        // SAFETY: per the caller; `_free` gives the slot back afterwards, also on unwinding.
         unsafe { ptr::drop_in_place(e) };
     }
 
-    /// Moves the key and the live value (if any) out of an entry and frees it.
+    /// Moves the key and the live value (if any) out of an entry and frees its slot.
     ///
     /// # Safety
     /// As for [`Entry::destroy`].
-    pub(crate) unsafe fn into_parts(e: *mut Entry<K, V>) -> (K, Option<V>) {
-        // SAFETY: per the caller, `e` is live and exclusively ours.
+    pub(crate) unsafe fn into_parts(e: *mut Entry<K, V>, arena: &Arena) -> (K, Option<V>) {
+        // SAFETY: per the caller, `e` is live and exclusively ours; its fields are moved out
+        // or dropped once, then the slot is freed once.
         unsafe {
             let value = (*e).take_exclusive().map(|p| (*e).take_value(p));
             let key = ptr::read(&(*e).key);
             ptr::drop_in_place(ptr::addr_of_mut!((*e).value));
             ptr::drop_in_place(ptr::addr_of_mut!((*e).witness));
-            alloc::dealloc(e.cast(), entry_layout::<K, V>().0);
+            arena.free(e.cast());
             (key, value)
         }
     }
@@ -357,6 +374,18 @@ fn value_layout<V>() -> Layout {
     // At least one byte, so that distinct values have distinct addresses even for zero-sized
     // types; `from_size_align` cannot fail for a size of at most `size_of::<V>().max(1)`.
     Layout::from_size_align(layout.size().max(1), layout.align()).expect("value layout")
+}
+
+/// Gives an entry's slot back to its arena when dropped: after the entry's drop glue, also when
+/// that panics.
+struct FreeSlot<'a>(*mut u8, &'a Arena);
+
+impl Drop for FreeSlot<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the holder of a `FreeSlot` owns the slot, allocated from this arena, and
+        // frees it once, here, after the entry's contents are dropped.
+        unsafe { self.1.free(self.0) };
+    }
 }
 
 /// Frees an allocation when dropped: after the drop glue of what it held, also when that

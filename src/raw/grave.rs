@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Weak};
 
+use super::arena::Arena;
 use super::background::{self, Reclaim};
 use super::batch::{OpenBatch, Sealed, BATCH};
 use super::entry::{free_value, Entry};
@@ -80,8 +81,8 @@ impl<K, V> Corpse<K, V> {
     /// slots were looked at or the tier is empty; then frees the tier itself. Returns whether it
     /// is gone (its `bytes` are then the caller's to uncount). Panic-safe: if a key's or value's
     /// `Drop` panics, the entries already handed out are not seen again.
-    fn free_some(&mut self, budget: &mut usize) -> bool {
-        if !self.free_entries(budget) {
+    fn free_some(&mut self, budget: &mut usize, arena: &Arena) -> bool {
+        if !self.free_entries(budget, arena) {
             return false;
         }
         // SAFETY: `new`'s contract; every owned entry is freed, so this frees the slot array,
@@ -92,7 +93,7 @@ impl<K, V> Corpse<K, V> {
 
     /// The first half of `free_some`: frees the owned entries and empties every slot, until
     /// `budget` slots were looked at (returns `false`) or the table is empty (`true`).
-    fn free_entries(&mut self, budget: &mut usize) -> bool {
+    fn free_entries(&mut self, budget: &mut usize, arena: &Arena) -> bool {
         // SAFETY: `new`'s contract: the tier is ours alone until it is freed.
         let tier = unsafe { &mut *self.tier };
         let upto = self.upto;
@@ -104,8 +105,9 @@ impl<K, V> Corpse<K, V> {
             let (next, looked) = tier.table.release_slots(self.next, *budget, |i, e, owned| {
                 if owned || i >= upto {
                     // SAFETY: I3: this tier is the entry's only owner, and `release_slots`
-                    // cleared the slot first, so it is destroyed once.
-                    unsafe { Entry::destroy(e) };
+                    // cleared the slot first, so it is destroyed once; the map's entries come
+                    // from its arena.
+                    unsafe { Entry::destroy(e, arena) };
                 }
             });
             self.next = next;
@@ -117,9 +119,9 @@ impl<K, V> Corpse<K, V> {
     }
 
     /// Frees everything now.
-    fn free_all(mut self) {
+    fn free_all(mut self, arena: &Arena) {
         let mut unlimited = usize::MAX;
-        let done = self.free_some(&mut unlimited);
+        let done = self.free_some(&mut unlimited, arena);
         debug_assert!(done);
     }
 }
@@ -129,22 +131,27 @@ impl<K, V> Corpse<K, V> {
 /// the caller has the map exclusively.
 ///
 /// # Safety
-/// As for [`Corpse::new`].
-pub(crate) unsafe fn free_tier<K, V>(tier: *mut Tier<K, V>, upto: usize) {
+/// As for [`Corpse::new`]; the tier's entries came from `arena`.
+pub(crate) unsafe fn free_tier<K, V>(tier: *mut Tier<K, V>, upto: usize, arena: &Arena) {
     // SAFETY: per the caller; nothing is counted in `retired_bytes` for it here.
-    unsafe { Corpse::new(tier, upto, 0) }.free_all();
+    unsafe { Corpse::new(tier, upto, 0) }.free_all(arena);
 }
 
 /// Frees the entries a tier owns (as [`free_tier`]) now and hands the tier back with every
 /// slot empty, so that its table can be used again (a pooled map's reset keeps its table).
 ///
 /// # Safety
-/// As for [`Corpse::new`]; the returned tier is the caller's, reachable by no one else.
-pub(crate) unsafe fn empty_tier<K, V>(tier: *mut Tier<K, V>, upto: usize) -> Box<Tier<K, V>> {
+/// As for [`Corpse::new`]; the tier's entries came from `arena`; the returned tier is the
+/// caller's, reachable by no one else.
+pub(crate) unsafe fn empty_tier<K, V>(
+    tier: *mut Tier<K, V>,
+    upto: usize,
+    arena: &Arena,
+) -> Box<Tier<K, V>> {
     // SAFETY: per the caller.
     let mut corpse = unsafe { Corpse::new(tier, upto, 0) };
     let mut unlimited = usize::MAX;
-    let done = corpse.free_entries(&mut unlimited);
+    let done = corpse.free_entries(&mut unlimited, arena);
     debug_assert!(done);
     // SAFETY: per the caller, `tier` came from `Box::into_raw` and is handed over once; the
     // corpse that borrowed it is gone.
@@ -168,10 +175,11 @@ impl<K, V> Item<K, V> {
     /// Frees up to `budget` units (slots or values); whether it is gone.
     ///
     /// # Safety
-    /// The item's grace period is over, or the caller owns the map exclusively.
-    unsafe fn free_some(&mut self, budget: &mut usize) -> bool {
+    /// The item's grace period is over, or the caller owns the map exclusively; a tier's
+    /// entries came from `arena`.
+    unsafe fn free_some(&mut self, budget: &mut usize, arena: &Arena) -> bool {
         match self {
-            Item::Tier(c) => c.free_some(budget),
+            Item::Tier(c) => c.free_some(budget, arena),
             // SAFETY: per the caller.
             Item::Values(s) => unsafe { s.free_some(budget) },
         }
@@ -198,6 +206,9 @@ pub(crate) struct Graveyard<K, V> {
     /// Whether the background reclaimer has this graveyard on its list (see `unregister`).
     registered: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
+    /// The slots of the map's entries. Here rather than in the map: the graveyard frees
+    /// entries, also after the map is gone (see `Graveyard::requeue`).
+    pub(crate) arena: Arena,
 }
 
 struct Yard<K, V> {
@@ -240,6 +251,7 @@ impl<K, V> Graveyard<K, V> {
             values: OpenBatch::new(),
             registered: std::sync::atomic::AtomicBool::new(false),
             shared,
+            arena: Entry::<K, V>::arena(),
         }
     }
 
@@ -482,7 +494,7 @@ impl<K, V> Graveyard<K, V> {
                 held.item
                     .as_mut()
                     .expect("set above")
-                    .free_some(&mut budget)
+                    .free_some(&mut budget, &self.arena)
             };
             let item = held.item.take().expect("set above");
             if done {
@@ -491,6 +503,10 @@ impl<K, V> Graveyard<K, V> {
             } else {
                 self.requeue(item);
             }
+        }
+        if freed > 0 {
+            // The last entries of an emptied map may just have been freed.
+            freed += self.arena.release_unused();
         }
         background::note_freed(freed);
         freed
@@ -524,7 +540,8 @@ impl<K, V> Graveyard<K, V> {
         while self.in_flight.load(Acquire) != 0 {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
-        freed
+        // Every retired entry is freed: if the map holds none either, its blocks go back.
+        freed + self.arena.release_unused()
     }
 
     fn take_queued(&self, keep_open: bool) -> usize {
@@ -568,7 +585,7 @@ impl<K, V> Graveyard<K, V> {
             // dropping (never seen again); the loop then resumes with the same item.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 // SAFETY: per the caller.
-                unsafe { item.free_some(&mut unlimited) }
+                unsafe { item.free_some(&mut unlimited, &self.arena) }
             }));
             match step {
                 Ok(done) => {

@@ -9,11 +9,11 @@
 use std::ptr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-use super::entry::Entry;
+use super::entry::entry_bytes;
 use super::grave::{self, Corpse, Item};
 use super::table::Table;
 use super::{background, Gen, LockedState, RawMap, Tier};
-use super::{DELETED_FLOOR, MIN_BUDGET, OBSERVE_EVERY, SLOTS_FLOOR, SNAPSHOT_STEP};
+use super::{ARENA_FLOOR, DELETED_FLOOR, MIN_BUDGET, OBSERVE_EVERY, SLOTS_FLOOR, SNAPSHOT_STEP};
 use crate::facade::{lock, try_lock, Guard, MutexGuard};
 
 impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
@@ -186,10 +186,16 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     ///
     /// Only the read tier's allocated slots count: a dirty tier is sized from the read tier
     /// (I5) or by `with_capacity`, and becomes the read tier when promoted.
+    ///
+    /// An empty map whose deleted entries keep entry blocks of more than [`ARENA_FLOOR`] bytes
+    /// compacts too, however few the entries: each of them keeps its whole block (see
+    /// `arena`), and the compaction frees them all, so that the blocks go back.
     pub(super) fn needs_compaction(&self, read: &Tier<K, V>) -> bool {
         let live = read.gen.live();
         let deleted = read.gen.entries().saturating_sub(live);
-        deleted > live / 2 + DELETED_FLOOR || read.table.allocated_slots() > 8 * live + SLOTS_FLOOR
+        deleted > live / 2 + DELETED_FLOOR
+            || read.table.allocated_slots() > 8 * live + SLOTS_FLOOR
+            || (live == 0 && deleted > 0 && self.grave.arena.held_bytes() > ARENA_FLOOR)
     }
 
     /// The work every slow operation owes: migrate, promote when due, start a compaction when
@@ -397,7 +403,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     ) {
         // SAFETY: alive until the graveyard frees it.
         let mut bytes = unsafe { (*read).bytes() };
-        bytes += owned_entries * (size_of::<Entry<K, V>>() + size_of::<V>());
+        bytes += owned_entries * entry_bytes::<K, V>(true);
         let mut dirty_bytes = 0;
         if !dirty.is_null() {
             // SAFETY: as above.

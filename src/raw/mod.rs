@@ -20,6 +20,7 @@
 //!   entry the read tier holds plus one fresh key per slow operation until the migration ends,
 //!   so it cannot fill up before it can be promoted.
 
+pub(crate) mod arena;
 pub(crate) mod background;
 pub(crate) mod batch;
 pub(crate) mod entry;
@@ -44,7 +45,7 @@ use crate::facade::{
 };
 use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
-use entry::{alloc_value, free_value, take_value, Entry, State};
+use entry::{alloc_value, entry_bytes, free_value, take_value, Entry, State};
 use grave::{empty_tier, free_tier, Graveyard};
 use table::Table;
 
@@ -53,6 +54,8 @@ use table::Table;
 const MIN_BUDGET: usize = 32;
 /// Deleted entries that may be held regardless of the live count before compaction starts.
 const DELETED_FLOOR: usize = 64;
+/// Entry-block bytes that an empty map's deleted entries may keep before compaction starts.
+const ARENA_FLOOR: usize = 16 << 10;
 /// Table slots that may be held regardless of the live count before compaction starts.
 const SLOTS_FLOOR: usize = 1024;
 /// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
@@ -445,10 +448,11 @@ impl<K, V> RawMap<K, V> {
     /// What the tiers, entries and live values take (`MapStats::held_bytes`).
     fn held_bytes(&self, st: &LockedState<K, V>, read: &Tier<K, V>) -> usize {
         let tier_bytes = |t: &Tier<K, V>| t.bytes();
+        let (entries, live) = (read.gen.entries(), read.gen.live());
         tier_bytes(read)
             + st.tier.as_deref().map_or(0, tier_bytes)
-            + read.gen.entries() * size_of::<Entry<K, V>>()
-            + read.gen.live() * size_of::<V>().max(1)
+            + live * entry_bytes::<K, V>(true)
+            + entries.saturating_sub(live) * entry_bytes::<K, V>(false)
     }
 
     /// Where the map's memory is. Takes the dirty lock briefly.
@@ -467,6 +471,7 @@ impl<K, V> RawMap<K, V> {
             migrating: dirty.is_some() && st.cursor < read.table.capacity(),
             misses: self.misses.load(Relaxed),
             held_bytes,
+            spare_bytes: self.grave.arena.spare_bytes(),
             retired_bytes: self.shared.retired_bytes.load(Relaxed),
             promotions: self.shared.promotions.load(Relaxed),
             migrations: self.shared.migrations.load(Relaxed),
@@ -489,13 +494,15 @@ impl<K, V> RawMap<K, V> {
                 let tier = Box::from_raw(t);
                 tier.table.for_each_raw(|i, e, owned| {
                     if owned || i >= upto {
-                        if let (key, Some(value)) = Entry::into_parts(e) {
+                        if let (key, Some(value)) = Entry::into_parts(e, &self.grave.arena) {
                             out.push((key, value));
                         }
                     }
                 });
             }
         }
+        // The blocks go back if nothing retired still waits for its grace period.
+        self.grave.arena.release_unused();
     }
     /// Empties a map the caller owns exclusively, freeing everything now (no epoch deferral:
     /// `&mut self` means no guard can reach the tiers), and gives it an empty dirty tier of
@@ -513,20 +520,24 @@ impl<K, V> RawMap<K, V> {
         let fits = |t: *mut Tier<K, V>| !t.is_null() && unsafe { (*t).table.capacity() } == want;
         // SAFETY (all three branches): as in `Drop`: exclusive access, and I3 says what each
         // tier owns; each tier is handed over once.
+        let arena = &self.grave.arena;
         let kept = unsafe {
             if want > 0 && fits(dirty) {
-                free_tier(read, upto);
-                Some(empty_tier(dirty, 0))
+                free_tier(read, upto, arena);
+                Some(empty_tier(dirty, 0, arena))
             } else if want > 0 && fits(read) {
                 if !dirty.is_null() {
-                    free_tier(dirty, 0);
+                    free_tier(dirty, 0, arena);
                 }
-                Some(empty_tier(read, upto))
+                Some(empty_tier(read, upto, arena))
             } else {
-                free_tiers(read, upto, dirty);
+                free_tiers(read, upto, dirty, arena);
                 None
             }
         };
+        // The map is empty: its entry blocks go back (a pooled map allocates a small first
+        // block again when it is next used).
+        arena.release_unused();
         let id = self.generation.load(Relaxed) + 1;
         let gen = Gen::new(id);
         let fresh = Box::into_raw(Tier::boxed(0, gen.clone()));
@@ -911,7 +922,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             Some(_) => {}
         }
         let d = st.tier.as_deref().expect("dirty tier exists");
-        let e = Entry::create(hash, key, value);
+        let e = Entry::create(hash, key, value, &self.grave.arena);
         // SAFETY: just created; not yet shared.
         let v = match unsafe { &*e }.load() {
             State::Live(v) => v,
@@ -1186,9 +1197,12 @@ impl<K, V> Drop for RawMap<K, V> {
         // SAFETY: `&mut self`: no guard can reach the tiers, so they are freed now; I3 says what
         // each owns.
         unsafe {
-            free_tiers(read, upto, dirty);
+            free_tiers(read, upto, dirty, &self.grave.arena);
             drop(Box::from_raw(self.read.load(Relaxed)));
         }
+        // Every entry is freed: the blocks go back now, not when the graveyard (which deferred
+        // closures may keep alive) is dropped.
+        self.grave.arena.release_unused();
         background::freed(held + retired);
     }
 }
@@ -1198,12 +1212,17 @@ impl<K, V> Drop for RawMap<K, V> {
 ///
 /// # Safety
 /// As for [`grave::free_tier`], for each tier.
-unsafe fn free_tiers<K, V>(read: *mut Tier<K, V>, upto: usize, dirty: *mut Tier<K, V>) {
+unsafe fn free_tiers<K, V>(
+    read: *mut Tier<K, V>,
+    upto: usize,
+    dirty: *mut Tier<K, V>,
+    arena: &arena::Arena,
+) {
     // SAFETY: per the caller.
     unsafe {
-        free_tier(read, upto);
+        free_tier(read, upto, arena);
         if !dirty.is_null() {
-            free_tier(dirty, 0);
+            free_tier(dirty, 0, arena);
         }
     }
 }

@@ -1,0 +1,516 @@
+//! Entry slots carved from large blocks: one allocation per block instead of one `malloc` per
+//! entry.
+//!
+//! Every entry of a map lives in a slot of its arena. A slot is allocated under the dirty lock
+//! (`Entry::create` runs only there) and freed by whoever frees the entry: a graveyard step on
+//! any thread, after the entry's grace period, or the owner of the map with exclusive access.
+//! Compared with `malloc` per entry this saves the allocator's header and size-class rounding
+//! (a 32-byte entry took a 48-byte glibc chunk) and most of the allocation's instructions (a
+//! bump or a free-list pop instead of glibc's `_int_malloc`, which a growing map reaches on
+//! every insert because its thread cache is empty).
+//!
+//! * **Allocation** (under the arena's mutex, taken inside the dirty lock): take a slot of the
+//!   current block (its free list, else its never-used end); when it has none, collect the
+//!   freed slots and move on to the next block with room, in address order; when no block has
+//!   room, allocate a new one about the size of all the others (the arena doubles), from
+//!   [`FIRST_SLOTS`] slots up to [`MAX_BLOCK`] bytes.
+//! * **Freeing** (lock-free, any thread): push the slot on the shared `freed` stack (its first
+//!   word links to the next). Pushers never pop, and the only pop takes the whole stack, so the
+//!   stack has no ABA problem. A freed slot still counts as used in its block until the lock
+//!   holder *collects* it (finds its block by address, moves it to the block's free list).
+//! * **Release**: [`Arena::release_unused`] collects and gives back every block none of whose
+//!   slots is in use. The graveyard calls it after each step that freed entries, so that the
+//!   blocks of an emptied map, and of a map whose older entries were removed (a cache that
+//!   drops its oldest keys), go back without another operation of the map; a dropped map
+//!   releases its blocks before `drop` returns.
+//!
+//! A block in which some entry is still alive stays (its free slots are reused by the map's
+//! next inserts, not by other maps): entries cannot move, since readers hold pointers to them.
+//! A map whose removals leave one live entry in every block keeps its blocks; `malloc` keeps
+//! the pages of such a map too (a page is returned only when every chunk in it is free).
+//!
+//! Loom builds give every entry its own allocation ([`Arena::passthrough`]): the models explore
+//! the map's algorithm, to which an entry's address is opaque; the arena's own race (frees on
+//! other threads while the lock holder allocates and releases) has its own model.
+
+use std::alloc::{self, Layout};
+use std::ptr;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+use crate::facade::{lock, AtomicPtr, Mutex};
+
+/// Slots in a map's first block: a small map pays for a few entries, not a page.
+const FIRST_SLOTS: usize = 16;
+/// Largest block, in bytes: 2,048 entries of 32 bytes. A larger block would cost fewer
+/// allocations, but a block stays as long as one of its slots holds an entry, so the block size
+/// bounds what a few surviving entries can keep (the background reclaimer's `malloc_trim`
+/// returns the pages of released blocks to the operating system).
+const MAX_BLOCK: usize = 64 << 10;
+
+/// The slots of one map's entries.
+pub(crate) struct Arena {
+    /// One slot: the entry's layout, its size rounded up to its alignment and to a pointer
+    /// (a free slot holds the link to the next).
+    slot: Layout,
+    /// Loom builds: every slot is its own allocation (see the module docs).
+    passthrough: bool,
+    blocks: Mutex<Blocks>,
+    /// Slots freed since the lock holder last collected them: a stack linked through the
+    /// slots' first word. Each still counts as used in its block until collected.
+    freed: AtomicPtr<u8>,
+    /// Bytes of the blocks held (statistics). Std atomic: no decision depends on it.
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// One block of slots.
+struct Block {
+    start: *mut u8,
+    bytes: usize,
+    /// Slots handed out and not collected back.
+    used: usize,
+    /// Offset of the first slot never handed out.
+    bump: usize,
+    /// Collected free slots of this block, linked through their first word.
+    free: *mut u8,
+}
+
+impl Block {
+    /// A slot of this block, if it has one.
+    #[inline]
+    fn take(&mut self, slot: usize) -> Option<*mut u8> {
+        let p = if !self.free.is_null() {
+            let p = self.free;
+            // SAFETY: a collected free slot's first word holds the link its freer wrote
+            // (visible to the lock holder through the collecting swap's acquire).
+            self.free = unsafe { p.cast::<*mut u8>().read() };
+            p
+        } else if self.bump + slot <= self.bytes {
+            // SAFETY: `bump + slot <= bytes`: the slot lies inside the block.
+            let p = unsafe { self.start.add(self.bump) };
+            self.bump += slot;
+            p
+        } else {
+            return None;
+        };
+        self.used += 1;
+        Some(p)
+    }
+
+    /// Whether a slot can be taken.
+    fn has_room(&self, slot: usize) -> bool {
+        !self.free.is_null() || self.bump + slot <= self.bytes
+    }
+}
+
+/// What the lock holder owns.
+struct Blocks {
+    /// Every block, by address.
+    list: Vec<Block>,
+    /// The block that allocation tries first.
+    cur: usize,
+    /// Slots handed out and not collected back, over all blocks.
+    used: usize,
+}
+
+// SAFETY: the raw pointers are the arena's own blocks; `Blocks` is only reached through the
+// mutex, and `freed` is an atomic stack whose nodes are slots no one else uses while they are
+// free.
+unsafe impl Send for Arena {}
+// SAFETY: as above: every shared access goes through the mutex or the atomics.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// An arena of slots of `layout` (an entry's).
+    pub(crate) fn new(layout: Layout) -> Self {
+        let word = Layout::new::<*mut u8>();
+        let size = layout.size().max(word.size());
+        let align = layout.align().max(word.align());
+        let slot = Layout::from_size_align(size, align)
+            .expect("slot layout")
+            .pad_to_align();
+        Arena {
+            slot,
+            passthrough: false,
+            blocks: Mutex::new(Blocks {
+                list: Vec::new(),
+                cur: 0,
+                used: 0,
+            }),
+            freed: AtomicPtr::new(ptr::null_mut()),
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The arena a map's entries use: [`Arena::new`], or in loom builds one that gives each
+    /// slot its own allocation.
+    pub(crate) fn for_entries(layout: Layout) -> Self {
+        let mut arena = Arena::new(layout);
+        arena.passthrough = cfg!(tiermap_loom);
+        arena
+    }
+
+    /// Bytes of the blocks the arena holds (0 in loom builds, whose slots are counted by the
+    /// map as entries).
+    pub(crate) fn held_bytes(&self) -> usize {
+        // Relaxed: a statistic.
+        self.held.load(Relaxed)
+    }
+
+    /// Bytes of the blocks that no slot in use occupies: free slots and never-used ends of
+    /// blocks (statistics; takes the arena's lock briefly).
+    pub(crate) fn spare_bytes(&self) -> usize {
+        if self.passthrough {
+            return 0;
+        }
+        let mut b = lock(&self.blocks);
+        self.collect(&mut b);
+        self.held_bytes()
+            .saturating_sub(b.used.saturating_mul(self.slot.size()))
+    }
+
+    /// A slot, uninitialized, aligned for the entry; never null. Called under the dirty lock
+    /// (the arena's own lock makes it safe anyway).
+    ///
+    /// # Panics
+    /// If a new block's address does not leave the table's tag bits free (see
+    /// `table::fits_tag`), before anything is shared; aborts through `handle_alloc_error` if
+    /// the allocator fails.
+    pub(crate) fn alloc(&self) -> *mut u8 {
+        if self.passthrough {
+            // SAFETY: a slot has a non-zero size (at least a pointer).
+            let p = unsafe { alloc::alloc(self.slot) };
+            if p.is_null() {
+                alloc::handle_alloc_error(self.slot);
+            }
+            return p;
+        }
+        let size = self.slot.size();
+        let mut b = lock(&self.blocks);
+        let b = &mut *b;
+        let cur = b.cur;
+        let p = match b.list.get_mut(cur).and_then(|block| block.take(size)) {
+            Some(p) => p,
+            None => self.alloc_elsewhere(b),
+        };
+        b.used += 1;
+        p
+    }
+
+    /// [`Arena::alloc`] when the current block is full: collects the freed slots, then takes
+    /// the next block with room (in address order, from the current one), or a new block.
+    #[cold]
+    fn alloc_elsewhere(&self, b: &mut Blocks) -> *mut u8 {
+        let size = self.slot.size();
+        self.collect(b);
+        let n = b.list.len();
+        for k in 0..n {
+            let i = (b.cur + k) % n;
+            if b.list[i].has_room(size) {
+                b.cur = i;
+                return b.list[i].take(size).expect("the block has room");
+            }
+        }
+        let i = self.grow(b);
+        b.cur = i;
+        b.list[i].take(size).expect("a new block has room")
+    }
+
+    /// Moves the slots freed since the last collection to their blocks' free lists. Under the
+    /// lock.
+    fn collect(&self, b: &mut Blocks) {
+        // Relaxed first: most calls find nothing, and then need no synchronization.
+        if self.freed.load(Relaxed).is_null() {
+            return;
+        }
+        // Acquire pairs with the release CAS of each push: the links written before are
+        // visible.
+        let mut p = self.freed.swap(ptr::null_mut(), Acquire);
+        while !p.is_null() {
+            // SAFETY: a slot on the freed stack holds its link in its first word (see above);
+            // it stays counted as used in its block, so the block is alive.
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            let i = b.list.partition_point(|block| block.start <= p) - 1;
+            let block = &mut b.list[i];
+            debug_assert!(
+                p.addr() < block.start.addr() + block.bytes,
+                "a foreign slot"
+            );
+            // SAFETY: the slot is free and ours (collected), aligned for a pointer.
+            unsafe { p.cast::<*mut u8>().write(block.free) };
+            block.free = p;
+            block.used -= 1;
+            b.used -= 1;
+            p = next;
+        }
+    }
+
+    /// Adds a block, about the size of all the others together (the arena doubles), from
+    /// [`FIRST_SLOTS`] slots up to [`MAX_BLOCK`] bytes (at least one slot). Returns its
+    /// index.
+    fn grow(&self, b: &mut Blocks) -> usize {
+        let size = self.slot.size();
+        let bytes = self
+            .held_bytes()
+            .clamp(FIRST_SLOTS * size, MAX_BLOCK.max(size));
+        let bytes = bytes / size * size;
+        let layout = self.block_layout(bytes);
+        // SAFETY: `bytes` is at least one slot, so non-zero.
+        let p = unsafe { alloc::alloc(layout) };
+        if p.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        if !super::table::fits_tag(p.addr() + bytes) {
+            // SAFETY: just allocated with `layout`; nothing in it is used.
+            unsafe { alloc::dealloc(p, layout) };
+            panic!("tiermap: the allocator returned an address above 2^48; slots cannot be tagged");
+        }
+        let i = b.list.partition_point(|block| block.start < p);
+        b.list.insert(
+            i,
+            Block {
+                start: p,
+                bytes,
+                used: 0,
+                bump: 0,
+                free: ptr::null_mut(),
+            },
+        );
+        // Relaxed: a statistic.
+        self.held.fetch_add(bytes, Relaxed);
+        i
+    }
+
+    fn block_layout(&self, bytes: usize) -> Layout {
+        Layout::from_size_align(bytes, self.slot.align().max(16)).expect("block layout")
+    }
+
+    /// Gives a slot back. Lock-free: the slot is pushed on the freed stack, and reaches its
+    /// block's free list at the lock holder's next collection.
+    ///
+    /// # Safety
+    /// `p` came from this arena's [`Arena::alloc`], is freed once, and nothing (no reader, no
+    /// drop glue) uses its contents any more.
+    pub(crate) unsafe fn free(&self, p: *mut u8) {
+        if self.passthrough {
+            // SAFETY: per the caller; passthrough slots are allocations of `self.slot`.
+            unsafe { alloc::dealloc(p, self.slot) };
+            return;
+        }
+        // Relaxed: the CAS below publishes the link; a failed CAS only retries.
+        let mut head = self.freed.load(Relaxed);
+        loop {
+            // SAFETY: per the caller, the slot is ours and aligned for a pointer.
+            unsafe { p.cast::<*mut u8>().write(head) };
+            // Release: the link (and everything the freer did to the slot) happens-before the
+            // lock holder's acquire swap that collects the stack. After the CAS the freer
+            // touches nothing of the arena's, so a block whose slots are all collected back
+            // can be freed.
+            match self.freed.compare_exchange_weak(head, p, Release, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Collects the freed slots and gives every block that holds no slot in use back to the
+    /// allocator. Returns the bytes released. The graveyard calls it after each step that freed
+    /// entries, so that the blocks of an emptied map, and of a map whose older entries were
+    /// removed, go back without another operation of the map.
+    pub(crate) fn release_unused(&self) -> usize {
+        if self.passthrough || self.held_bytes() == 0 {
+            return 0;
+        }
+        let mut b = lock(&self.blocks);
+        self.collect(&mut b);
+        let mut released = 0;
+        let mut i = 0;
+        while i < b.list.len() {
+            if b.list[i].used == 0 {
+                let block = b.list.remove(i);
+                // SAFETY: no slot of the block is in use or on the freed stack (all were
+                // collected: `used == 0`), so nothing reads or writes it any more; it came
+                // from `grow` with this layout and is freed once (removed from the list).
+                unsafe { alloc::dealloc(block.start, self.block_layout(block.bytes)) };
+                released += block.bytes;
+            } else {
+                i += 1;
+            }
+        }
+        if released > 0 {
+            b.cur = 0;
+            // Relaxed: a statistic.
+            self.held.fetch_sub(released, Relaxed);
+        }
+        released
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // Whoever drops the arena (the last owner of the map's graveyard) has freed every entry
+        // or leaked it on purpose (a leaked map leaks its arena too, so this does not run).
+        let mut b = lock(&self.blocks);
+        self.collect(&mut b);
+        debug_assert!(
+            b.used == 0 || std::thread::panicking(),
+            "an arena dropped with entries still allocated"
+        );
+        for block in b.list.drain(..) {
+            // SAFETY: the arena is going away and (per the above) no slot is in use; each block
+            // came from `grow` with this layout and is freed once.
+            unsafe { alloc::dealloc(block.start, self.block_layout(block.bytes)) };
+        }
+    }
+}
+
+#[cfg(all(test, not(tiermap_loom)))]
+mod tests {
+    use super::*;
+
+    const SLOT: usize = 32;
+
+    fn arena() -> Arena {
+        Arena::new(Layout::new::<[u64; SLOT / 8]>())
+    }
+
+    /// Allocates `n` slots and writes each one's index into it.
+    fn fill(arena: &Arena, n: usize) -> Vec<*mut u8> {
+        (0..n)
+            .map(|i| {
+                let p = arena.alloc();
+                // SAFETY: a fresh slot of `SLOT` bytes, aligned for `u64`.
+                unsafe { p.cast::<[u64; SLOT / 8]>().write([i as u64; SLOT / 8]) };
+                p
+            })
+            .collect()
+    }
+
+    /// Checks that the slots still hold what `fill` wrote (nothing else wrote over them).
+    fn check(slots: &[*mut u8], from: usize) {
+        for (k, &p) in slots.iter().enumerate() {
+            // SAFETY: a slot in use, written by `fill`.
+            let v = unsafe { p.cast::<[u64; SLOT / 8]>().read() };
+            assert_eq!(
+                v,
+                [(from + k) as u64; SLOT / 8],
+                "slot {} overwritten",
+                from + k
+            );
+        }
+    }
+
+    /// Frees each slot.
+    fn free_all(arena: &Arena, slots: &[*mut u8]) {
+        for &p in slots {
+            // SAFETY: each came from `alloc` and is freed once.
+            unsafe { arena.free(p) };
+        }
+    }
+
+    #[test]
+    fn slots_are_distinct_aligned_and_all_released_when_free() {
+        let arena = arena();
+        let n = if cfg!(miri) { 300 } else { 20_000 };
+        let slots = fill(&arena, n);
+        let mut sorted = slots.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), n, "a slot was handed out twice");
+        assert!(slots.iter().all(|p| p.addr() % 8 == 0));
+        let held = arena.held_bytes();
+        assert!(
+            held >= n * SLOT && held <= 2 * n * SLOT + MAX_BLOCK,
+            "held {held}"
+        );
+        check(&slots, 0);
+        assert_eq!(arena.release_unused(), 0, "every block has slots in use");
+        free_all(&arena, &slots);
+        assert_eq!(arena.release_unused(), held);
+        assert_eq!(arena.held_bytes(), 0);
+        // Usable after a release.
+        let again = fill(&arena, 10);
+        free_all(&arena, &again);
+    }
+
+    #[test]
+    fn freed_slots_are_reused_before_new_blocks() {
+        let arena = arena();
+        let n = if cfg!(miri) { 300 } else { 20_000 };
+        let slots = fill(&arena, n);
+        let held = arena.held_bytes();
+        // Free every other slot: no block empties, so nothing can be released...
+        let (freed, kept): (Vec<_>, Vec<_>) =
+            slots.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let freed: Vec<*mut u8> = freed.into_iter().map(|(_, &p)| p).collect();
+        let kept: Vec<*mut u8> = kept.into_iter().map(|(_, &p)| p).collect();
+        free_all(&arena, &freed);
+        assert_eq!(arena.release_unused(), 0);
+        assert_eq!(arena.spare_bytes(), held - kept.len() * SLOT);
+        // ...and the freed half is enough for as many new slots: no new block.
+        let more = fill(&arena, freed.len());
+        assert_eq!(arena.held_bytes(), held, "a freed slot was not reused");
+        for (k, &p) in kept.iter().enumerate() {
+            // SAFETY: a slot in use, written by `fill` with its index `2k + 1`.
+            let v = unsafe { p.cast::<[u64; SLOT / 8]>().read() };
+            assert_eq!(
+                v,
+                [(2 * k + 1) as u64; SLOT / 8],
+                "a kept slot was handed out again"
+            );
+        }
+        check(&more, 0);
+        free_all(&arena, &kept);
+        free_all(&arena, &more);
+        assert_eq!(arena.release_unused(), held);
+    }
+
+    #[test]
+    fn blocks_emptied_by_removing_the_oldest_slots_go_back() {
+        let arena = arena();
+        let n = if cfg!(miri) { 300 } else { 100_000 };
+        let slots = fill(&arena, n);
+        let held = arena.held_bytes();
+        // A cache that drops its oldest 90 %: the blocks that held them go back, the rest
+        // stay intact.
+        let cut = n * 9 / 10;
+        free_all(&arena, &slots[..cut]);
+        let released = arena.release_unused();
+        assert!(released >= held / 2, "released {released} of {held}");
+        assert_eq!(arena.held_bytes(), held - released);
+        check(&slots[cut..], cut);
+        free_all(&arena, &slots[cut..]);
+        assert_eq!(arena.release_unused(), held - released);
+    }
+
+    /// A slot handed to another thread to free.
+    struct Slot(*mut u8);
+    // SAFETY: a test's slot, used by one thread at a time.
+    unsafe impl Send for Slot {}
+
+    #[test]
+    fn frees_from_other_threads_come_back() {
+        let arena = arena();
+        let rounds = if cfg!(miri) { 3 } else { 20 };
+        for _ in 0..rounds {
+            let mut slots: Vec<Slot> = fill(&arena, 500).into_iter().map(Slot).collect();
+            let b = slots.split_off(250);
+            std::thread::scope(|s| {
+                for half in [std::mem::take(&mut slots), b] {
+                    let arena = &arena;
+                    s.spawn(move || {
+                        for p in half {
+                            // SAFETY: allocated above, freed once (each half by one thread).
+                            unsafe { arena.free(p.0) };
+                        }
+                    });
+                }
+                // Allocation goes on while the other threads free.
+                let more = fill(&arena, 100);
+                check(&more, 0);
+                free_all(&arena, &more);
+            });
+            assert!(arena.release_unused() > 0, "every slot was freed");
+            assert_eq!(arena.held_bytes(), 0);
+        }
+    }
+}
