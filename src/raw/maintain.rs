@@ -195,7 +195,15 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let deleted = read.gen.entries().saturating_sub(live);
         deleted > live / 2 + DELETED_FLOOR
             || read.table.allocated_slots() > 8 * live + SLOTS_FLOOR
-            || (live == 0 && deleted > 0 && self.grave.arena.held_bytes() > ARENA_FLOOR)
+            || (live == 0 && deleted > 0 && self.empty_map_keeps_blocks())
+    }
+
+    /// Whether the entry blocks of a map that has no live entry exceed [`ARENA_FLOOR`] (out of
+    /// line: the common removal does not get here).
+    #[cold]
+    #[inline(never)]
+    fn empty_map_keeps_blocks(&self) -> bool {
+        self.grave.arena.held_bytes() > ARENA_FLOOR
     }
 
     /// The work every slow operation owes: migrate, promote when due, start a compaction when
