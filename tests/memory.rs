@@ -153,4 +153,59 @@ fn memory_scenarios() {
         map.stats()
     );
     assert_eq!(map.len(), W as usize);
+    drop(map);
+    settle();
+
+    // (d) a cache that drops its oldest 90 %: the entry blocks that held them go back (entries
+    // are handed out in address order while a map grows), not only their table slots.
+    let base = heap();
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    map.reclaim();
+    let full = heap() - base;
+    for i in 0..N * 9 / 10 {
+        map.remove(&i);
+    }
+    map.reclaim();
+    let after = heap() - base;
+    let s = map.stats();
+    println!("(d) full={full} after dropping the oldest 90 %={after} {s}");
+    assert_eq!(map.len(), (N - N * 9 / 10) as usize);
+    assert!(
+        after <= full / 4,
+        "(d) held {after} of {full} bytes after removing the oldest 90 % of the keys: {s}"
+    );
+    // What is left of the blocks: the block shared with the removed keys and the newest
+    // block's unused end, at most 64 KiB each.
+    assert!(s.spare_bytes <= 128 << 10, "(d) {s}");
+    drop(map);
+    settle();
+
+    // (e) slots freed by a compaction are reused by the next inserts: remove every other key
+    // (no block empties), then insert as many new keys.
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    for i in (0..N).step_by(2) {
+        map.remove(&i);
+    }
+    map.reclaim();
+    let s = map.stats();
+    let spare = s.spare_bytes;
+    // Each removed key whose entry the compaction freed (all but the `deleted` still held)
+    // left a slot of at least 24 bytes (key, hash, value pointer).
+    let freed = N as usize / 2 - s.deleted;
+    assert!(spare >= freed * 24, "(e) freed slots are spare: {s}");
+    for i in 0..N / 2 {
+        map.insert(N + i, i);
+    }
+    let s = map.stats();
+    println!("(e) spare after removing every other key={spare}, after as many inserts: {s}");
+    assert!(
+        s.spare_bytes <= spare / 4,
+        "(e) the freed slots were not reused: spare {spare} -> {s}"
+    );
 }

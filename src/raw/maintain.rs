@@ -391,6 +391,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 std::thread::sleep(std::time::Duration::from_micros(25));
             }
         }
+        // Blocks emptied by the frees above, or by a background step that finished an item
+        // after this thread's last drain looked (it releases them too, but perhaps only after
+        // this call returns).
+        freed += self.grave.arena.release_unused();
         background::freed(freed);
         self.shared.retired_bytes.load(Relaxed)
     }
