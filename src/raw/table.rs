@@ -282,19 +282,23 @@ impl<K, V> Table<K, V> {
         let mut i = start;
         while i < cap && work < budget {
             let c = i >> self.group_shift;
+            let end = ((c + 1) << self.group_shift).min(cap);
             if self.used[c].load(Relaxed) == 0 {
-                i = (c + 1) << self.group_shift;
+                i = end;
                 work += 16;
                 continue;
             }
-            let e = self.slot(i).load(Relaxed);
-            if e.is_null() {
-                work += 1;
-            } else {
-                f(i, untag(e));
-                work += 16;
+            // The rest of the group, with one look at its counter.
+            while i < end && work < budget {
+                let e = self.slot(i).load(Relaxed);
+                if e.is_null() {
+                    work += 1;
+                } else {
+                    f(i, untag(e));
+                    work += 16;
+                }
+                i += 1;
             }
-            i += 1;
         }
         i
     }
