@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace relaxed_dirty_view clear_view_before_swap relaxed_slot_publish
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
-     expire_borrows_yard expire_all rmw_blind_store filter_no_recheck
+     expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -42,6 +42,7 @@ declare -A models=(
   [relaxed_value_load]="get_or_insert_with_deleted_key insert_and_miss_vs_miss_driven_promotion"
   [no_recheck]="same_new_key_inserted_across_a_promotion"
   [filter_no_recheck]="dirty_promotion"
+  [skip_read_probe_unchecked]="insert_promotion get_or_insert dirty_promotion"
   [retire_before_publish]="read_promotion publication::promoted_tier"
   [skip_expunged_check]="remove_vs_insert_same_key"
   [free_without_defer]="removed_values_batched_while_a_reader_holds_one compare_exchange_vs_compare_remove"

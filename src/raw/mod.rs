@@ -642,7 +642,37 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
+        self.locate_after(st, read, None, hash, key)
+    }
+
+    /// [`RawMap::locate`], for a caller whose lock-free lookup found no usable entry for the
+    /// key in the read tier `missed` (loaded before that lookup): if `read` is still that tier,
+    /// its probe is skipped. A published read table gains no entries, and an entry that was
+    /// expunged stays so, so the probe under the lock would miss too. (A read pointer never
+    /// comes back to an older tier, and while the caller is pinned, no tier it loaded is freed
+    /// and its address reused: equal pointers mean the same tier, the one the lookup probed.)
+    fn locate_after<Q>(
+        &self,
+        st: &LockedState<K, V>,
+        read: &Tier<K, V>,
+        missed: Option<&Tier<K, V>>,
+        hash: u64,
+        key: &Q,
+    ) -> Place<K, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        #[cfg(not(tiermap_mutation = "skip_read_probe_unchecked"))]
+        let probe_read = !missed.is_some_and(|m| ptr::eq(m, read));
+        // Seeded bug for the loom models (never built otherwise): skip the probe even when a
+        // promotion replaced the tier the lookup missed in.
+        #[cfg(tiermap_mutation = "skip_read_probe_unchecked")]
+        let probe_read = missed.is_none();
+        if let Some((e, _)) = probe_read
+            .then(|| read.table.find(hash, |k| k.borrow() == key))
+            .flatten()
+        {
             #[cfg(not(tiermap_mutation = "skip_expunged_check"))]
             let usable = !e.is_expunged();
             #[cfg(tiermap_mutation = "skip_expunged_check")]
@@ -838,7 +868,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let mut value = Some(value);
         let mut new: Option<Pending<V>> = None;
         let read = self.read(guard);
-        if let Some((e, gen)) = self.lookup(hash, &key, guard, false) {
+        let found = self.lookup(hash, &key, guard, false);
+        let missed = found.is_none().then_some(read);
+        if let Some((e, gen)) = found {
             if let Ok(old) = e.try_store(Pending::boxed(&mut new, &mut value)) {
                 let _ = new.take().map(Pending::publish);
                 return self.after_store(e, gen, old, guard);
@@ -846,7 +878,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
-            let place = this.locate(st, read, hash, &key);
+            let place = this.locate_after(st, read, missed, hash, &key);
             // SAFETY: found while `guard` is pinned.
             match unsafe { place.entry(guard) } {
                 Some(e) => {
@@ -1005,7 +1037,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             Pending::boxed(boxed, value)
         };
         let read = self.read(guard);
-        if let Some((e, gen)) = self.lookup(hash, &key, guard, true) {
+        let found = self.lookup(hash, &key, guard, true);
+        let missed = found.is_none().then_some(read);
+        if let Some((e, gen)) = found {
             loop {
                 match e.load() {
                     // SAFETY: live pointers loaded under the guard outlive it.
@@ -1037,7 +1071,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
-            let place = this.locate(st, read, hash, &key);
+            let place = this.locate_after(st, read, missed, hash, &key);
             if let Place::Dirty(..) = place {
                 this.misses.fetch_add(1, Relaxed);
             }
