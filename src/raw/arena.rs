@@ -96,6 +96,12 @@ impl Block {
         Some(p)
     }
 
+    /// Whether `p` points into this block.
+    #[inline]
+    fn contains(&self, p: *mut u8) -> bool {
+        p.addr().wrapping_sub(self.start.addr()) < self.bytes
+    }
+
     /// Whether a slot can be taken.
     fn has_room(&self, slot: usize) -> bool {
         !self.free.is_null() || self.bump + slot <= self.bytes
@@ -110,6 +116,9 @@ struct Blocks {
     cur: usize,
     /// Slots handed out and not collected back, over all blocks.
     used: usize,
+    /// A collection left some block with no slot in use since the last release looked (lets
+    /// `release_unused` skip its walk over the blocks).
+    emptied: bool,
 }
 
 // SAFETY: the raw pointers are the arena's own blocks; `Blocks` is only reached through the
@@ -135,6 +144,7 @@ impl Arena {
                 list: Vec::new(),
                 cur: 0,
                 used: 0,
+                emptied: false,
             }),
             freed: AtomicPtr::new(ptr::null_mut()),
             held: std::sync::atomic::AtomicUsize::new(0),
@@ -225,20 +235,25 @@ impl Arena {
         // Acquire pairs with the release CAS of each push: the links written before are
         // visible.
         let mut p = self.freed.swap(ptr::null_mut(), Acquire);
+        // The block of the previous slot: slots freed together (a table's entries) often share
+        // one, and checking it first skips the binary search.
+        let mut i = 0;
         while !p.is_null() {
             // SAFETY: a slot on the freed stack holds its link in its first word (see above);
             // it stays counted as used in its block, so the block is alive.
             let next = unsafe { p.cast::<*mut u8>().read() };
-            let i = b.list.partition_point(|block| block.start <= p) - 1;
+            if !b.list[i].contains(p) {
+                i = b.list.partition_point(|block| block.start <= p) - 1;
+            }
             let block = &mut b.list[i];
-            debug_assert!(
-                p.addr() < block.start.addr() + block.bytes,
-                "a foreign slot"
-            );
+            debug_assert!(block.contains(p), "a foreign slot");
             // SAFETY: the slot is free and ours (collected), aligned for a pointer.
             unsafe { p.cast::<*mut u8>().write(block.free) };
             block.free = p;
             block.used -= 1;
+            if block.used == 0 {
+                b.emptied = true;
+            }
             b.used -= 1;
             p = next;
         }
@@ -322,20 +337,21 @@ impl Arena {
         }
         let mut b = lock(&self.blocks);
         self.collect(&mut b);
-        let mut released = 0;
-        let mut i = 0;
-        while i < b.list.len() {
-            if b.list[i].used == 0 {
-                let block = b.list.remove(i);
-                // SAFETY: no slot of the block is in use or on the freed stack (all were
-                // collected: `used == 0`), so nothing reads or writes it any more; it came
-                // from `grow` with this layout and is freed once (removed from the list).
-                unsafe { alloc::dealloc(block.start, self.block_layout(block.bytes)) };
-                released += block.bytes;
-            } else {
-                i += 1;
-            }
+        if !std::mem::take(&mut b.emptied) {
+            return 0;
         }
+        let mut released = 0;
+        b.list.retain(|block| {
+            if block.used > 0 {
+                return true;
+            }
+            // SAFETY: no slot of the block is in use or on the freed stack (all were
+            // collected: `used == 0`), so nothing reads or writes it any more; it came from
+            // `grow` with this layout and is freed once (dropped from the list).
+            unsafe { alloc::dealloc(block.start, self.block_layout(block.bytes)) };
+            released += block.bytes;
+            false
+        });
         if released > 0 {
             b.cur = 0;
             // Relaxed: a statistic.
