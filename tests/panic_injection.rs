@@ -761,7 +761,9 @@ fn extend_and_collect() {
         kinds: KEY,
         run: |fx, log| {
             let tracker = fx.tracker.clone();
-            let items = (0..20u16).map(|i| {
+            // Fewer items under Miri (the longest test of ci/miri.sh at 20: 208 s): the
+            // injected panics (calls 0, 1, 2, 4, 8, ...) still land in several inserts.
+            let items = (0..if cfg!(miri) { 8u16 } else { 20 }).map(|i| {
                 log.keys.borrow_mut().push(MISSING + i);
                 (PKey::new(MISSING + i, &tracker), PVal::new(7, &tracker))
             });
@@ -781,10 +783,11 @@ fn extend_and_collect() {
         kinds: KEY,
         run: |fx, _| {
             let tracker = fx.tracker.clone();
-            let map: Map = (0..20u16)
+            let n = if cfg!(miri) { 8u16 } else { 20 };
+            let map: Map = (0..n)
                 .map(|i| (PKey::new(i, &tracker), PVal::new(7, &tracker)))
                 .collect();
-            assert_eq!(map.len(), 20);
+            assert_eq!(map.len(), usize::from(n));
         },
         effect: no_effect,
     });
