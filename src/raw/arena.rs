@@ -29,9 +29,11 @@
 //! A map whose removals leave one live entry in every block keeps its blocks; `malloc` keeps
 //! the pages of such a map too (a page is returned only when every chunk in it is free).
 //!
-//! Loom builds give every entry its own allocation ([`Arena::passthrough`]): the models explore
-//! the map's algorithm, to which an entry's address is opaque; the arena's own race (frees on
-//! other threads while the lock holder allocates and releases) has its own model.
+//! Loom builds give every entry its own allocation ([`Arena::for_entries`]): the models explore
+//! the map's algorithm, to which an entry's address is opaque. The arena's own race (frees on
+//! other threads while the lock holder collects) is checked by Miri's data-race detector on
+//! `tests::frees_from_other_threads_come_back` (in `.ci/run`): with the push's CAS or the
+//! collecting swap weakened to `Relaxed`, Miri reports a race on the slot's link.
 
 use std::alloc::{self, Layout};
 use std::ptr;
@@ -80,8 +82,8 @@ impl Block {
     fn take(&mut self, slot: usize) -> Option<*mut u8> {
         let p = if !self.free.is_null() {
             let p = self.free;
-            // SAFETY: a collected free slot's first word holds the link its freer wrote
-            // (visible to the lock holder through the collecting swap's acquire).
+            // SAFETY: a collected free slot's first word holds the link `collect` wrote into
+            // it, under the lock the caller holds.
             self.free = unsafe { p.cast::<*mut u8>().read() };
             p
         } else if self.bump + slot <= self.bytes {
