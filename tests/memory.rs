@@ -53,6 +53,15 @@ fn settle() {
 }
 
 const N: u64 = if cfg!(miri) { 2_000 } else { 100_000 };
+
+/// A map holding keys `0..N` (value = key).
+fn filled() -> SyncMap<u64, u64> {
+    let map = SyncMap::new();
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    map
+}
 /// Slack allowed over an empty map: epoch bookkeeping (a bag or two of 64 deferred
 /// functions) and the at most ~64 deleted entries plus small tables the purge may keep.
 const SMALL: isize = 32 * 1024;
@@ -83,10 +92,7 @@ fn memory_scenarios() {
 
     // (a) insert N, remove all, with no insert afterwards.
     let base = heap();
-    let map: SyncMap<u64, u64> = SyncMap::new();
-    for i in 0..N {
-        map.insert(i, i);
-    }
+    let map = filled();
     let _ = map.pin().iter().count(); // the read-tier case: Go never frees these
     let full = heap() - base;
     for i in 0..N {
@@ -110,10 +116,7 @@ fn memory_scenarios() {
 
     // (b) clear_and_release after N inserts.
     let base = heap();
-    let map: SyncMap<u64, u64> = SyncMap::new();
-    for i in 0..N {
-        map.insert(i, i);
-    }
+    let map = filled();
     let full = heap() - base;
     let released = map.clear_and_release();
     let after = heap() - base;
@@ -159,10 +162,7 @@ fn memory_scenarios() {
     // (d) a cache that drops its oldest 90 %: the entry blocks that held them go back (entries
     // are handed out in address order while a map grows), not only their table slots.
     let base = heap();
-    let map: SyncMap<u64, u64> = SyncMap::new();
-    for i in 0..N {
-        map.insert(i, i);
-    }
+    let map = filled();
     map.reclaim();
     let full = heap() - base;
     for i in 0..N * 9 / 10 {
@@ -185,10 +185,7 @@ fn memory_scenarios() {
 
     // (e) slots freed by a compaction are reused by the next inserts: remove every other key
     // (no block empties), then insert as many new keys.
-    let map: SyncMap<u64, u64> = SyncMap::new();
-    for i in 0..N {
-        map.insert(i, i);
-    }
+    let map = filled();
     for i in (0..N).step_by(2) {
         map.remove(&i);
     }

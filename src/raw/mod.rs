@@ -631,27 +631,14 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
     }
 
-    fn locate<Q>(
-        &self,
-        st: &LockedState<K, V>,
-        read: &Tier<K, V>,
-        hash: u64,
-        key: &Q,
-    ) -> Place<K, V>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        self.locate_after(st, read, None, hash, key)
-    }
-
-    /// [`RawMap::locate`], for a caller whose lock-free lookup found no usable entry for the
-    /// key in the read tier `missed` (loaded before that lookup): if `read` is still that tier,
-    /// its probe is skipped. A published read table gains no entries, and an entry that was
+    /// Finds `key` under the lock: in the read tier `read` (re-loaded under the lock), then in
+    /// the dirty tier. `missed` is the read tier in which the caller's lock-free lookup found
+    /// no usable entry for the key (loaded before that lookup), if any: if `read` is still that
+    /// tier, its probe is skipped. A published read table gains no entries, and an entry that was
     /// expunged stays so, so the probe under the lock would miss too. (A read pointer never
     /// comes back to an older tier, and while the caller is pinned, no tier it loaded is freed
     /// and its address reused: equal pointers mean the same tier, the one the lookup probed.)
-    fn locate_after<Q>(
+    fn locate<Q>(
         &self,
         st: &LockedState<K, V>,
         read: &Tier<K, V>,
@@ -878,7 +865,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
-            let place = this.locate_after(st, read, missed, hash, &key);
+            let place = this.locate(st, read, missed, hash, &key);
             // SAFETY: found while `guard` is pinned.
             match unsafe { place.entry(guard) } {
                 Some(e) => {
@@ -1071,7 +1058,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
-            let place = this.locate_after(st, read, missed, hash, &key);
+            let place = this.locate(st, read, missed, hash, &key);
             if let Place::Dirty(..) = place {
                 this.misses.fetch_add(1, Relaxed);
             }

@@ -250,7 +250,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         self.with_lock(guard, |this, st, guard| {
             let read = this.read_locked(stale, guard);
             let k = key.as_ref().expect("key kept until inserted");
-            let place = this.locate(st, read, hash, k);
+            let place = this.locate(st, read, None, hash, k);
             // SAFETY: found while `guard` is pinned.
             let Some(e) = (unsafe { place.entry(guard) }) else {
                 let k = key.take().expect("key kept until inserted");
