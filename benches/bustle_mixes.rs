@@ -25,6 +25,8 @@
 //! * `BUSTLE_OPS=1.0` operations per run as a multiple of the capacity (conc-map-bench's
 //!   default is 1.0; a larger value shows the steady state after tiermap's first promotion)
 //! * `BUSTLE_CSV=path` appends `mix,log2,map,threads,mops,ops_multiple` rows
+//! * `TIERMAP_BENCH_SHARDS=n` builds tiermap with `n` shards instead of its own choice (every
+//!   bench that uses `benches/common`)
 //!
 //! Run: `cargo bench --bench bustle_mixes` (about 2 minutes at 2^16; 2^22 adds ~10 minutes).
 

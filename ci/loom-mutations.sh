@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace relaxed_dirty_view clear_view_before_swap relaxed_slot_publish
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
+     no_clear_check clear_shard_by_shard
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -43,6 +44,8 @@ declare -A models=(
   [no_recheck]="same_new_key_inserted_across_a_promotion"
   [filter_no_recheck]="dirty_promotion"
   [skip_read_probe_unchecked]="insert_promotion get_or_insert dirty_promotion"
+  [no_clear_check]="clear_across_shards"
+  [clear_shard_by_shard]="clear_across_shards"
   [retire_before_publish]="read_promotion publication::promoted_tier"
   [skip_expunged_check]="remove_vs_insert_same_key"
   [free_without_defer]="removed_values_batched_while_a_reader_holds_one compare_exchange_vs_compare_remove"

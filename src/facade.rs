@@ -94,6 +94,20 @@ impl Reclaimer {
         }
     }
 
+    /// A reclaimer for another shard of the same map: it pins the same collector (crossbeam's
+    /// global one in normal builds, this one's in loom builds), so that one guard protects what
+    /// any shard hands out.
+    pub(crate) fn sibling(&self) -> Reclaimer {
+        #[cfg(tiermap_loom)]
+        {
+            self.share()
+        }
+        #[cfg(not(tiermap_loom))]
+        {
+            Reclaimer::new()
+        }
+    }
+
     /// Pins the current thread.
     #[inline]
     pub(crate) fn pin(&self) -> Guard {

@@ -11,7 +11,7 @@ use std::ops::Deref;
 use crate::alarm::{Hooks, RetentionAlarm, RetentionAlert, RetentionPolicy};
 use crate::facade::Guard;
 use crate::outcome::{CompareExchangeError, Computed, GetOrInsert, Op};
-use crate::raw::{RawIter, RawMap, Replace};
+use crate::raw::{MapIter, RawMap, Replace};
 use crate::stats::{MapStats, Released};
 
 /// A concurrent hash map with Go's `sync.Map` design (a lock-free read tier and a locked dirty
@@ -146,12 +146,57 @@ impl<K, V, S> SyncMap<K, V, S> {
     ///     tiermap::SyncMap::with_capacity_and_hasher(16, RandomState::new());
     /// assert!(map.is_empty());
     /// ```
+    ///
+    /// A map built for 8192 keys or more is split into shards (see
+    /// [`SyncMap::with_capacity_shards_and_hasher`]); a smaller one has one.
     pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
         SyncMap {
             raw: RawMap::new(capacity),
             hasher,
             hooks: Hooks::default(),
         }
+    }
+
+    /// An empty map with room for `capacity` keys in `shards` shards, using `hasher`.
+    ///
+    /// Each shard is a whole two-tier map (Go's read and dirty maps, with its own lock, miss
+    /// clock, promotion and compaction) for the keys whose hash falls in it: writers of keys
+    /// in different shards never wait for each other, and a promotion or compaction copies one
+    /// shard. `shards` is rounded down to a power of two between 1 and 64. Operations on one
+    /// key, `clear`, iteration and the statistics behave the same for any number of shards.
+    ///
+    /// The other constructors choose: one shard for a map built for fewer than 8192 keys (a
+    /// small or pooled map pays for one lock and one pair of tables, as a Go `sync.Map`
+    /// does), else four per hardware thread, at most one per 4096 keys and at most 64. A map
+    /// built empty and grown keeps one shard: build it with a capacity, or with this
+    /// constructor, if several threads will insert new keys into it at once.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// let map: tiermap::SyncMap<u32, u32> =
+    ///     tiermap::SyncMap::with_capacity_shards_and_hasher(0, 8, RandomState::new());
+    /// assert_eq!(map.shard_count(), 8);
+    /// map.insert(1, 1);
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn with_capacity_shards_and_hasher(capacity: usize, shards: usize, hasher: S) -> Self {
+        SyncMap {
+            raw: RawMap::with_shards(capacity, shards),
+            hasher,
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// How many shards the map has (see [`SyncMap::with_capacity_shards_and_hasher`]).
+    ///
+    /// ```
+    /// let small: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_capacity(100);
+    /// assert_eq!(small.shard_count(), 1);
+    /// let large: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_capacity(1 << 20);
+    /// assert!(large.shard_count().is_power_of_two());
+    /// ```
+    pub fn shard_count(&self) -> usize {
+        self.raw.shards().len()
     }
 
     /// The map's hasher.
@@ -199,7 +244,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// ```
     pub fn len(&self) -> usize {
         let guard = self.raw.pin();
-        self.raw.read(&guard).gen.live()
+        self.raw.len(&guard)
     }
 
     /// Whether no key is present (with the same caveat as [`SyncMap::len`]).
@@ -774,19 +819,9 @@ where
     /// map.retain(|_, v| v % 2 == 0);
     /// assert_eq!(map.len(), 5);
     /// ```
-    pub fn retain(&self, mut f: impl FnMut(&K, &V) -> bool) {
+    pub fn retain(&self, f: impl FnMut(&K, &V) -> bool) {
         let guard = self.raw.pin();
-        let tier = self.raw.snapshot(&guard);
-        let mut removed = 0;
-        for (e, v, p) in RawIter::new(tier, &guard) {
-            if !self.raw.generation_is(tier.gen.id) {
-                break;
-            }
-            if !f(&e.key, v) && self.raw.remove_exact(e, p, tier, &guard) {
-                removed += 1;
-            }
-        }
-        self.raw.compact_after_bulk_removal(&guard, removed);
+        self.raw.retain(&guard, f);
     }
 
     /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and
@@ -1273,11 +1308,8 @@ where
     /// assert!(map.is_empty());
     /// ```
     pub fn iter(&self) -> Iter<'_, K, V> {
-        let tier = self.map.raw.snapshot(&self.guard);
         Iter {
-            raw: &self.map.raw,
-            gen: tier.gen.id,
-            inner: RawIter::new(tier, &self.guard),
+            inner: MapIter::new(&self.map.raw, &self.guard),
         }
     }
 
@@ -1309,7 +1341,7 @@ where
     /// assert_eq!(map.pin().len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.map.raw.read(&self.guard).gen.live()
+        self.map.raw.len(&self.guard)
     }
 
     /// Whether no key is present.
@@ -1367,24 +1399,18 @@ where
 /// assert_eq!(it.count(), 3);
 /// ```
 pub struct Iter<'p, K, V> {
-    raw: &'p RawMap<K, V>,
-    gen: u64,
-    inner: RawIter<'p, K, V>,
+    inner: MapIter<'p, K, V>,
 }
 
-impl<'p, K, V> Iterator for Iter<'p, K, V> {
+impl<'p, K: Send + 'static, V: Send + 'static> Iterator for Iter<'p, K, V> {
     type Item = (&'p K, &'p V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if !self.raw.generation_is(self.gen) {
-            return None;
-        }
-        let (e, v, _) = self.inner.next()?;
-        Some((&e.key, v))
+        self.inner.next()
     }
 }
 
-impl<K, V> FusedIterator for Iter<'_, K, V> {}
+impl<K: Send + 'static, V: Send + 'static> FusedIterator for Iter<'_, K, V> {}
 
 impl<K, V> fmt::Debug for Iter<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -165,6 +165,7 @@ fn concurrent_owned_and_shared_keys() {
     let input = Input {
         hasher: HasherKind::Mod4,
         chaos: false,
+        shards: 0,
         threads: (0..3)
             .map(|t| {
                 let mut ops = vec![COp::InsertRange {

@@ -65,10 +65,25 @@ pub trait BenchMap: Send + Sync + 'static {
 
 pub type Tier = tiermap::SyncMap<u64, u64, Hasher>;
 
+/// `TIERMAP_BENCH_SHARDS`, read once.
+fn tiermap_bench_shards() -> Option<usize> {
+    static SHARDS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        std::env::var("TIERMAP_BENCH_SHARDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    })
+}
+
 impl BenchMap for Tier {
     const NAME: &'static str = "tiermap";
     fn with_capacity(cap: usize) -> Self {
-        tiermap::SyncMap::with_capacity_and_hasher(cap, Hasher::new())
+        // `TIERMAP_BENCH_SHARDS=n` overrides the shard count the map would choose (to measure
+        // the choice; BENCHMARKS.md, "Shards"). Unset: the map's own choice, as a user gets.
+        match tiermap_bench_shards() {
+            Some(n) => tiermap::SyncMap::with_capacity_shards_and_hasher(cap, n, Hasher::new()),
+            None => tiermap::SyncMap::with_capacity_and_hasher(cap, Hasher::new()),
+        }
     }
     #[inline]
     fn load(&self, k: u64) -> Option<u64> {

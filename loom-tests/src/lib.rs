@@ -37,6 +37,20 @@ pub fn new_map() -> Map {
     Map::with_hasher(BuildHasherDefault::default())
 }
 
+/// A new, empty model map with `shards` shards (see [`shard_of`]).
+pub fn new_sharded_map(shards: usize) -> Map {
+    Map::with_capacity_shards_and_hasher(0, shards, BuildHasherDefault::default())
+}
+
+/// The shard of key `k` in a model map of `shards` shards: `IdHasher` passes `k` through, the
+/// map mixes it (`table::mix`) and takes the shard index from bits 32.. (`raw/sharded.rs`).
+/// Kept in step with those two by hand; the models that use it assert the outcome it implies.
+pub fn shard_of(k: u32, shards: usize) -> usize {
+    let h = k as u64;
+    let mixed = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as usize & (shards - 1)
+}
+
 const KEY_MAGIC: u64 = 0x4B45_595F_4B45_595F;
 const VAL_MAGIC: u64 = 0x5641_4C5F_5641_4C5F;
 const POISON: u64 = 0xDEAD_DEAD_DEAD_DEAD;

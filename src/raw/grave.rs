@@ -746,7 +746,7 @@ mod tests {
     /// what it retires (these tests count the steps).
     fn filled(n: u64, drops: &'static AtomicUsize, panic_at: Option<u64>) -> SyncMap<u64, Counted> {
         let map = SyncMap::new();
-        map.raw().grave.keep_from_background();
+        map.raw().shards()[0].grave.keep_from_background();
         for i in 0..n {
             let panic = panic_at == Some(i);
             map.insert(i, Counted { drops, panic });
@@ -758,12 +758,12 @@ mod tests {
     /// this binary may pin the global epoch for a while).
     fn until_buried(map: &SyncMap<u64, Counted>) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while map.raw().grave.is_empty() {
+        while map.raw().shards()[0].grave.is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "the retired tiers were never buried"
             );
-            map.raw().reclaimer.collect(1);
+            map.raw().shards()[0].reclaimer.collect(1);
             std::thread::yield_now();
         }
     }
@@ -785,14 +785,14 @@ mod tests {
         // values are dropped.
         let mut steps = 0;
         let mut last = 0;
-        while !map.raw().grave.is_empty() {
+        while !map.raw().shards()[0].grave.is_empty() {
             steps += 1;
             // Each step frees at least `BUDGET` slots (or skips a whole unused group).
             assert!(
                 steps as usize <= slots.div_ceil(BUDGET) + 16,
                 "graveyard not drained after {steps} slow operations ({slots} slots)"
             );
-            let queued = map.raw().grave.queued.load(SeqCst);
+            let queued = map.raw().shards()[0].grave.queued.load(SeqCst);
             map.insert(
                 N + steps,
                 Counted {
@@ -801,10 +801,10 @@ mod tests {
                 },
             );
             let now = DROPS.load(SeqCst);
-            let floor = super::step_floor(map.raw().dirty().budget);
+            let floor = super::step_floor(map.raw().shards()[0].dirty().budget);
             // The step's doubling reads the ready count when it starts, after the insert's own
             // deferral: the small tiers the new keys outgrow may have become ready by then.
-            let queued = queued.max(map.raw().grave.queued.load(SeqCst)) + 2;
+            let queued = queued.max(map.raw().shards()[0].grave.queued.load(SeqCst)) + 2;
             let budget = floor.max(BUDGET << (queued - 1).min(6));
             assert!(
                 now - last <= budget,
@@ -815,7 +815,7 @@ mod tests {
         }
         assert_eq!(DROPS.load(SeqCst), N as usize);
         assert!(steps > 1, "freed in one step: not incremental");
-        assert!(map.raw().grave.is_empty());
+        assert!(map.raw().shards()[0].grave.is_empty());
         // What is still retired is at most the small tiers the new inserts outgrew, waiting
         // for their grace period.
         let retired = map.stats().retired_bytes;
@@ -835,7 +835,7 @@ mod tests {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         const N: u64 = 64;
         let map = filled(N, &DROPS, None);
-        let grave = &map.raw().grave;
+        let grave = &map.raw().shards()[0].grave;
         // Pinned first: no deferral made from now on can expire by itself in this test.
         let pin = map.pin();
         let first = super::lock(&grave.yard).next_stamp;
@@ -878,7 +878,7 @@ mod tests {
         until_buried(&map);
         assert_eq!(map.reclaim(), 0);
         assert_eq!(DROPS.load(SeqCst), SIZE as usize);
-        assert!(map.raw().grave.is_empty());
+        assert!(map.raw().shards()[0].grave.is_empty());
     }
 
     #[test]
@@ -919,7 +919,7 @@ mod tests {
         // The rest is still queued and freed; the map still works.
         assert_eq!(map.reclaim(), 0);
         assert_eq!(DROPS.load(SeqCst), N as usize);
-        assert!(map.raw().grave.is_empty());
+        assert!(map.raw().shards()[0].grave.is_empty());
         map.insert(
             1,
             Counted {

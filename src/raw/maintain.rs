@@ -12,11 +12,11 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use super::entry::entry_bytes;
 use super::grave::{self, Corpse, Item};
 use super::table::Table;
-use super::{background, Gen, LockedState, RawMap, Tier};
+use super::{Gen, LockedState, Shard, Tier};
 use super::{ARENA_FLOOR, DELETED_FLOOR, MIN_BUDGET, OBSERVE_EVERY, SLOTS_FLOOR, SNAPSHOT_STEP};
 use crate::facade::{lock, try_lock, Guard, MutexGuard};
 
-impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
+impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// Does the slow-path maintenance if the lock is free right now (never waits for it).
     pub(super) fn maintain_if_free(&self, guard: &Guard) {
         if let Some(st) = try_lock(&self.dirty) {
@@ -45,6 +45,15 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         guard: &Guard,
     ) {
         self.maintain(&mut st, guard);
+        let (budget, observe) = self.end_locked(&mut st, guard);
+        drop(st);
+        self.after_unlock(budget, observe, guard);
+    }
+
+    /// The last step under the lock of a critical section: the hints for the background
+    /// reclaimer, and whether the observer is due. Returns the step budget and that decision
+    /// for [`Shard::after_unlock`].
+    pub(crate) fn end_locked(&self, st: &mut LockedState<K, V>, guard: &Guard) -> (usize, bool) {
         // Relaxed: hints for the background reclaimer's trim decision (a lost update of the peak
         // under a race only delays or skips a trim).
         let live = self.read(guard).gen.live();
@@ -59,14 +68,19 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         if observe {
             st.since_observed = 0;
         }
-        drop(st);
+        (budget, observe)
+    }
+
+    /// What follows a critical section, outside the lock: see the comments.
+    pub(crate) fn after_unlock(&self, budget: usize, observe: bool, guard: &Guard) {
         // Outside the lock: start the grace period of what this operation retired (flushed to
         // the global queue, so that any thread's next collection, the background reclaimer's
         // included, can end it), then free a step of what is past it; freeing runs the keys'
         // and values' `Drop`, which may call the map.
         self.grave.service(guard, grave::step_floor(budget));
         if observe {
-            self.observe(guard);
+            // Relaxed: a hint (see `Shard::observe_due`).
+            self.observe_due.store(true, Relaxed);
         }
     }
 
@@ -289,16 +303,36 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
     }
 
-    /// Empties the map. The old tiers, entries and values are retired as one unit. A map that
-    /// holds nothing (no entry, no table, no dirty tier) is left as it is: clearing it
-    /// allocates nothing.
-    pub(crate) fn clear(&self, guard: &Guard) {
-        let mut st = lock(&self.dirty);
+    /// Whether this shard holds nothing that `clear` would retire: no entry, no table, no
+    /// dirty tier. Under the lock.
+    pub(crate) fn is_bare(&self, st: &LockedState<K, V>, guard: &Guard) -> bool {
         let read = self.read(guard);
-        if st.tier.is_none() && read.table.capacity() == 0 && read.gen.entries() == 0 {
-            return;
-        }
-        let id = self.generation.load(Relaxed) + 1;
+        st.tier.is_none() && read.table.capacity() == 0 && read.gen.entries() == 0
+    }
+
+    /// The generation a `clear` starts next (every shard's is the same outside a `clear`).
+    pub(crate) fn next_generation(&self) -> u64 {
+        // Relaxed: read by the `clear` that holds every shard's lock; only a `clear` writes it.
+        self.generation.load(Relaxed) + 1
+    }
+
+    /// A `clear`'s first step in this shard (I6), under the lock: generation `id` begins.
+    /// `RawMap::clear` takes it in every shard before any shard's [`Shard::clear_locked`].
+    pub(crate) fn begin_clear(&self, id: u64) {
+        // Release pairs with the acquire in `generation_is`; `behind_clear` relies on the
+        // release of the `read` swaps that follow in program order (I6).
+        self.generation.store(id, Release);
+    }
+
+    /// A `clear`'s second step in this shard, under the lock: replaces the tiers by an empty
+    /// read tier of generation `id` and retires the old tiers, entries and values as one unit.
+    /// The caller unlocks, then calls `after_unlock` with what this returns.
+    pub(crate) fn clear_locked(
+        &self,
+        st: &mut LockedState<K, V>,
+        id: u64,
+        guard: &Guard,
+    ) -> (usize, bool) {
         let fresh = Tier::boxed(0, Gen::new(id));
         // AcqRel: as in `promote`.
         #[cfg(not(tiermap_mutation = "relaxed_clear_publish"))]
@@ -306,9 +340,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         // Deliberately too weak for the loom models; never built otherwise.
         #[cfg(tiermap_mutation = "relaxed_clear_publish")]
         let old = self.read.swap(Box::into_raw(fresh), Acquire);
-        // Release pairs with the acquire in `generation_is`.
-        self.generation.store(id, Release);
-        let dirty = self.set_dirty(&mut st, None);
+        let dirty = self.set_dirty(st, None);
         let upto = if dirty.is_null() { 0 } else { st.cursor };
         // SAFETY: `old` is unpublished; with the cursor (I3) it and `dirty` own every entry of
         // the generation exactly once.
@@ -321,8 +353,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         st.expunged = 0;
         st.compacting = false;
         st.retired = true;
-        // Unlocks, starts the grace period of the old tiers and runs the observer.
-        self.unlock_and_maintain(st, guard);
+        self.end_locked(st, guard)
     }
 
     /// Rebuilds the tiers now so that they hold only live entries, in steps with the lock
@@ -365,38 +396,6 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             }
             self.unlock_and_maintain(st, guard);
         }
-    }
-
-    /// Frees what the map retired and is past its grace period, now: seals the batch of removed
-    /// values, starts the grace period of everything retired, and runs collections until this
-    /// map's retired memory is freed or a guard pinned before it holds it (at most 64 rounds).
-    /// Returns the retired bytes still waiting.
-    pub(crate) fn reclaim(&self) -> usize {
-        {
-            let guard = self.reclaimer.pin();
-            self.grave.seal_values(&guard);
-            self.grave.defer(&guard);
-        }
-        let mut freed = 0;
-        for round in 0..64 {
-            if round >= 3 && self.shared.retired_bytes.load(Relaxed) == 0 {
-                break;
-            }
-            self.reclaimer.collect(1);
-            freed += self.grave.drain(usize::MAX);
-            if round >= 8 && !cfg!(tiermap_loom) {
-                // Still pending: some thread is pinned (a user's guard, or another thread in
-                // the middle of an operation, the background reclaimer's tick included, perhaps
-                // descheduled). Let it run before the next try; at most about 1.5 ms in all.
-                std::thread::sleep(std::time::Duration::from_micros(25));
-            }
-        }
-        // Blocks emptied by the frees above, or by a background step that finished an item
-        // after this thread's last drain looked (it releases them too, but perhaps only after
-        // this call returns).
-        freed += self.grave.arena.release_unused();
-        background::freed(freed);
-        self.shared.retired_bytes.load(Relaxed)
     }
 
     /// Retires an unpublished read tier (owning its tagged entries and those at slots

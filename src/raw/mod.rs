@@ -29,6 +29,7 @@ mod maintain;
 #[cfg(feature = "rayon")]
 pub(crate) mod par;
 mod rmw;
+mod sharded;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
 mod tests;
@@ -49,6 +50,8 @@ use entry::{alloc_value, entry_bytes, free_value, take_value, Entry, State};
 use grave::{empty_tier, free_tier, Graveyard};
 use table::Table;
 
+pub(crate) use sharded::{MapIter, RawMap};
+
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
 /// being filled.
 const MIN_BUDGET: usize = 32;
@@ -59,7 +62,7 @@ const ARENA_FLOOR: usize = 16 << 10;
 /// Table slots that may be held regardless of the live count before compaction starts.
 const SLOTS_FLOOR: usize = 1024;
 /// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
-/// of two; see `RawMap::lookup`).
+/// of two; see `Shard::lookup`).
 const ABSENT_MISS_SAMPLE: u64 = 16;
 /// Migration work units per locked step of `snapshot` and `compact`.
 const SNAPSHOT_STEP: usize = 1024;
@@ -92,7 +95,7 @@ fn sample_absent_miss(hash: u64) -> bool {
     }
 }
 
-/// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
+/// A callback that watches the map's statistics (see `Shard::observer`). It is handed a way
 /// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
 /// and judge snapshots in the order they were taken (see `alarm::map::AlarmState::check`).
 pub(crate) struct Observer(pub(crate) Box<dyn Fn(&Snapshot<'_>) + Send + Sync>);
@@ -143,6 +146,9 @@ pub(crate) struct Tier<K, V> {
     /// filter each of them probed both tables while new keys kept the read tier amended.
     fresh: Box<[AtomicUsize]>,
     pub(crate) gen: Arc<Gen>,
+    /// `gen.id`, kept here so that a lookup compares it with its shard's generation without a
+    /// load from `Gen` (whose counters every write updates).
+    pub(crate) id: u64,
     /// Loom builds: lets the models see a read of the table's plain fields through a tier
     /// pointer published without release (see `facade::Witness`).
     witness: Witness,
@@ -156,6 +162,7 @@ impl<K, V> Tier<K, V> {
             fresh: zeroed_slice(bits.div_ceil(usize::BITS as usize)),
             table,
             amended: AtomicBool::new(false),
+            id: gen.id,
             gen,
             witness: Witness::new(),
         })
@@ -230,7 +237,7 @@ pub(crate) struct Shared {
 /// The dirty tier's owning pointer (null when there is none).
 ///
 /// A raw pointer rather than a `Box`: lock-free readers hold pointers to the same tier (through
-/// `RawMap::dirty_view`), which a `Box`'s uniqueness would forbid. The tier is freed only by
+/// `Shard::dirty_view`), which a `Box`'s uniqueness would forbid. The tier is freed only by
 /// whoever takes it out of the slot (`take`), through the epoch or with exclusive access.
 pub(crate) struct TierSlot<K, V>(*mut Tier<K, V>);
 
@@ -331,10 +338,26 @@ impl<V> Drop for Pending<V> {
     }
 }
 
-/// The engine behind `SyncMap`.
-pub(crate) struct RawMap<K, V> {
+/// One shard of the map (`sharded.rs` picks it by hash bits): a read tier and a dirty tier
+/// with their own lock, miss clock, migration, promotion, compaction, graveyard and entry
+/// arena. Everything in this module is about one shard; only `clear` spans them (I6).
+pub(crate) struct Shard<K, V> {
     // Invariant I1.
     read: AtomicPtr<Tier<K, V>>,
+    /// Id of the current generation (bumped by `clear`, in every shard before any shard's
+    /// tiers are replaced: I6); iterators stop when it changes, and a lookup that loaded a
+    /// read tier older than it finds nothing (`behind_clear`). Next to `read`: the lookup that
+    /// loads one loads the other.
+    generation: AtomicU64,
+    /// The map has other shards (a `clear` may be halfway through them): lookups check their
+    /// tier against `generation`. A one-shard map needs no check (its `read` is replaced in
+    /// one store), and its loom models then explore exactly the v1 state space.
+    sharded: bool,
+    /// A slow operation decided that the observer is due (every `OBSERVE_EVERY` slow
+    /// operations, and after each one that retired something): the map runs it, outside the
+    /// lock, when the operation returns (`RawMap::observe_due`). A std atomic: a hint that no
+    /// decision of the algorithm depends on.
+    pub(crate) observe_due: std::sync::atomic::AtomicBool,
     dirty: Mutex<LockedState<K, V>>,
     /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
@@ -347,13 +370,7 @@ pub(crate) struct RawMap<K, V> {
     pub(crate) shared: Arc<Shared>,
     /// Large retired tiers past their grace period, freed a step per slow operation.
     pub(crate) grave: Arc<Graveyard<K, V>>,
-    /// Id of the current generation (bumped by `clear`); iterators stop when it changes.
-    generation: AtomicU64,
     pub(crate) reclaimer: Reclaimer,
-    /// Called with a stats snapshot every `OBSERVE_EVERY` slow operations and after every
-    /// promotion, outside the lock (the retention alarm hooks in here). Read hits never look
-    /// at it.
-    observer: arc_swap::ArcSwapOption<Observer>,
     /// Opts out of the auto traits; `Send`/`Sync` are implemented below with the bounds the
     /// algorithm needs.
     _owns: PhantomData<*mut (K, V)>,
@@ -362,10 +379,10 @@ pub(crate) struct RawMap<K, V> {
 // SAFETY: a map moved to another thread is used there by one owner; its keys and values are
 // moved (dropped there, or by a deferred free on whichever thread collects), which `Send`
 // permits.
-unsafe impl<K: Send, V: Send> Send for RawMap<K, V> {}
+unsafe impl<K: Send, V: Send> Send for Shard<K, V> {}
 // SAFETY: a shared map hands `&K`/`&V` to several threads at once (`Sync`) and moves or drops
 // them on any thread (`Send`); all shared mutation goes through atomics and the dirty mutex.
-unsafe impl<K: Send + Sync, V: Send + Sync> Sync for RawMap<K, V> {}
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Shard<K, V> {}
 
 /// Outcome of a conditional replace.
 pub(crate) enum Replace<'g, V> {
@@ -377,15 +394,16 @@ pub(crate) enum Replace<'g, V> {
     Mismatch(&'g V, V),
 }
 
-impl<K, V> RawMap<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
+impl<K, V> Shard<K, V> {
+    /// A shard sized for `capacity` keys. `sharded`: the map has other shards.
+    pub(crate) fn new(capacity: usize, reclaimer: Reclaimer, sharded: bool) -> Self {
         let gen = Gen::new(0);
         let read = Tier::boxed(0, gen.clone());
         let dirty = (capacity > 0).then(|| Tier::boxed(capacity.saturating_mul(2), gen));
         let dirty = TierSlot::new(dirty);
         let view = dirty.ptr();
         let shared = Arc::new(Shared::default());
-        RawMap {
+        Shard {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
             misses: AtomicUsize::new(0),
@@ -401,15 +419,16 @@ impl<K, V> RawMap<K, V> {
             shared: shared.clone(),
             grave: Arc::new(Graveyard::new(shared)),
             generation: AtomicU64::new(0),
-            reclaimer: Reclaimer::new(),
-            observer: arc_swap::ArcSwapOption::empty(),
+            sharded,
+            observe_due: std::sync::atomic::AtomicBool::new(false),
+            reclaimer,
             _owns: PhantomData,
         }
     }
-    /// Loom builds: makes this map use `other`'s epoch collector (see `Reclaimer::share`).
-    /// Only for a map that never pinned yet.
+    /// Loom builds: makes this shard use `other`'s epoch collector (see `Reclaimer::share`).
+    /// Only for a shard that never pinned yet.
     #[cfg(tiermap_loom)]
-    pub(crate) fn share_collector<K2, V2>(&mut self, other: &RawMap<K2, V2>) {
+    pub(crate) fn share_collector<K2, V2>(&mut self, other: &Shard<K2, V2>) {
         self.reclaimer = other.reclaimer.share();
     }
 
@@ -417,13 +436,6 @@ impl<K, V> RawMap<K, V> {
     #[inline]
     pub(crate) fn pin(&self) -> Guard {
         self.reclaimer.pin()
-    }
-
-    /// The hash the engine uses for a user hash: spread so that weak hashers still fill the
-    /// tables evenly (see `table::mix`).
-    #[inline]
-    pub(crate) fn mix(hash: u64) -> u64 {
-        table::mix(hash)
     }
 
     /// The current read tier.
@@ -567,7 +579,10 @@ impl<K, V> RawMap<K, V> {
     }
     /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
     fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {
-        let empty = Box::into_raw(Tier::boxed(0, Gen::new(0)));
+        // Of the current generation: the map stays usable (`drain_into`), and a lookup in it
+        // must not take it for a tier a `clear` is about to replace.
+        let id = self.generation.load(Relaxed);
+        let empty = Box::into_raw(Tier::boxed(0, Gen::new(id)));
         let read = self.read.swap(empty, AcqRel);
         let mut st = lock(&self.dirty);
         let dirty = self.set_dirty(&mut st, None);
@@ -575,19 +590,6 @@ impl<K, V> RawMap<K, V> {
         st.cursor = 0;
         (read, dirty, upto)
     }
-    /// Runs the observer, if any, with a way to take a fresh snapshot. Never called with the
-    /// lock held (taking a snapshot takes it).
-    pub(crate) fn observe(&self, guard: &Guard) {
-        if let Some(observer) = self.observer.load_full() {
-            (observer.0)(&|| self.stats(guard));
-        }
-    }
-    /// Installs (or removes) the observer (the retention alarm's and the metrics publisher's
-    /// hook).
-    pub(crate) fn set_observer(&self, observer: Option<Observer>) {
-        self.observer.store(observer.map(Arc::new));
-    }
-
     /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
     /// returning the old one. Callers that also swap `read` do that first (see `lookup`).
     fn set_dirty(
@@ -615,7 +617,7 @@ impl<K, V> RawMap<K, V> {
     }
 }
 
-impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
+impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// The read tier again, under the lock.
     #[inline]
     fn read_locked<'g>(&self, stale: &'g Tier<K, V>, guard: &'g Guard) -> &'g Tier<K, V> {
@@ -699,6 +701,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         Q: Eq + ?Sized,
     {
         let read = self.read(guard);
+        if self.behind_clear(read) {
+            return self.lookup_after_clear(hash, key, guard, count_miss);
+        }
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             if !e.is_expunged() {
                 return Some((e, &*read.gen));
@@ -713,6 +718,74 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             return None;
         }
         self.lookup_amended(read, hash, key, guard, count_miss)
+    }
+
+    /// Whether `read`, just loaded from this shard, belongs to a generation that a `clear` has
+    /// ended (I6). Then that `clear` either replaced this shard's tiers after the load, or has
+    /// not reached this shard yet; the lookup must not answer from `read` in either case (a
+    /// thread that saw another shard cleared would then see this one as before the clear).
+    ///
+    /// The generation's load is ordered after the load of `read` (acquire), and a `clear`
+    /// bumps every shard's generation before it replaces any shard's tiers (release swaps): a
+    /// lookup that saw any shard's new tier, before or in this lookup, sees the bump here.
+    #[inline]
+    fn behind_clear(&self, read: &Tier<K, V>) -> bool {
+        // Acquire: see above (and `begin_clear`).
+        #[cfg(not(tiermap_mutation = "no_clear_check"))]
+        return self.sharded && read.id != self.generation.load(Acquire);
+        // Seeded bug for the loom models (never built otherwise): trust any read tier.
+        #[cfg(tiermap_mutation = "no_clear_check")]
+        {
+            let _ = read;
+            false
+        }
+    }
+
+    /// After `behind_clear`: the shard's read tier if it is of the generation `clear` began
+    /// (or a later one), for the lookup to start over on it. `None` if the shard still shows an
+    /// older tier: the `clear` that began the generation holds this shard's lock from before
+    /// its bump until after it replaces the tiers, so no write can have reached the new
+    /// generation here, and the shard holds nothing until it is done. The lookup then finds
+    /// nothing, linearized at this load (after the `clear`'s bump, before its replacement of
+    /// this shard's tiers).
+    #[cold]
+    #[inline(never)]
+    fn tier_after_clear<'g>(&self, guard: &'g Guard) -> Option<&'g Tier<K, V>> {
+        // Acquire: as in `behind_clear`; loaded before `read` so that a tier of this
+        // generation or later is the clear's own or newer.
+        let gen = self.generation.load(Acquire);
+        let read = self.read(guard);
+        (read.id >= gen).then_some(read)
+    }
+
+    /// `lookup` when its read tier was `behind_clear`.
+    #[cold]
+    #[inline(never)]
+    fn lookup_after_clear<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+        count_miss: bool,
+    ) -> Option<(&'g Entry<K, V>, &'g Gen)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.tier_after_clear(guard)?;
+        self.lookup(hash, key, guard, count_miss)
+    }
+
+    /// `get` when its read tier was `behind_clear`.
+    #[cold]
+    #[inline(never)]
+    fn get_after_clear<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.tier_after_clear(guard)?;
+        self.get(hash, key, guard)
     }
 
     /// Whether the dirty tier that goes with `read` (amended) surely holds no fresh key of
@@ -819,6 +892,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     {
         // `lookup`'s read-tier path with the entry's state loaded once: a hit is this much.
         let read = self.read(guard);
+        if self.behind_clear(read) {
+            return self.get_after_clear(hash, key, guard);
+        }
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             match e.load() {
                 // SAFETY: a live value pointer loaded under `guard` stays allocated until the
@@ -1203,7 +1279,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     }
 }
 
-impl<K, V> Drop for RawMap<K, V> {
+impl<K, V> Drop for Shard<K, V> {
     fn drop(&mut self) {
         let held = {
             let guard = self.reclaimer.pin();
@@ -1260,6 +1336,11 @@ impl<'g, K, V> RawIter<'g, K, V> {
     /// Iterates `tier`, which was loaded under `_guard` (a published tier, or a snapshot).
     pub(crate) fn new(tier: &'g Tier<K, V>, _guard: &'g Guard) -> Self {
         RawIter { tier, idx: 0 }
+    }
+
+    /// The tier this walks.
+    pub(crate) fn tier(&self) -> &'g Tier<K, V> {
+        self.tier
     }
 }
 

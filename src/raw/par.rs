@@ -1,5 +1,6 @@
-//! Parallel iteration (feature `rayon`): the read tier that `snapshot` returned, cut into slot
-//! ranges that rayon's worker threads walk while the thread that took the snapshot stays pinned.
+//! Parallel iteration (feature `rayon`): the read tiers that `snapshot` returned for each shard,
+//! cut into slot ranges that rayon's worker threads walk while the thread that took the
+//! snapshots stays pinned.
 //!
 //! The walk is the one `RawIter` does (slot order, empty chunks skipped, each entry's value
 //! loaded with `Entry::load`), over `start..end` instead of the whole table. A published
@@ -14,7 +15,7 @@ use std::marker::PhantomData;
 use rayon::iter::plumbing::{Folder, UnindexedProducer};
 
 use super::entry::State;
-use super::{RawMap, Tier};
+use super::{RawMap, Shard, Tier};
 use crate::facade::Guard;
 
 /// Ranges of at most this many slots are not split further: walking a slot costs a load or
@@ -28,28 +29,54 @@ const MIN_SPLIT_SLOTS: usize = 64;
 /// the thread that owns it, for all of `'g`, which is what protects the reads that worker
 /// threads make (see the `Send` impl).
 pub(crate) struct RawParIter<'g, K, V> {
-    /// For the generation check: like `Iter`, stop when a `clear` ends the tier's generation.
-    raw: &'g RawMap<K, V>,
-    tier: &'g Tier<K, V>,
-    gen: u64,
-    start: usize,
-    end: usize,
+    /// Slot ranges of the shards' snapshots, in shard order.
+    pieces: Vec<Piece<'g, K, V>>,
     /// Opts out of the auto traits: `Send` and `Sync` are implemented below, with the argument
     /// for reading under another thread's pin.
     _pinned_elsewhere: PhantomData<*const ()>,
 }
 
+/// Slots `start..end` of one shard's snapshot.
+struct Piece<'g, K, V> {
+    /// For the generation check: like `Iter`, stop when a `clear` ends the tier's generation.
+    shard: &'g Shard<K, V>,
+    tier: &'g Tier<K, V>,
+    start: usize,
+    end: usize,
+}
+
+impl<K, V> Clone for Piece<'_, K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V> Copy for Piece<'_, K, V> {}
+
 impl<'g, K: Send + 'static, V: Send + 'static> RawParIter<'g, K, V> {
-    /// All the slots of a tier that holds every key present now (`RawMap::snapshot`: finishes
-    /// a running migration and promotes if needed, as sequential iteration does).
+    /// All the slots of tiers that hold every key present now, one per shard
+    /// (`Shard::snapshot`: finishes a running migration and promotes if needed, as sequential
+    /// iteration does). Taken here, on the pinned thread, shard after shard; a `clear` seen
+    /// between two snapshots ends the list (as it ends sequential iteration).
     pub(crate) fn new(raw: &'g RawMap<K, V>, guard: &'g Guard) -> Self {
-        let tier = raw.snapshot(guard);
+        let mut pieces = Vec::with_capacity(raw.shards().len());
+        for shard in raw.shards() {
+            let tier = shard.snapshot(guard);
+            if pieces
+                .first()
+                .is_some_and(|p: &Piece<'g, K, V>| p.tier.id != tier.id)
+            {
+                break;
+            }
+            pieces.push(Piece {
+                shard,
+                tier,
+                start: 0,
+                end: tier.table.capacity(),
+            });
+        }
         RawParIter {
-            raw,
-            tier,
-            gen: tier.gen.id,
-            start: 0,
-            end: tier.table.capacity(),
+            pieces,
             _pinned_elsewhere: PhantomData,
         }
     }
@@ -59,7 +86,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> RawParIter<'g, K, V> {
 // their entries (keys), and the entries' values (handed out as `&'g K`, `&'g V`) without being
 // pinned themselves. Memory safety rests on the guard that `'g` borrows:
 //
-// * The tier came from `RawMap::snapshot` under that guard (`new` takes `&'g Guard`), so it
+// * The tier came from `Shard::snapshot` under that guard (`new` takes `&'g Guard`), so it
 //   is alive for `'g` (I1: a replaced tier is retired through the epoch), and so is every entry
 //   in its slots, which never change after publication (I1) and are freed only with the tier
 //   that owns them, also through the epoch (I3).
@@ -81,7 +108,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> RawParIter<'g, K, V> {
 //   and its `join` waits for both halves even when one panics, before the panic reaches the
 //   caller's frame (where the guard lives); `std::thread::scope` joins too.
 //
-// The bounds: workers share `&K` and `&V` (`Sync`) and the map itself (`&RawMap`, which is
+// The bounds: workers share `&K` and `&V` (`Sync`) and the map itself (`&Shard`, which is
 // `Sync` only for `K, V: Send + Sync`).
 unsafe impl<K: Send + Sync, V: Send + Sync> Send for RawParIter<'_, K, V> {}
 // SAFETY: a shared `&RawParIter` gives access to nothing but the fields (every method takes
@@ -90,13 +117,9 @@ unsafe impl<K: Send + Sync, V: Send + Sync> Send for RawParIter<'_, K, V> {}
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for RawParIter<'_, K, V> {}
 
 impl<'g, K, V> RawParIter<'g, K, V> {
-    fn piece(&self, start: usize, end: usize) -> Self {
+    fn of(pieces: Vec<Piece<'g, K, V>>) -> Self {
         RawParIter {
-            raw: self.raw,
-            tier: self.tier,
-            gen: self.gen,
-            start,
-            end,
+            pieces,
             _pinned_elsewhere: PhantomData,
         }
     }
@@ -105,20 +128,28 @@ impl<'g, K, V> RawParIter<'g, K, V> {
 impl<'g, K: Send + Sync, V: Send + Sync> UnindexedProducer for RawParIter<'g, K, V> {
     type Item = (&'g K, &'g V);
 
-    /// Halves the slot range, leaving out empty chunks: both halves start in a chunk that holds
-    /// entries, and a range whose second half is all empty chunks is cut down and halved again.
+    /// Several shards: halves the list of shards. One shard: halves its slot range, leaving
+    /// out empty chunks: both halves start in a chunk that holds entries, and a range whose
+    /// second half is all empty chunks is cut down and halved again.
     fn split(mut self) -> (Self, Option<Self>) {
-        let table = &self.tier.table;
-        self.start = table.skip_empty(self.start).min(self.end);
-        while self.end - self.start > MIN_SPLIT_SLOTS {
-            let mid = self.start + (self.end - self.start) / 2;
+        if self.pieces.len() > 1 {
+            let other = self.pieces.split_off(self.pieces.len() / 2);
+            return (self, Some(Self::of(other)));
+        }
+        let Some(p) = self.pieces.first_mut() else {
+            return (self, None);
+        };
+        let table = &p.tier.table;
+        p.start = table.skip_empty(p.start).min(p.end);
+        while p.end - p.start > MIN_SPLIT_SLOTS {
+            let mid = p.start + (p.end - p.start) / 2;
             let right = table.skip_empty(mid);
-            if right < self.end {
-                let other = self.piece(right, self.end);
-                self.end = mid;
-                return (self, Some(other));
+            if right < p.end {
+                let other = Piece { start: right, ..*p };
+                p.end = mid;
+                return (self, Some(Self::of(vec![other])));
             }
-            self.end = mid;
+            p.end = mid;
         }
         (self, None)
     }
@@ -127,21 +158,19 @@ impl<'g, K: Send + Sync, V: Send + Sync> UnindexedProducer for RawParIter<'g, K,
     where
         F: Folder<Self::Item>,
     {
-        folder.consume_iter(Walk {
-            raw: self.raw,
-            tier: self.tier,
-            gen: self.gen,
-            idx: self.start,
-            end: self.end,
-        })
+        folder.consume_iter(self.pieces.into_iter().flat_map(|p| Walk {
+            shard: p.shard,
+            tier: p.tier,
+            idx: p.start,
+            end: p.end,
+        }))
     }
 }
 
 /// The sequential walk of one range (what `RawIter` plus `Iter` do, bounded by `end`).
 struct Walk<'g, K, V> {
-    raw: &'g RawMap<K, V>,
+    shard: &'g Shard<K, V>,
     tier: &'g Tier<K, V>,
-    gen: u64,
     idx: usize,
     end: usize,
 }
@@ -151,7 +180,7 @@ impl<'g, K, V> Iterator for Walk<'g, K, V> {
 
     fn next(&mut self) -> Option<Self::Item> {
         // As `Iter`: a `clear` ends the iteration.
-        if !self.raw.generation_is(self.gen) {
+        if !self.shard.generation_is(self.tier.id) {
             return None;
         }
         let table = &self.tier.table;

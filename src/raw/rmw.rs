@@ -31,11 +31,11 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::entry::{take_value, Entry, State};
-use super::{Gen, Pending, RawMap};
+use super::{Gen, Pending, Shard};
 use crate::facade::Guard;
 use crate::outcome::{Computed, Op};
 
-/// What the locked pass of [`RawMap::compute`] did.
+/// What the locked pass of [`Shard::compute`] did.
 enum Locked<'g, K, V> {
     /// Added the key (a fresh entry, or a deleted one revived) with this value.
     Inserted(&'g V),
@@ -51,7 +51,7 @@ enum Attempt<'g, V> {
     Expunged,
 }
 
-impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
+impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// Replaces the value of a present key by `f(current)`, retrying on a concurrent change.
     /// Returns the new value, or `None` (without calling `f`) if the key is absent.
     pub(crate) fn update<'g, Q>(

@@ -430,7 +430,7 @@ impl<K, V> Drop for Table<K, V> {
 
 // SAFETY: the table owns its slot array as a `Box<[AtomicPtr<_>]>` would (the raw pointer only
 // changes how slots are reached), and that box is `Send` and `Sync` for any `K`, `V`: a slot is
-// an atomic pointer. What the pointers lead to is the map's to guard (`RawMap`'s bounds).
+// an atomic pointer. What the pointers lead to is the map's to guard (`Shard`'s bounds).
 unsafe impl<K, V> Send for Table<K, V> {}
 // SAFETY: as above.
 unsafe impl<K, V> Sync for Table<K, V> {}

@@ -39,6 +39,8 @@ fuzz_input! {
         pub hasher: HasherKind,
         /// Threads may call `clear`; per-thread models are not checked.
         pub chaos: bool,
+        /// The map has `1 << (shards % 4)` shards.
+        pub shards: u8,
         pub threads: Vec<Vec<COp>>,
     }
 
@@ -751,7 +753,8 @@ type ThreadResult = (HashMap<u16, u32>, HashSet<(u16, u32)>);
 /// `patience` bounds the wait for other threads' epoch pins when checking for leaks.
 pub fn run(input: &Input, patience: std::time::Duration) {
     let tracker = Tracker::new();
-    let map = Map::with_hasher(FuzzHasher::new(input.hasher));
+    let shards = 1 << (input.shards % 4);
+    let map = Map::with_capacity_shards_and_hasher(0, shards, FuzzHasher::new(input.hasher));
     let empty: Vec<COp> = Vec::new();
     let n = input.threads.len().clamp(2, 3);
     let seqs: Vec<&[COp]> = (0..n)
@@ -849,6 +852,7 @@ impl Input {
         Input {
             hasher: rng.hasher(),
             chaos: rng.chance(1, 4),
+            shards: rng.below(4) as u8,
             threads: (0..n)
                 .map(|_| {
                     let len = rng.below(max_ops as u64 + 1) as usize;

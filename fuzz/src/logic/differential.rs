@@ -46,7 +46,8 @@ fuzz_input! {
         pub hasher: HasherKind,
         /// The key space; every key in an operation is reduced modulo its size.
         pub keys: KeySpace,
-        /// `Some(c)`: the map is made `with_capacity(c)`.
+        /// `Some(c)`: the map is made with capacity `c % 4096` and `1 << (c >> 12 & 3)` shards
+        /// (`None`: `with_hasher`, one shard).
         pub capacity: Option<u16>,
         /// Whether the map is consumed by `into_iter` at the end (else dropped).
         pub into_iter: bool,
@@ -256,9 +257,12 @@ struct Runner<'m> {
 pub fn run(prog: &Program, cfg: Config) {
     let tracker = Tracker::new();
     let hasher = FuzzHasher::new(prog.hasher);
-    let empty_bytes = Map::with_hasher(hasher.clone()).stats().held_bytes;
+    let shards = prog.capacity.map_or(1, |c| 1 << ((c >> 12) & 3));
+    let empty_bytes = Map::with_capacity_shards_and_hasher(0, shards, hasher.clone())
+        .stats()
+        .held_bytes;
     let map = match prog.capacity {
-        Some(c) => Map::with_capacity_and_hasher(usize::from(c % 4096), hasher),
+        Some(c) => Map::with_capacity_shards_and_hasher(usize::from(c % 4096), shards, hasher),
         None => Map::with_hasher(hasher),
     };
     let model = {
@@ -976,9 +980,12 @@ impl<'m> Runner<'m> {
                 let s = map.stats();
                 assert_eq!(s.deleted, 0, "deleted entries after shrink_to_fit: {s}");
                 let len = self.model.len();
+                // Each shard keeps at most 8 slots per key it holds plus 64 (its smallest
+                // tables): the bound of a one-shard map, per shard.
+                let shards = map.shard_count();
                 assert!(
-                    s.read_capacity <= 8 * len + 64,
-                    "shrink_to_fit left a large table: {s}"
+                    s.read_capacity <= 8 * len + 64 * shards,
+                    "shrink_to_fit left a large table ({shards} shards): {s}"
                 );
                 if self.idle() {
                     assert_eq!(s.retired_bytes, 0, "retired after shrink_to_fit: {s}");
@@ -1189,7 +1196,9 @@ impl Program {
         Program {
             hasher: rng.hasher(),
             keys,
-            capacity: rng.chance(1, 4).then(|| rng.u16() % 2048),
+            capacity: rng
+                .chance(1, 2)
+                .then(|| (rng.u16() % 2048) | ((rng.u16() % 4) << 12)),
             into_iter: rng.chance(1, 2),
             ops: (0..n).map(|_| Op::random(rng)).collect(),
         }

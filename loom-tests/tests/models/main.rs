@@ -25,6 +25,7 @@ mod publication;
 mod read_promotion;
 mod remove_insert;
 mod rmw;
+mod shards;
 
 use loom::sync::Arc;
 use tiermap_loom_tests::Map;
