@@ -117,7 +117,11 @@ fn fixed_hasher() -> common::Hasher {
 
 impl FixedNew for common::Tier {
     fn with_capacity_fixed(cap: usize) -> Self {
-        tiermap::SyncMap::with_capacity_and_hasher(cap, fixed_hasher())
+        // `TIERMAP_BENCH_SHARDS` as in `common` (the map's own choice when unset).
+        match common::tiermap_bench_shards() {
+            Some(n) => tiermap::SyncMap::with_capacity_shards_and_hasher(cap, n, fixed_hasher()),
+            None => tiermap::SyncMap::with_capacity_and_hasher(cap, fixed_hasher()),
+        }
     }
 }
 

@@ -66,7 +66,7 @@ pub trait BenchMap: Send + Sync + 'static {
 pub type Tier = tiermap::SyncMap<u64, u64, Hasher>;
 
 /// `TIERMAP_BENCH_SHARDS`, read once.
-fn tiermap_bench_shards() -> Option<usize> {
+pub fn tiermap_bench_shards() -> Option<usize> {
     static SHARDS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *SHARDS.get_or_init(|| {
         std::env::var("TIERMAP_BENCH_SHARDS")

@@ -341,6 +341,13 @@ impl<V> Drop for Pending<V> {
 /// One shard of the map (`sharded.rs` picks it by hash bits): a read tier and a dirty tier
 /// with their own lock, miss clock, migration, promotion, compaction, graveyard and entry
 /// arena. Everything in this module is about one shard; only `clear` spans them (I6).
+///
+/// Aligned to 128 bytes (two cache lines, the unit the adjacent-line prefetcher pulls): writers
+/// of two shards on two cores do not share a line, and picking a shard is a shift, not a
+/// multiplication. Laid out in order (`repr(C)`): what a lookup reads comes first, in the first
+/// cache line, which only promotions, `clear` and observations write; the dirty lock starts a
+/// line of its own, followed by the miss clock (both written by the slow paths).
+#[repr(C, align(128))]
 pub(crate) struct Shard<K, V> {
     // Invariant I1.
     read: AtomicPtr<Tier<K, V>>,
@@ -358,22 +365,33 @@ pub(crate) struct Shard<K, V> {
     /// lock, when the operation returns (`RawMap::observe_due`). A std atomic: a hint that no
     /// decision of the algorithm depends on.
     pub(crate) observe_due: std::sync::atomic::AtomicBool,
-    dirty: Mutex<LockedState<K, V>>,
     /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
     /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
     dirty_view: AtomicPtr<Tier<K, V>>,
-    /// Lookups that missed the read tier and found their key in the dirty tier, plus one in
-    /// `ABSENT_MISS_SAMPLE` of those that found it nowhere, since the last promotion (Go's
-    /// promotion clock; see `lookup`).
-    misses: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
     /// Large retired tiers past their grace period, freed a step per slow operation.
     pub(crate) grave: Arc<Graveyard<K, V>>,
     pub(crate) reclaimer: Reclaimer,
+    dirty: OwnLine<Mutex<LockedState<K, V>>>,
+    /// Lookups that missed the read tier and found their key in the dirty tier, plus one in
+    /// `ABSENT_MISS_SAMPLE` of those that found it nowhere, since the last promotion (Go's
+    /// promotion clock; see `lookup`).
+    misses: AtomicUsize,
     /// Opts out of the auto traits; `Send`/`Sync` are implemented below with the bounds the
     /// algorithm needs.
     _owns: PhantomData<*mut (K, V)>,
+}
+
+/// A value that starts a cache line of its own (see `Shard`'s layout).
+#[repr(align(64))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 // SAFETY: a map moved to another thread is used there by one owner; its keys and values are
@@ -407,7 +425,7 @@ impl<K, V> Shard<K, V> {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
             misses: AtomicUsize::new(0),
-            dirty: Mutex::new(LockedState {
+            dirty: OwnLine(Mutex::new(LockedState {
                 tier: dirty,
                 cursor: 0,
                 budget: MIN_BUDGET,
@@ -415,7 +433,7 @@ impl<K, V> Shard<K, V> {
                 retired: false,
                 since_observed: 0,
                 compacting: false,
-            }),
+            })),
             shared: shared.clone(),
             grave: Arc::new(Graveyard::new(shared)),
             generation: AtomicU64::new(0),
@@ -430,12 +448,6 @@ impl<K, V> Shard<K, V> {
     #[cfg(tiermap_loom)]
     pub(crate) fn share_collector<K2, V2>(&mut self, other: &Shard<K2, V2>) {
         self.reclaimer = other.reclaimer.share();
-    }
-
-    /// Pins the current thread for this map's epoch (every operation's first step).
-    #[inline]
-    pub(crate) fn pin(&self) -> Guard {
-        self.reclaimer.pin()
     }
 
     /// The current read tier.

@@ -62,6 +62,9 @@ pub(crate) struct RawMap<K, V> {
     shards: Box<[Shard<K, V>]>,
     /// `shards.len() - 1`.
     mask: usize,
+    /// A handle on the collector every shard pins (see `Reclaimer::sibling`), here so that a
+    /// pin does not touch the shard array.
+    reclaimer: Reclaimer,
     /// Called with a statistics snapshot of the whole map when a shard says it is due (every
     /// `OBSERVE_EVERY` slow operations of that shard, and after each one that retired a
     /// table), outside every lock, when the operation returns (the retention alarm and the
@@ -84,6 +87,7 @@ impl<K, V> RawMap<K, V> {
             .collect();
         RawMap {
             mask: n - 1,
+            reclaimer: first.sibling(),
             shards,
             observer: arc_swap::ArcSwapOption::empty(),
         }
@@ -96,6 +100,7 @@ impl<K, V> RawMap<K, V> {
         for s in self.shards.iter_mut() {
             s.share_collector(&other.shards[0]);
         }
+        self.reclaimer = other.reclaimer.sibling();
     }
 
     /// The shards, in index order.
@@ -106,13 +111,17 @@ impl<K, V> RawMap<K, V> {
     /// The shard of a mixed hash.
     #[inline]
     pub(crate) fn shard(&self, hash: u64) -> &Shard<K, V> {
-        &self.shards[(hash >> 32) as usize & self.mask]
+        let i = (hash >> 32) as usize & self.mask;
+        debug_assert!(i < self.shards.len());
+        // SAFETY: `mask` is `shards.len() - 1` and `shards.len()` a power of two (`with_shards`;
+        // the array is never resized), so `i < shards.len()`.
+        unsafe { self.shards.get_unchecked(i) }
     }
 
     /// Pins the current thread for this map's epoch (every operation's first step).
     #[inline]
     pub(crate) fn pin(&self) -> Guard {
-        self.shards[0].pin()
+        self.reclaimer.pin()
     }
 
     /// The hash the engine uses for a user hash: spread so that weak hashers still fill the
@@ -207,7 +216,9 @@ impl<K, V> RawMap<K, V> {
 
 impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// Runs `op` on the shard of `hash`, then the observer if that shard says it is due.
-    #[inline]
+    /// Always inlined: a read hit is `op` plus two loads (measured: out of line, `on` cost a
+    /// read hit 45 instructions more).
+    #[inline(always)]
     fn on<R>(&self, hash: u64, guard: &Guard, op: impl FnOnce(&Shard<K, V>) -> R) -> R {
         let shard = self.shard(hash);
         let r = op(shard);
@@ -215,13 +226,17 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         r
     }
 
+    /// The value of `key` (see `Shard::get`).
     #[inline]
     pub(crate) fn get<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.on(hash, guard, |s| s.get(hash, key, guard))
+        let shard = self.shard(hash);
+        let v = shard.get(hash, key, guard);
+        self.observe_due(shard, guard);
+        v
     }
 
     /// Inserts or replaces; returns the previous value.
@@ -442,7 +457,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             if round >= 3 && pending() == 0 {
                 break;
             }
-            self.shards[0].reclaimer.collect(1);
+            self.reclaimer.collect(1);
             for s in self.shards.iter() {
                 freed += s.grave.drain(usize::MAX);
             }
