@@ -5,7 +5,9 @@
 //! after enough misses) that fixes where Go keeps memory: deleted entries are purged by the map
 //! itself, the first new key after a read-only phase costs microseconds instead of a copy of the
 //! whole map, [`SyncMap::clear_and_release`] gives the memory back, and [`SyncMap::stats`] tells
-//! where it is.
+//! where it is. A map built for many keys is split into shards, each a read and dirty tier pair
+//! with its own lock, so that writers of different keys rarely meet (see
+//! [`SyncMap::with_capacity_shards_and_hasher`]).
 //!
 //! ```
 //! use tiermap::SyncMap;

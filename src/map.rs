@@ -257,7 +257,8 @@ impl<K, V, S> SyncMap<K, V, S> {
         self.len() == 0
     }
 
-    /// Where the map's memory is. Takes the dirty lock briefly.
+    /// Where the map's memory is. Takes each shard's dirty lock briefly, one after the other
+    /// (the figures of a map being written to add up shards seen at slightly different times).
     ///
     /// ```
     /// let map: tiermap::SyncMap<u64, u64> = (0..100).map(|i| (i, i)).collect();
@@ -824,7 +825,8 @@ where
         self.raw.retain(&guard, f);
     }
 
-    /// Removes every key (Go's `Clear`). O(1) under the lock: the old tables, entries and
+    /// Removes every key (Go's `Clear`), as one operation even across shards (no lookup sees one
+    /// shard cleared and then another not). O(shards) under the locks: the old tables, entries and
     /// values are retired as one unit and freed **without any further call on the map**: by
     /// the background reclaimer within a couple of 10 ms ticks once every guard pinned before
     /// the call is dropped (see [`crate::memory`]), on its thread, so that no operation of yours

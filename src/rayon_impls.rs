@@ -134,8 +134,9 @@ where
 }
 
 /// Builds a map from a parallel iterator: the pairs are inserted in parallel through
-/// [`SyncMap::insert`] (new keys take the dirty lock one at a time, so the parallelism pays off
-/// in producing the pairs). For a repeated key, which of its values is kept is unspecified.
+/// [`SyncMap::insert`] (new keys of one shard take its dirty lock one at a time; a map built
+/// for many keys has several shards). For a repeated key, which of its values is kept is
+/// unspecified.
 ///
 /// ```
 /// use rayon::prelude::*;

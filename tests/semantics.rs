@@ -489,3 +489,67 @@ fn absent_misses_promote_under_an_identity_hasher() {
     );
     assert_eq!(map.len(), 100);
 }
+
+/// A map of eight shards keeps the contract of a one-shard map across every operation that
+/// spans shards: counts and statistics add up, iteration and `retain` see each key once,
+/// `clear` empties every shard and the map is usable after it, `shrink_to_fit` and `into_iter`
+/// cover every shard.
+#[test]
+fn sharded_map_keeps_every_contract() {
+    use std::collections::hash_map::RandomState;
+    let map: SyncMap<u64, u64> = SyncMap::with_capacity_shards_and_hasher(0, 8, RandomState::new());
+    assert_eq!(map.shard_count(), 8);
+    for i in 0..BIG {
+        assert!(map.insert(i, i * 2).is_none());
+    }
+    assert_eq!(map.len(), BIG as usize);
+    assert_eq!(map.stats().len, BIG as usize);
+    let seen: HashSet<u64> = map
+        .pin()
+        .iter()
+        .map(|(k, v)| {
+            assert_eq!(*v, k * 2);
+            *k
+        })
+        .collect();
+    assert_eq!(seen.len(), BIG as usize, "every key once");
+    map.retain(|k, _| k % 2 == 0);
+    assert_eq!(map.len(), (BIG / 2) as usize);
+    assert_eq!(map.pin().iter().count(), (BIG / 2) as usize);
+    assert!((0..BIG).all(|i| map.contains_key(&i) == (i % 2 == 0)));
+    map.shrink_to_fit();
+    let s = map.stats();
+    assert_eq!((s.len, s.deleted), ((BIG / 2) as usize, 0), "{s}");
+    map.clear();
+    assert!(map.is_empty());
+    assert_eq!(map.pin().iter().count(), 0);
+    assert!(
+        (0..BIG).all(|i| map.get(&i).is_none()),
+        "a key survived clear"
+    );
+    for i in 0..100 {
+        map.insert(i, i);
+    }
+    assert_eq!(map.len(), 100);
+    let mut all: Vec<(u64, u64)> = map.into_iter().collect();
+    all.sort();
+    assert_eq!(all, (0..100).map(|i| (i, i)).collect::<Vec<_>>());
+}
+
+/// The shard count: one for a small map, a power of two for a large one, what was asked
+/// (rounded down to a power of two, at most 64) with the explicit constructor.
+#[test]
+fn shard_count_follows_capacity_and_request() {
+    use std::collections::hash_map::RandomState;
+    assert_eq!(SyncMap::<u8, u8>::new().shard_count(), 1);
+    assert_eq!(SyncMap::<u8, u8>::with_capacity(4000).shard_count(), 1);
+    let large = SyncMap::<u8, u8>::with_capacity(1 << 20).shard_count();
+    assert!(large.is_power_of_two() && large <= 64, "{large}");
+    let ask = |n| {
+        SyncMap::<u8, u8>::with_capacity_shards_and_hasher(0, n, RandomState::new()).shard_count()
+    };
+    assert_eq!(
+        (ask(0), ask(1), ask(3), ask(8), ask(1000)),
+        (1, 1, 2, 8, 64)
+    );
+}
