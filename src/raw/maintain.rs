@@ -71,7 +71,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         (budget, observe)
     }
 
-    /// What follows a critical section, outside the lock: see the comments.
+    /// What follows a critical section, outside the lock: starts the grace period of what it
+    /// retired, frees a step of what is past it (user `Drop`s run, and may call the map), and
+    /// flags the observer as due if `observe` (`RawMap` runs it when the operation returns).
     pub(crate) fn after_unlock(&self, budget: usize, observe: bool, guard: &Guard) {
         // Outside the lock: start the grace period of what this operation retired (flushed to
         // the global queue, so that any thread's next collection, the background reclaimer's

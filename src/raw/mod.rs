@@ -1,4 +1,5 @@
-//! The unsafe engine: two tiers, incremental migration, promotion, compaction and retirement.
+//! The unsafe engine: two tiers, incremental migration, promotion, compaction and retirement,
+//! in each shard of the map (`Shard`); `sharded.rs` puts the shards together (`RawMap`).
 //!
 //! `docs/DESIGN.md` is the narrative version of this module; the invariants it names are the
 //! ones the `// SAFETY:` comments here rely on. In short:
@@ -19,6 +20,10 @@
 //! * **I5 (capacity).** A dirty tier is created with at least twice the slots needed for every
 //!   entry the read tier holds plus one fresh key per slow operation until the migration ends,
 //!   so it cannot fill up before it can be promoted.
+//! * **I6 (generations across shards).** A tier carries the generation it was created in, never
+//!   newer than its shard's; `clear` bumps every shard's generation, holding every shard's lock,
+//!   before it replaces any shard's tiers; a lookup in a map of several shards answers only from
+//!   a read tier of its shard's current generation (`behind_clear`).
 
 pub(crate) mod arena;
 pub(crate) mod background;
@@ -95,7 +100,7 @@ fn sample_absent_miss(hash: u64) -> bool {
     }
 }
 
-/// A callback that watches the map's statistics (see `Shard::observer`). It is handed a way
+/// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
 /// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
 /// and judge snapshots in the order they were taken (see `alarm::map::AlarmState::check`).
 pub(crate) struct Observer(pub(crate) Box<dyn Fn(&Snapshot<'_>) + Send + Sync>);

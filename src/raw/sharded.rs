@@ -436,8 +436,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
     }
 
-    /// Frees what the map retired and is past its grace period, now (see `Shard::reclaim`).
-    /// Returns the retired bytes still waiting.
+    /// Frees what the map retired and is past its grace period, now: seals every shard's batch
+    /// of removed values, starts the grace period of everything retired, and runs collections
+    /// until every shard's retired memory is freed or a guard pinned before it holds it (at most
+    /// 64 rounds). Returns the retired bytes still waiting.
     pub(crate) fn reclaim(&self) -> usize {
         {
             let guard = self.pin();
