@@ -159,8 +159,8 @@ impl<K, V> RawMap<K, V> {
         total
     }
 
-    /// What the shard array itself takes beyond one shard (the one-shard map's figures are
-    /// those of v1, which counted no header).
+    /// What the shard array takes beyond its first shard: a one-shard map's `held_bytes` stays
+    /// what it was when its one engine was inline in the `SyncMap` (tables, entries, values).
     fn header_bytes(&self) -> usize {
         (self.shards.len() - 1) * std::mem::size_of::<Shard<K, V>>()
     }
