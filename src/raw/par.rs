@@ -75,6 +75,8 @@ impl<'g, K: Send + 'static, V: Send + 'static> RawParIter<'g, K, V> {
                 end: tier.table.capacity(),
             });
         }
+        // The snapshots may have promoted: the observer runs now, as after `iter`'s.
+        raw.observe_any_due(guard);
         RawParIter {
             pieces,
             _pinned_elsewhere: PhantomData,

@@ -176,6 +176,19 @@ impl<K, V> RawMap<K, V> {
         }
     }
 
+    /// Runs the observer once if any shard says it is due (after an operation that worked on
+    /// several shards, such as the snapshots of a parallel iteration).
+    pub(crate) fn observe_any_due(&self, guard: &Guard) {
+        let mut due = false;
+        for s in self.shards.iter() {
+            // Relaxed: as in `observe_due`.
+            due |= s.observe_due.swap(false, Relaxed);
+        }
+        if due {
+            self.observe(guard);
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn observe_now(&self, shard: &Shard<K, V>, guard: &Guard) {

@@ -94,3 +94,33 @@ fn the_observer_runs_after_promotions_by_iteration_and_compaction() {
         "the observer ran after the compaction's promotion"
     );
 }
+
+/// As above for a parallel iteration of a map of several shards: its snapshots promote, and the
+/// observer runs once they are taken (the flags the shards set are not left for a later
+/// operation).
+#[cfg(feature = "rayon")]
+#[test]
+fn the_observer_runs_after_promotions_by_parallel_iteration() {
+    use rayon::iter::ParallelIterator;
+    let map: SyncMap<u64, u64> = SyncMap::with_capacity_shards_and_hasher(
+        1_000,
+        4,
+        std::collections::hash_map::RandomState::new(),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    map.raw().set_observer(Some(Observer(Box::new(move |_| {
+        c.fetch_add(1, SeqCst);
+    }))));
+    for i in 0..100 {
+        map.insert(i, i);
+    }
+    let before = (calls.load(SeqCst), map.stats().promotions);
+    assert_eq!(map.pin().par_iter().count(), 100);
+    let after = (calls.load(SeqCst), map.stats().promotions);
+    assert!(after.1 > before.1, "the snapshots promoted");
+    assert!(
+        after.0 > before.0,
+        "the observer ran after those promotions"
+    );
+}
