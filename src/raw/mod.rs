@@ -719,7 +719,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     {
         let read = self.read(guard);
         if self.behind_clear(read) {
-            return self.lookup_after_clear(hash, key, guard, count_miss);
+            return if self.clear_reached(guard) {
+                self.lookup(hash, key, guard, count_miss)
+            } else {
+                None
+            };
         }
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             if !e.is_expunged() {
@@ -758,51 +762,20 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         }
     }
 
-    /// After `behind_clear`: the shard's read tier if it is of the generation `clear` began
-    /// (or a later one), for the lookup to start over on it. `None` if the shard still shows an
-    /// older tier: the `clear` that began the generation holds this shard's lock from before
-    /// its bump until after it replaces the tiers, so no write can have reached the new
+    /// After `behind_clear`: whether the shard's read tier is now of the generation `clear`
+    /// began (or a later one), for the lookup to start over on it. `false` if the shard still
+    /// shows an older tier: the `clear` that began the generation holds this shard's lock from
+    /// before its bump until after it replaces the tiers, so no write can have reached the new
     /// generation here, and the shard holds nothing until it is done. The lookup then finds
     /// nothing, linearized at this load (after the `clear`'s bump, before its replacement of
     /// this shard's tiers).
     #[cold]
     #[inline(never)]
-    fn tier_after_clear<'g>(&self, guard: &'g Guard) -> Option<&'g Tier<K, V>> {
+    fn clear_reached(&self, guard: &Guard) -> bool {
         // Acquire: as in `behind_clear`; loaded before `read` so that a tier of this
         // generation or later is the clear's own or newer.
         let gen = self.generation.load(Acquire);
-        let read = self.read(guard);
-        (read.id >= gen).then_some(read)
-    }
-
-    /// `lookup` when its read tier was `behind_clear`.
-    #[cold]
-    #[inline(never)]
-    fn lookup_after_clear<'g, Q>(
-        &self,
-        hash: u64,
-        key: &Q,
-        guard: &'g Guard,
-        count_miss: bool,
-    ) -> Option<(&'g Entry<K, V>, &'g Gen)>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        self.tier_after_clear(guard)?;
-        self.lookup(hash, key, guard, count_miss)
-    }
-
-    /// `get` when its read tier was `behind_clear`.
-    #[cold]
-    #[inline(never)]
-    fn get_after_clear<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g V>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        self.tier_after_clear(guard)?;
-        self.get(hash, key, guard)
+        self.read(guard).id >= gen
     }
 
     /// Whether the dirty tier that goes with `read` (amended) surely holds no fresh key of
@@ -910,7 +883,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // `lookup`'s read-tier path with the entry's state loaded once: a hit is this much.
         let read = self.read(guard);
         if self.behind_clear(read) {
-            return self.get_after_clear(hash, key, guard);
+            return if self.clear_reached(guard) {
+                self.get(hash, key, guard)
+            } else {
+                None
+            };
         }
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             match e.load() {

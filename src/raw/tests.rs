@@ -61,12 +61,8 @@ fn iteration_is_not_starved_by_a_stream_of_new_keys() {
     );
 }
 
-/// The observer (the retention alarm's hook) runs after the promotions that iteration and
-/// compaction make, as the docs promise for every promotion. Before the fix, `snapshot` and
-/// `compact_round` unlocked without `unlock_and_maintain` (then `finish`), so it never ran after them.
-#[test]
-fn the_observer_runs_after_promotions_by_iteration_and_compaction() {
-    let map: SyncMap<u64, u64> = SyncMap::with_capacity(1_000);
+/// Installs an observer on `map` that counts its calls, and inserts keys 0..100.
+fn count_observations<S: std::hash::BuildHasher>(map: &SyncMap<u64, u64, S>) -> Arc<AtomicUsize> {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     map.raw().set_observer(Some(Observer(Box::new(move |_| {
@@ -75,6 +71,16 @@ fn the_observer_runs_after_promotions_by_iteration_and_compaction() {
     for i in 0..100 {
         map.insert(i, i);
     }
+    calls
+}
+
+/// The observer (the retention alarm's hook) runs after the promotions that iteration and
+/// compaction make, as the docs promise for every promotion. Before the fix, `snapshot` and
+/// `compact_round` unlocked without `unlock_and_maintain` (then `finish`), so it never ran after them.
+#[test]
+fn the_observer_runs_after_promotions_by_iteration_and_compaction() {
+    let map: SyncMap<u64, u64> = SyncMap::with_capacity(1_000);
+    let calls = count_observations(&map);
     let before = (calls.load(SeqCst), map.stats().promotions);
     // Iteration promotes the dirty tier (it holds every key).
     assert_eq!(map.pin().iter().count(), 100);
@@ -107,14 +113,7 @@ fn the_observer_runs_after_promotions_by_parallel_iteration() {
         4,
         std::collections::hash_map::RandomState::new(),
     );
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    map.raw().set_observer(Some(Observer(Box::new(move |_| {
-        c.fetch_add(1, SeqCst);
-    }))));
-    for i in 0..100 {
-        map.insert(i, i);
-    }
+    let calls = count_observations(&map);
     let before = (calls.load(SeqCst), map.stats().promotions);
     assert_eq!(map.pin().par_iter().count(), 100);
     let after = (calls.load(SeqCst), map.stats().promotions);
