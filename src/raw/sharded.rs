@@ -178,6 +178,7 @@ impl<K, V> RawMap<K, V> {
 
     /// Runs the observer once if any shard says it is due (after an operation that worked on
     /// several shards, such as the snapshots of a parallel iteration).
+    #[cfg(feature = "rayon")]
     pub(crate) fn observe_any_due(&self, guard: &Guard) {
         let mut due = false;
         for s in self.shards.iter() {
