@@ -23,6 +23,7 @@ use super::arena::Arena;
 use super::background::{self, Reclaim};
 use super::batch::{OpenBatch, Sealed, BATCH};
 use super::entry::{free_value, Entry};
+use super::table::prefetch;
 use super::{Shared, Tier};
 use crate::facade::{lock, AtomicUsize, Guard, Mutex};
 
@@ -53,12 +54,22 @@ pub(crate) fn step_floor(migration_budget: usize) -> usize {
     }
 }
 
+/// Which entries a retired tier owns (I3), and so how its corpse finds them.
+pub(crate) enum Ownership<K, V> {
+    /// Its tagged entries and the untagged ones at slots `>= upto` (a dirty tier: `upto` 0):
+    /// found by scanning its slots.
+    Scan { upto: usize },
+    /// Exactly these entries, listed as a migration tagged them (a read tier retired by a
+    /// promotion): freed from the list; the slots are not scanned.
+    Listed(Vec<*mut Entry<K, V>>),
+}
+
 /// A retired tier that no guard can reach any more, being freed.
 pub(crate) struct Corpse<K, V> {
     tier: *mut Tier<K, V>,
-    /// I3: the tier owns its tagged entries and the untagged ones at slots `>= upto`.
-    upto: usize,
-    /// Next slot to free.
+    /// I3: the entries the tier owns.
+    owned: Ownership<K, V>,
+    /// Next slot to free (with `Ownership::Scan`).
     next: usize,
     /// What `Shared::retired_bytes` counts for this corpse, subtracted when it is gone.
     bytes: usize,
@@ -67,20 +78,29 @@ pub(crate) struct Corpse<K, V> {
 impl<K, V> Corpse<K, V> {
     /// # Safety
     /// `tier` came from `Box::into_raw`, no reader can reach it (its grace period is over), it
-    /// owns the entries I3 says with `upto`, and it is handed over exactly once.
-    pub(crate) unsafe fn new(tier: *mut Tier<K, V>, upto: usize, bytes: usize) -> Self {
+    /// owns the entries `owned` says (I3), and it is handed over exactly once.
+    pub(crate) unsafe fn new(tier: *mut Tier<K, V>, owned: Ownership<K, V>, bytes: usize) -> Self {
+        #[cfg(debug_assertions)]
+        if let Ownership::Listed(list) = &owned {
+            // SAFETY: per the caller, the tier is alive and unreachable by writers; small
+            // tables only, so that debug builds' promotions stay cheap.
+            let table = unsafe { &(*tier).table };
+            if table.capacity() <= 1 << 12 {
+                debug_assert_eq!(table.owned_count(), list.len(), "listed owned entries");
+            }
+        }
         Corpse {
             tier,
-            upto,
+            owned,
             next: 0,
             bytes,
         }
     }
 
-    /// Frees slots (the entries they own) until `budget`
-    /// slots were looked at or the tier is empty; then frees the tier itself. Returns whether it
-    /// is gone (its `bytes` are then the caller's to uncount). Panic-safe: if a key's or value's
-    /// `Drop` panics, the entries already handed out are not seen again.
+    /// Frees the entries the tier owns until `budget` slots (or listed entries) were looked
+    /// at; then frees the tier itself. Returns whether it is gone (its `bytes` are then the
+    /// caller's to uncount). Panic-safe: if a key's or value's `Drop` panics, the entries
+    /// already handed out are not seen again.
     fn free_some(&mut self, budget: &mut usize, arena: &Arena) -> bool {
         if !self.free_entries(budget, arena) {
             return false;
@@ -91,12 +111,16 @@ impl<K, V> Corpse<K, V> {
         true
     }
 
-    /// The first half of `free_some`: frees the owned entries and empties every slot, until
-    /// `budget` slots were looked at (returns `false`) or the table is empty (`true`).
+    /// The first half of `free_some`: frees the owned entries, until `budget` units were
+    /// spent (returns `false`) or every owned entry is freed (`true`). With
+    /// `Ownership::Scan`, every slot is emptied on the way (`empty_tier` reuses the table).
     fn free_entries(&mut self, budget: &mut usize, arena: &Arena) -> bool {
+        let upto = match &mut self.owned {
+            Ownership::Scan { upto } => *upto,
+            Ownership::Listed(list) => return free_listed(list, budget, arena),
+        };
         // SAFETY: `new`'s contract: the tier is ours alone until it is freed.
         let tier = unsafe { &mut *self.tier };
-        let upto = self.upto;
         let slots = tier.table.capacity();
         while self.next < slots {
             if *budget == 0 {
@@ -126,6 +150,31 @@ impl<K, V> Corpse<K, V> {
     }
 }
 
+/// Frees listed entries from the end of `list` until `budget` of them were freed (`false`) or
+/// none is left (`true`). Each is popped before it is freed, so a panicking `Drop` does not
+/// see it again; they are prefetched a run at a time (each is a cache miss).
+fn free_listed<K, V>(list: &mut Vec<*mut Entry<K, V>>, budget: &mut usize, arena: &Arena) -> bool {
+    const RUN: usize = 16;
+    while !list.is_empty() {
+        if *budget == 0 {
+            return false;
+        }
+        let run = list.len().min(RUN).min(*budget);
+        for &e in &list[list.len() - run..] {
+            prefetch(e);
+        }
+        for _ in 0..run {
+            let e = list.pop().expect("run within the list");
+            *budget -= 1;
+            // SAFETY: `Corpse::new`'s contract: the retired tier owned exactly the listed
+            // entries (I3), each listed once; popped first, so it is destroyed once; the map's
+            // entries come from its arena.
+            unsafe { Entry::destroy(e, arena) };
+        }
+    }
+    true
+}
+
 /// Frees a tier and the entries it owns (I3: its tagged entries and the untagged ones at slots
 /// `>= upto`) now, in one go: for tiers that are small, or that nobody else can reach because
 /// the caller has the map exclusively.
@@ -134,7 +183,7 @@ impl<K, V> Corpse<K, V> {
 /// As for [`Corpse::new`]; the tier's entries came from `arena`.
 pub(crate) unsafe fn free_tier<K, V>(tier: *mut Tier<K, V>, upto: usize, arena: &Arena) {
     // SAFETY: per the caller; nothing is counted in `retired_bytes` for it here.
-    unsafe { Corpse::new(tier, upto, 0) }.free_all(arena);
+    unsafe { Corpse::new(tier, Ownership::Scan { upto }, 0) }.free_all(arena);
 }
 
 /// Frees the entries a tier owns (as [`free_tier`]) now and hands the tier back with every
@@ -149,7 +198,7 @@ pub(crate) unsafe fn empty_tier<K, V>(
     arena: &Arena,
 ) -> Box<Tier<K, V>> {
     // SAFETY: per the caller.
-    let mut corpse = unsafe { Corpse::new(tier, upto, 0) };
+    let mut corpse = unsafe { Corpse::new(tier, Ownership::Scan { upto }, 0) };
     let mut unlimited = usize::MAX;
     let done = corpse.free_entries(&mut unlimited, arena);
     debug_assert!(done);

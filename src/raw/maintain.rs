@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use super::entry::entry_bytes;
-use super::grave::{self, Corpse, Item};
+use super::grave::{self, Corpse, Item, Ownership};
 use super::table::Table;
 use super::{Gen, LockedState, Shard, Tier};
 use super::{ARENA_FLOOR, DELETED_FLOOR, MIN_BUDGET, OBSERVE_EVERY, SLOTS_FLOOR, SNAPSHOT_STEP};
@@ -105,7 +105,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         self.set_dirty(st, Some(Tier::boxed(slots, read.gen.clone())));
         st.cursor = 0;
         st.budget = budget;
-        st.expunged = 0;
+        st.expunged.clear();
         st.compacting = compacting;
         self.shared.migrations.fetch_add(1, Relaxed);
         if compacting {
@@ -131,20 +131,19 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     pub(super) fn migrate(&self, st: &mut LockedState<K, V>, budget: usize, guard: &Guard) {
         let read = self.read(guard);
         let Some(d) = st.tier.as_deref() else { return };
-        let mut expunged = 0;
+        let expunged = &mut st.expunged;
         st.cursor = read.table.scan(st.cursor, budget, |i, e| {
             // SAFETY: entries reachable from the read tier are alive while we hold the lock and
             // `guard` (I3: only retirement through the epoch frees them).
             if unsafe { &*e }.expunge_if_deleted() {
                 read.table.mark_owned(i);
-                expunged += 1;
+                expunged.push(e);
             } else {
                 // The stored pointer itself, not one derived from a reference: the dirty tier
                 // may be the one that frees the entry later.
                 d.table.insert_unique(e);
             }
         });
-        st.expunged += expunged;
     }
 
     /// Makes the (complete) dirty tier the read tier and retires the old read tier.
@@ -161,7 +160,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let old = {
             let old = self.read.load(Acquire);
             // SAFETY: deliberately wrong order for the loom models; never built otherwise.
-            unsafe { self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard) };
+            unsafe {
+                let owned = std::mem::take(&mut st.expunged);
+                let n = owned.len();
+                self.retire_tiers(old, Ownership::Listed(owned), n, ptr::null_mut(), guard)
+            };
             self.read.store(new, Release);
             old
         };
@@ -177,22 +180,30 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             let publish = Acquire;
             self.read.swap(new, publish)
         };
+        let expunged = st.expunged.len();
         // SAFETY: `old` is unpublished now; I4 with `cursor == capacity` means it owns exactly
-        // its tagged entries (I3), `st.expunged` of them.
+        // its tagged entries (I3), which the migration listed in `st.expunged` as it tagged them.
         #[cfg(not(tiermap_mutation = "retire_before_publish"))]
         unsafe {
-            self.retire_tiers(old, usize::MAX, st.expunged, ptr::null_mut(), guard)
+            let owned = std::mem::take(&mut st.expunged);
+            self.retire_tiers(
+                old,
+                Ownership::Listed(owned),
+                expunged,
+                ptr::null_mut(),
+                guard,
+            )
         };
         let _ = old;
         // SAFETY: `new` is the tier we just published; it is alive while we hold the lock.
         let gen = unsafe { &(*new).gen };
-        gen.entries.fetch_sub(st.expunged as isize, Relaxed);
+        gen.entries.fetch_sub(expunged as isize, Relaxed);
         // Release pairs with the acquire in `lookup` (see there).
         #[cfg(not(tiermap_mutation = "clear_view_before_swap"))]
         self.dirty_view.store(ptr::null_mut(), Release);
         st.cursor = 0;
         self.misses.store(0, Relaxed);
-        st.expunged = 0;
+        st.expunged.clear();
         st.compacting = false;
         st.retired = true;
         self.shared.promotions.fetch_add(1, Relaxed);
@@ -348,11 +359,12 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // the generation exactly once.
         unsafe {
             let owned = (*old).gen.entries();
-            self.retire_tiers(old, upto, owned, dirty, guard)
+            self.retire_tiers(old, Ownership::Scan { upto }, owned, dirty, guard)
         };
         st.cursor = 0;
         self.misses.store(0, Relaxed);
-        st.expunged = 0;
+        // The read tier's expunged entries are tagged in its slots, which its corpse scans.
+        st.expunged.clear();
         st.compacting = false;
         st.retired = true;
         self.end_locked(st, guard)
@@ -400,16 +412,17 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         }
     }
 
-    /// Retires an unpublished read tier (owning its tagged entries and those at slots
-    /// `>= upto`) and optionally a dirty tier (owning all its entries).
+    /// Retires an unpublished read tier (owning the entries `owned` says, `owned_entries` of
+    /// them) and optionally a dirty tier (owning all its entries).
     ///
     /// # Safety
     /// `read` (and `dirty`, if not null) were unlinked by the caller under the lock, are
-    /// retired once, and own the entries I3 says they own. `owned_entries` is for accounting.
+    /// retired once, and own the entries I3 says they own, which `owned` describes.
+    /// `owned_entries` is for accounting.
     pub(super) unsafe fn retire_tiers(
         &self,
         read: *mut Tier<K, V>,
-        upto: usize,
+        owned: Ownership<K, V>,
         owned_entries: usize,
         dirty: *mut Tier<K, V>,
         _guard: &Guard,
@@ -428,10 +441,13 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // for the dirty one).
         unsafe {
             self.grave
-                .retire(Item::Tier(Corpse::new(read, upto, bytes)));
+                .retire(Item::Tier(Corpse::new(read, owned, bytes)));
             if !dirty.is_null() {
-                self.grave
-                    .retire(Item::Tier(Corpse::new(dirty, 0, dirty_bytes)));
+                self.grave.retire(Item::Tier(Corpse::new(
+                    dirty,
+                    Ownership::Scan { upto: 0 },
+                    dirty_bytes,
+                )));
             }
         }
     }

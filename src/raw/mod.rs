@@ -282,8 +282,10 @@ pub(crate) struct LockedState<K, V> {
     pub(crate) cursor: usize,
     /// Work units per slow operation for the running migration.
     pub(crate) budget: usize,
-    /// Entries expunged (and tagged) in the read tier by the running migration.
-    expunged: usize,
+    /// Entries expunged (and tagged) in the read tier by the running migration: when the
+    /// migration completes, exactly the entries the read tier owns (I3), so that retiring it
+    /// after the promotion frees them from this list instead of scanning its slots.
+    expunged: Vec<*mut Entry<K, V>>,
     /// A tier was retired in this critical section (flush the epoch bag after unlocking).
     retired: bool,
     /// Slow operations since the observer last ran.
@@ -434,7 +436,7 @@ impl<K, V> Shard<K, V> {
                 tier: dirty,
                 cursor: 0,
                 budget: MIN_BUDGET,
-                expunged: 0,
+                expunged: Vec::new(),
                 retired: false,
                 since_observed: 0,
                 compacting: false,
@@ -591,7 +593,7 @@ impl<K, V> Shard<K, V> {
         self.set_dirty(&mut st, next);
         st.cursor = 0;
         self.misses.store(0, Relaxed);
-        st.expunged = 0;
+        st.expunged.clear();
         st.compacting = false;
     }
     /// Unlinks both tiers, leaving an empty read tier and no dirty tier.

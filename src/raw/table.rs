@@ -265,6 +265,14 @@ impl<K, V> Table<K, V> {
         slot.store(e.map_addr(|a| a | OWNED), Relaxed);
     }
 
+    /// How many slots carry the `OWNED` tag (a debug check of a migration's list).
+    #[cfg(debug_assertions)]
+    pub(crate) fn owned_count(&self) -> usize {
+        let mut n = 0;
+        self.for_each_raw(|_, _, owned| n += usize::from(owned));
+        n
+    }
+
     /// Visits slots from `start`, calling `f(index, entry)` for each occupied one (with the
     /// entry pointer as stored, untagged, so that it keeps the allocation's full provenance),
     /// and stops after about `budget` units of work (an occupied slot or a skipped empty group
@@ -438,7 +446,7 @@ unsafe impl<K, V> Sync for Table<K, V> {}
 /// Hints the CPU to fetch the cache lines of `e` and of its allocation header (which `free`
 /// reads), without waiting. A no-op where unsupported (and under Miri).
 #[inline(always)]
-fn prefetch<T>(e: *const T) {
+pub(crate) fn prefetch<T>(e: *const T) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
