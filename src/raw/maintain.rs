@@ -197,7 +197,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let _ = old;
         // SAFETY: `new` is the tier we just published; it is alive while we hold the lock.
         let gen = unsafe { &(*new).gen };
-        gen.entries.fetch_sub(expunged as isize, Relaxed);
+        // A load and a store: `entries` changes only under the dirty lock (see `insert_fresh`).
+        gen.entries
+            .store(gen.entries.load(Relaxed) - expunged as isize, Relaxed);
         // Release pairs with the acquire in `lookup` (see there).
         #[cfg(not(tiermap_mutation = "clear_view_before_swap"))]
         self.dirty_view.store(ptr::null_mut(), Release);

@@ -69,6 +69,9 @@ const SLOTS_FLOOR: usize = 1024;
 /// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
 /// of two; see `Shard::lookup`).
 const ABSENT_MISS_SAMPLE: u64 = 16;
+/// A lookup that missed the read tier and found its key in the dirty tier counts toward
+/// promotion one time in this many, with this weight (see `sample_found_miss`).
+const FOUND_MISS_SAMPLE: u32 = 8;
 /// Migration work units per locked step of `snapshot` and `compact`.
 const SNAPSHOT_STEP: usize = 1024;
 /// Slow-path operations between two calls of the observer.
@@ -97,6 +100,37 @@ fn sample_absent_miss(hash: u64) -> bool {
     #[cfg(tiermap_loom)]
     {
         (hash >> 60) % ABSENT_MISS_SAMPLE == 0
+    }
+}
+
+/// What this dirty-tier hit adds to the promotion clock: `FOUND_MISS_SAMPLE` one time in
+/// `FOUND_MISS_SAMPLE` of the calling thread's dirty-tier hits, else 0. The clock's expected
+/// value is the same as counting each hit once (Go's rule), but the shared counter, a locked
+/// read-modify-write that every reading core would otherwise take in turn, is written an
+/// eighth as often.
+#[inline]
+fn sample_found_miss() -> usize {
+    #[cfg(not(tiermap_loom))]
+    {
+        use std::cell::Cell;
+        thread_local! {
+            static FOUND_MISSES: Cell<u32> = const { Cell::new(0) };
+        }
+        FOUND_MISSES.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            if v % FOUND_MISS_SAMPLE == 0 {
+                FOUND_MISS_SAMPLE as usize
+            } else {
+                0
+            }
+        })
+    }
+    // Loom: every hit counts once (a thread-local counter would carry over from one explored
+    // execution to the next), so that the models promote after exactly Go's number of misses.
+    #[cfg(tiermap_loom)]
+    {
+        1
     }
 }
 
@@ -199,7 +233,10 @@ impl<K, V> Tier<K, V> {
             return;
         }
         let (w, m) = self.fresh_bit(hash);
-        self.fresh[w].fetch_or(m, Relaxed);
+        // A load and a store, not a read-modify-write: only the dirty lock's holder writes the
+        // filter, so no bit can be lost, and the plain store skips a locked instruction.
+        let word = &self.fresh[w];
+        word.store(word.load(Relaxed) | m, Relaxed);
     }
 
     /// Whether this (dirty) tier may hold a fresh key of hash `hash` (false: it surely does
@@ -381,7 +418,8 @@ pub(crate) struct Shard<K, V> {
     pub(crate) grave: Arc<Graveyard<K, V>>,
     pub(crate) reclaimer: Reclaimer,
     dirty: OwnLine<Mutex<LockedState<K, V>>>,
-    /// Lookups that missed the read tier and found their key in the dirty tier, plus one in
+    /// Lookups that missed the read tier and found their key in the dirty tier (sampled one
+    /// in `FOUND_MISS_SAMPLE`, each sample weighing that many), plus one in
     /// `ABSENT_MISS_SAMPLE` of those that found it nowhere, since the last promotion (Go's
     /// promotion clock; see `lookup`).
     misses: AtomicUsize,
@@ -805,16 +843,16 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             return false;
         }
         if sample_absent_miss(hash) {
-            self.count_miss(dirty, guard);
+            self.count_miss(dirty, 1, guard);
         }
         true
     }
 
-    /// One more miss on the promotion clock (see `lookup_amended`).
+    /// `weight` more misses on the promotion clock (see `lookup_amended`).
     #[inline(never)]
-    fn count_miss(&self, dirty: &Tier<K, V>, guard: &Guard) {
+    fn count_miss(&self, dirty: &Tier<K, V>, weight: usize, guard: &Guard) {
         // Relaxed: a heuristic clock; promotion re-checks everything under the lock.
-        let misses = self.misses.fetch_add(1, Relaxed) + 1;
+        let misses = self.misses.fetch_add(weight, Relaxed) + weight;
         if misses >= dirty.table.len() {
             self.maintain_if_free(guard);
         }
@@ -859,8 +897,10 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             None
         };
         // Go's promotion clock counts every lookup that missed the read tier. Here a miss
-        // that found the key in the dirty tier always counts (promoting makes that key's
-        // later reads one probe, as in Go); a miss for a key that no tier holds counts one
+        // that found the key in the dirty tier counts as one in expectation (promoting makes
+        // that key's later reads one probe, as in Go), sampled one in `FOUND_MISS_SAMPLE` by
+        // a per-thread counter with that weight, so that reading threads rarely write the
+        // shared clock; a miss for a key that no tier holds counts one
         // time in `ABSENT_MISS_SAMPLE`, by a per-thread counter (not by hash bits: the mixed
         // hash's low bits are zero for a whole family of keys under an identity or Fx-style
         // hasher, which then never, or always, count). Such a lookup costs one lock-free probe more while
@@ -870,8 +910,15 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // promote over and over (DESIGN.md, "Promotion, misses and compaction", has the
         // figures). Sampled, a read-only phase of absent-key lookups still ends in a
         // promotion, which frees the second table.
-        if count_miss && (found.is_some() || sample_absent_miss(hash)) {
-            self.count_miss(dirty, guard);
+        if count_miss {
+            let weight = if found.is_some() {
+                sample_found_miss()
+            } else {
+                usize::from(sample_absent_miss(hash))
+            };
+            if weight > 0 {
+                self.count_miss(dirty, weight, guard);
+            }
         }
         found.map(|(e, _)| (e, &*read.gen))
     }
@@ -1021,13 +1068,24 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         };
         d.note_fresh(hash);
         d.table.insert_unique(e);
-        // Relaxed: counters; see `Gen::live`.
+        // Relaxed: counters; see `Gen::live`. `entries` changes only under the dirty lock (here
+        // and in `promote`), so a load and a store suffice; `live` also falls lock-free.
         d.gen.live.fetch_add(1, Relaxed);
-        d.gen.entries.fetch_add(1, Relaxed);
+        d.gen
+            .entries
+            .store(d.gen.entries.load(Relaxed) + 1, Relaxed);
         // Release pairs with the acquire in `lookup`: a reader that sees `amended` finds the
         // key's slot in the dirty table (published by `insert_unique` before this store).
+        // Stored only when not yet set: `amended` shares a cache line with what every lookup
+        // of the read tier loads, and a store per new key would take that line away from every
+        // reading core. Skipping it changes nothing a reader can see: `amended` only goes from
+        // false to true while this tier is the read tier, and a reader that loads `true` from an
+        // earlier store still finds this key's slot by the acquire load of the slot itself
+        // whenever this insert happens-before its lookup.
         #[cfg(not(tiermap_mutation = "relaxed_dirty_publish"))]
-        read.amended.store(true, Release);
+        if !read.amended.load(Relaxed) {
+            read.amended.store(true, Release);
+        }
         // Deliberately too weak for the loom models (with `dirty_view` relaxed too); never
         // built otherwise.
         #[cfg(tiermap_mutation = "relaxed_dirty_publish")]
