@@ -244,21 +244,33 @@ impl Arena {
             // SAFETY: a slot on the freed stack holds its link in its first word (see above);
             // it stays counted as used in its block, so the block is alive.
             let next = unsafe { p.cast::<*mut u8>().read() };
-            if !b.list[i].contains(p) {
-                i = b.list.partition_point(|block| block.start <= p) - 1;
-            }
-            let block = &mut b.list[i];
-            debug_assert!(block.contains(p), "a foreign slot");
-            // SAFETY: the slot is free and ours (collected), aligned for a pointer.
-            unsafe { p.cast::<*mut u8>().write(block.free) };
-            block.free = p;
-            block.used -= 1;
-            if block.used == 0 {
-                b.emptied = true;
-            }
-            b.used -= 1;
+            // SAFETY: collected from the freed stack: freed once, by its contract.
+            unsafe { Self::file(b, p, &mut i) };
             p = next;
         }
+    }
+
+    /// Puts a freed slot on its block's free list (`i`: the block of the previous slot filed,
+    /// tried first). Under the lock.
+    ///
+    /// # Safety
+    /// `p` came from this arena's [`Arena::alloc`], is freed once, and nothing uses its
+    /// contents any more.
+    #[inline]
+    unsafe fn file(b: &mut Blocks, p: *mut u8, i: &mut usize) {
+        if !b.list[*i].contains(p) {
+            *i = b.list.partition_point(|block| block.start <= p) - 1;
+        }
+        let block = &mut b.list[*i];
+        debug_assert!(block.contains(p), "a foreign slot");
+        // SAFETY: per the caller, the slot is free and ours, aligned for a pointer.
+        unsafe { p.cast::<*mut u8>().write(block.free) };
+        block.free = p;
+        block.used -= 1;
+        if block.used == 0 {
+            b.emptied = true;
+        }
+        b.used -= 1;
     }
 
     /// Adds a block, about the size of all the others together (the arena doubles), from
@@ -326,6 +338,33 @@ impl Arena {
                 Ok(_) => return,
                 Err(now) => head = now,
             }
+        }
+    }
+
+    /// Gives slots back together, under the arena's lock, straight to their blocks' free lists.
+    /// For the many frees of one step (a retired table's entries, a dropped map's): through
+    /// the freed stack, each would be a cache miss again when the lock holder collects it, one
+    /// after the other (the stack is a linked list), which made dropping a map of 1M entries
+    /// take 250 ms.
+    ///
+    /// # Safety
+    /// As for [`Arena::free`], for each slot.
+    pub(crate) unsafe fn free_batch(&self, slots: &[*mut u8]) {
+        if slots.is_empty() {
+            return;
+        }
+        if self.passthrough {
+            for &p in slots {
+                // SAFETY: per the caller; passthrough slots are allocations of `self.slot`.
+                unsafe { alloc::dealloc(p, self.slot) };
+            }
+            return;
+        }
+        let mut b = lock(&self.blocks);
+        let mut i = 0;
+        for &p in slots {
+            // SAFETY: per the caller.
+            unsafe { Self::file(&mut b, p, &mut i) };
         }
     }
 
@@ -509,6 +548,43 @@ mod tests {
     struct Slot(*mut u8);
     // SAFETY: a test's slot, used by one thread at a time.
     unsafe impl Send for Slot {}
+
+    #[test]
+    fn batched_frees_go_to_their_blocks_and_mix_with_single_ones() {
+        let arena = arena();
+        // Several blocks (16, 16, 32, ... slots), freed in an order that jumps between them.
+        let slots = fill(&arena, 3000);
+        let (mut odd, mut even): (Vec<_>, Vec<_>) = (0..slots.len()).partition(|i| i % 2 == 1);
+        odd.reverse();
+        let batch: Vec<*mut u8> = odd.iter().map(|&i| slots[i]).collect();
+        // SAFETY: allocated above; each slot freed once (odd ones in a batch, even ones alone).
+        unsafe { arena.free_batch(&batch) };
+        let spare = arena.spare_bytes();
+        assert_eq!(
+            spare,
+            arena.held_bytes() - 1500 * SLOT,
+            "the batch came back"
+        );
+        // The slots still in use are untouched, and the freed ones are reused first.
+        for &i in &even {
+            check(&slots[i..i + 1], i);
+        }
+        let again = fill(&arena, 1500);
+        assert_eq!(
+            arena.spare_bytes(),
+            spare - 1500 * SLOT,
+            "reused, no new block"
+        );
+        check(&again, 0);
+        for &i in &even {
+            // SAFETY: as above.
+            unsafe { arena.free(slots[i]) };
+        }
+        // SAFETY: as above.
+        unsafe { arena.free_batch(&again) };
+        assert!(arena.release_unused() > 0);
+        assert_eq!(arena.held_bytes(), 0, "every block went back");
+    }
 
     #[test]
     fn frees_from_other_threads_come_back() {

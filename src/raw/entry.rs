@@ -137,22 +137,31 @@ impl<K, V> Entry<K, V> {
         e
     }
 
-    /// Drops an entry (its key, and its value if live) and frees its slot.
+    /// Drops an entry (its key, and its value if live) and frees its slot through `batch`
+    /// (after the entry's contents are dropped, also when that panics).
     ///
     /// # Safety
-    /// `e` came from [`Entry::create`] with `arena`, is freed once, and no reader can reach it
-    /// any more.
-    pub(crate) unsafe fn destroy(e: *mut Entry<K, V>, arena: &Arena) {
-        // Frees the slot even if the key's or the value's `Drop` panics (no leak).
-        let _free = FreeSlot(e.cast(), arena);
-        // SAFETY: per the caller; `_free` gives the slot back afterwards, also on unwinding.
+    /// `e` came from [`Entry::create`] with `batch`'s arena, is freed once, and no reader can
+    /// reach it any more.
+    pub(crate) unsafe fn destroy(e: *mut Entry<K, V>, batch: &mut FreeBatch<'_>) {
+        /// Hands the slot to the batch once the entry's drop glue has run (or unwound).
+        struct Keep<'b, 'a>(*mut u8, &'b mut FreeBatch<'a>);
+        impl Drop for Keep<'_, '_> {
+            fn drop(&mut self) {
+                // SAFETY: the entry in the slot is dropped (or its drop unwound); the slot is
+                // freed once, by the batch.
+                unsafe { self.1.push(self.0) };
+            }
+        }
+        let _keep = Keep(e.cast(), batch);
+        // SAFETY: per the caller; `_keep` gives the slot back afterwards, also on unwinding.
         unsafe { ptr::drop_in_place(e) };
     }
 
     /// Moves the key and the live value (if any) out of an entry and frees its slot.
     ///
     /// # Safety
-    /// As for [`Entry::destroy`].
+    /// As for [`Entry::destroy`], with `arena` for the batch's.
     pub(crate) unsafe fn into_parts(e: *mut Entry<K, V>, arena: &Arena) -> (K, Option<V>) {
         // SAFETY: per the caller, `e` is live and exclusively ours; its fields are moved out
         // or dropped once, then the slot is freed once.
@@ -376,15 +385,49 @@ fn value_layout<V>() -> Layout {
     Layout::from_size_align(layout.size().max(1), layout.align()).expect("value layout")
 }
 
-/// Gives an entry's slot back to its arena when dropped: after the entry's drop glue, also when
-/// that panics.
-struct FreeSlot<'a>(*mut u8, &'a Arena);
+/// Slots freed one after another (a retired table's entries), given back to the arena
+/// [`FREE_BATCH`] at a time under its lock ([`Arena::free_batch`]), and the rest when dropped.
+pub(crate) struct FreeBatch<'a> {
+    arena: &'a Arena,
+    slots: [*mut u8; FREE_BATCH],
+    len: usize,
+}
 
-impl Drop for FreeSlot<'_> {
+/// Slots a [`FreeBatch`] gathers before it takes the arena's lock.
+const FREE_BATCH: usize = 64;
+
+impl<'a> FreeBatch<'a> {
+    pub(crate) fn new(arena: &'a Arena) -> Self {
+        FreeBatch {
+            arena,
+            slots: [ptr::null_mut(); FREE_BATCH],
+            len: 0,
+        }
+    }
+
+    /// Adds a slot to give back.
+    ///
+    /// # Safety
+    /// As for [`Arena::free`] with this batch's arena.
+    unsafe fn push(&mut self, p: *mut u8) {
+        if self.len == FREE_BATCH {
+            self.flush();
+        }
+        self.slots[self.len] = p;
+        self.len += 1;
+    }
+
+    fn flush(&mut self) {
+        let n = std::mem::take(&mut self.len);
+        // SAFETY: every slot was pushed under `push`'s contract, and each is handed over once
+        // (`len` is reset first).
+        unsafe { self.arena.free_batch(&self.slots[..n]) };
+    }
+}
+
+impl Drop for FreeBatch<'_> {
     fn drop(&mut self) {
-        // SAFETY: the holder of a `FreeSlot` owns the slot, allocated from this arena, and
-        // frees it once, here, after the entry's contents are dropped.
-        unsafe { self.1.free(self.0) };
+        self.flush();
     }
 }
 

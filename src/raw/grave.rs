@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use super::arena::Arena;
 use super::background::{self, Reclaim};
 use super::batch::{OpenBatch, Sealed, BATCH};
-use super::entry::{free_value, Entry};
+use super::entry::{free_value, Entry, FreeBatch};
 use super::table::prefetch;
 use super::{Shared, Tier};
 use crate::facade::{lock, AtomicUsize, Guard, Mutex};
@@ -122,6 +122,7 @@ impl<K, V> Corpse<K, V> {
         // SAFETY: `new`'s contract: the tier is ours alone until it is freed.
         let tier = unsafe { &mut *self.tier };
         let slots = tier.table.capacity();
+        let mut batch = FreeBatch::new(arena);
         while self.next < slots {
             if *budget == 0 {
                 return false;
@@ -130,8 +131,8 @@ impl<K, V> Corpse<K, V> {
                 if owned || i >= upto {
                     // SAFETY: I3: this tier is the entry's only owner, and `release_slots`
                     // cleared the slot first, so it is destroyed once; the map's entries come
-                    // from its arena.
-                    unsafe { Entry::destroy(e, arena) };
+                    // from its arena (the batch's).
+                    unsafe { Entry::destroy(e, &mut batch) };
                 }
             });
             self.next = next;
@@ -155,6 +156,7 @@ impl<K, V> Corpse<K, V> {
 /// see it again; they are prefetched a run at a time (each is a cache miss).
 fn free_listed<K, V>(list: &mut Vec<*mut Entry<K, V>>, budget: &mut usize, arena: &Arena) -> bool {
     const RUN: usize = 16;
+    let mut batch = FreeBatch::new(arena);
     while !list.is_empty() {
         if *budget == 0 {
             return false;
@@ -168,8 +170,8 @@ fn free_listed<K, V>(list: &mut Vec<*mut Entry<K, V>>, budget: &mut usize, arena
             *budget -= 1;
             // SAFETY: `Corpse::new`'s contract: the retired tier owned exactly the listed
             // entries (I3), each listed once; popped first, so it is destroyed once; the map's
-            // entries come from its arena.
-            unsafe { Entry::destroy(e, arena) };
+            // entries come from its arena (the batch's).
+            unsafe { Entry::destroy(e, &mut batch) };
         }
     }
     true
