@@ -554,7 +554,7 @@ mod tests {
         let arena = arena();
         // Several blocks (16, 16, 32, ... slots), freed in an order that jumps between them.
         let slots = fill(&arena, 3000);
-        let (mut odd, mut even): (Vec<_>, Vec<_>) = (0..slots.len()).partition(|i| i % 2 == 1);
+        let (mut odd, even): (Vec<_>, Vec<_>) = (0..slots.len()).partition(|i| i % 2 == 1);
         odd.reverse();
         let batch: Vec<*mut u8> = odd.iter().map(|&i| slots[i]).collect();
         // SAFETY: allocated above; each slot freed once (odd ones in a batch, even ones alone).
