@@ -781,6 +781,27 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         self.lookup_amended(read, hash, key, guard, count_miss)
     }
 
+    /// `lookup`'s lock-free probe of the read tier `read` alone: a usable (not expunged) entry
+    /// for `key`, or `None`, also when `read` is behind a `clear` (I6): the caller then takes
+    /// the lock, under which no `clear` is halfway through this shard.
+    #[inline]
+    fn lookup_read<'g, Q>(
+        &self,
+        read: &'g Tier<K, V>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<(&'g Entry<K, V>, &'g Gen)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if self.behind_clear(read) {
+            return None;
+        }
+        let (e, _) = read.table.find(hash, |k| k.borrow() == key)?;
+        (!e.is_expunged()).then_some((e, &*read.gen))
+    }
+
     /// Whether `read`, just loaded from this shard, belongs to a generation that a `clear` has
     /// ended (I6). Then that `clear` either replaced this shard's tiers after the load, or has
     /// not reached this shard yet; the lookup must not answer from `read` in either case (a
@@ -974,7 +995,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let mut value = Some(value);
         let mut new: Option<Pending<V>> = None;
         let read = self.read(guard);
-        let found = self.lookup(hash, &key, guard, false);
+        // Only the read tier is probed without the lock (Go's `Store` does the same): a key that
+        // only the dirty tier holds is found by `locate` under the lock, which an insert of a
+        // new key takes anyway, so its lock-free probe of the dirty table (one more cache miss
+        // per new key) would be wasted.
+        let found = self.lookup_read(read, hash, &key);
         let missed = found.is_none().then_some(read);
         if let Some((e, gen)) = found {
             if let Ok(old) = e.try_store(Pending::boxed(&mut new, &mut value)) {
