@@ -114,12 +114,9 @@ impl BenchMap for Tier {
     }
     #[inline]
     fn update(&self, k: u64, v: u64) -> bool {
-        // tiermap has no "replace if present" call: read, then CAS (two lookups).
-        let m = self.pin();
-        match m.get(&k) {
-            Some(&cur) => m.compare_exchange(&k, &cur, v).is_ok(),
-            None => false,
-        }
+        // Replace if present, as the peers' own calls do (papaya `update`, dashmap `get_mut`,
+        // scc `update_sync`): one lookup and a compare-and-swap.
+        self.pin().update(&k, |_| v).is_some()
     }
     fn range<F: FnMut(u64, u64) -> bool>(&self, mut f: F) {
         for (k, v) in self.pin().iter() {
