@@ -71,6 +71,7 @@ const SLOTS_FLOOR: usize = 1024;
 const ABSENT_MISS_SAMPLE: u64 = 16;
 /// A lookup that missed the read tier and found its key in the dirty tier counts toward
 /// promotion one time in this many, with this weight (see `sample_found_miss`).
+#[cfg(not(tiermap_loom))]
 const FOUND_MISS_SAMPLE: u32 = 8;
 /// Migration work units per locked step of `snapshot` and `compact`.
 const SNAPSHOT_STEP: usize = 1024;
