@@ -32,8 +32,9 @@ pub struct MapStats {
     /// Whether a dirty tier is being filled from the read tier.
     pub migrating: bool,
     /// Lookups since the last promotion that missed the read tier and found their key in the
-    /// dirty tier, plus one in 16 of those that found it nowhere (Go's promotion clock, which
-    /// counts every miss; see `docs/DESIGN.md`).
+    /// dirty tier (each thread adds 8 for every eighth one: the same count on average, with an
+    /// eighth of the writes to the shared counter), plus one in 16 of those that found it
+    /// nowhere (Go's promotion clock, which counts every miss; see `docs/DESIGN.md`).
     pub misses: usize,
     /// Approximate heap bytes held by the map: tables, entries and value cells.
     pub held_bytes: usize,

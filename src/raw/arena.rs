@@ -14,8 +14,13 @@
 //!   freed slots and move on to the next block with room, in address order; when no block has
 //!   room, allocate a new one about the size of all the others (the arena doubles), from
 //!   [`FIRST_SLOTS`] slots up to [`MAX_BLOCK`] bytes.
-//! * **Freeing** (lock-free, any thread): push the slot on the shared `freed` stack (its first
-//!   word links to the next). Pushers never pop, and the only pop takes the whole stack, so the
+//! * **Freeing in batches** (a retired table's entries, freed one after another by a graveyard
+//!   step or a dropped map): [`Arena::free_batch`] files 64 slots at a time on their blocks'
+//!   free lists under the arena's mutex (`entry::FreeBatch` gathers them). Through the stack
+//!   below, each slot would be one more cache miss when the lock holder walks the stack, one
+//!   after the other.
+//! * **Single frees** (lock-free, any thread): push the slot on the shared `freed` stack (its
+//!   first word links to the next). Pushers never pop, and the only pop takes the whole stack, so the
 //!   stack has no ABA problem. A freed slot still counts as used in its block until the lock
 //!   holder *collects* it (finds its block by address, moves it to the block's free list).
 //! * **Release**: [`Arena::release_unused`] collects and gives back every block none of whose

@@ -77,13 +77,16 @@ pub(crate) struct Corpse<K, V> {
 
 impl<K, V> Corpse<K, V> {
     /// # Safety
-    /// `tier` came from `Box::into_raw`, no reader can reach it (its grace period is over), it
-    /// owns the entries `owned` says (I3), and it is handed over exactly once.
+    /// `tier` came from `Box::into_raw` and is unpublished: no reader can reach it by the time
+    /// the corpse frees anything (either no guard can, or the corpse goes to the graveyard,
+    /// which frees it only after the grace period of a deferral made after this call); it owns
+    /// the entries `owned` says (I3), and it is handed over exactly once.
     pub(crate) unsafe fn new(tier: *mut Tier<K, V>, owned: Ownership<K, V>, bytes: usize) -> Self {
         #[cfg(debug_assertions)]
         if let Ownership::Listed(list) = &owned {
-            // SAFETY: per the caller, the tier is alive and unreachable by writers; small
-            // tables only, so that debug builds' promotions stay cheap.
+            // SAFETY: per the caller, the tier is alive (only the corpse frees it) and
+            // unpublished, so its slots no longer change (readers that still probe it only
+            // load them); small tables only, so that debug builds' promotions stay cheap.
             let table = unsafe { &(*tier).table };
             if table.capacity() <= 1 << 12 {
                 debug_assert_eq!(table.owned_count(), list.len(), "listed owned entries");
