@@ -34,6 +34,7 @@ mod maintain;
 #[cfg(feature = "rayon")]
 pub(crate) mod par;
 mod rmw;
+mod sample;
 mod sharded;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
@@ -53,6 +54,7 @@ use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
 use entry::{alloc_value, entry_bytes, free_value, take_value, Entry, State};
 use grave::{empty_tier, free_tier, Graveyard};
+use sample::{sample_absent_miss, sample_found_miss};
 use table::Table;
 
 pub(crate) use sharded::{MapIter, RawMap};
@@ -66,74 +68,10 @@ const DELETED_FLOOR: usize = 64;
 const ARENA_FLOOR: usize = 16 << 10;
 /// Table slots that may be held regardless of the live count before compaction starts.
 const SLOTS_FLOOR: usize = 1024;
-/// A lookup of a key that no tier holds counts toward promotion one time in this many (a power
-/// of two; see `Shard::lookup`).
-const ABSENT_MISS_SAMPLE: u64 = 16;
-/// A lookup that missed the read tier and found its key in the dirty tier counts toward
-/// promotion one time in this many, with this weight (see `sample_found_miss`).
-#[cfg(not(tiermap_loom))]
-const FOUND_MISS_SAMPLE: u32 = 8;
 /// Migration work units per locked step of `snapshot` and `compact`.
 const SNAPSHOT_STEP: usize = 1024;
 /// Slow-path operations between two calls of the observer.
 const OBSERVE_EVERY: u32 = 64;
-
-/// Whether this absent-key miss counts toward promotion: one in `ABSENT_MISS_SAMPLE` of the
-/// calling thread's absent-key misses, whatever the keys and the hasher.
-#[inline]
-fn sample_absent_miss(hash: u64) -> bool {
-    #[cfg(not(tiermap_loom))]
-    {
-        use std::cell::Cell;
-        thread_local! {
-            static ABSENT_MISSES: Cell<u32> = const { Cell::new(0) };
-        }
-        let _ = hash;
-        ABSENT_MISSES.with(|n| {
-            let v = n.get().wrapping_add(1);
-            n.set(v);
-            v % ABSENT_MISS_SAMPLE as u32 == 0
-        })
-    }
-    // Loom: a thread-local counter would carry over from one explored execution to the next
-    // and make them differ; a choice by the hash's top bits is deterministic (and models use
-    // few keys, of the std hasher).
-    #[cfg(tiermap_loom)]
-    {
-        (hash >> 60) % ABSENT_MISS_SAMPLE == 0
-    }
-}
-
-/// What this dirty-tier hit adds to the promotion clock: `FOUND_MISS_SAMPLE` one time in
-/// `FOUND_MISS_SAMPLE` of the calling thread's dirty-tier hits, else 0. The clock's expected
-/// value is the same as counting each hit once (Go's rule), but the shared counter, a locked
-/// read-modify-write that every reading core would otherwise take in turn, is written an
-/// eighth as often.
-#[inline]
-fn sample_found_miss() -> usize {
-    #[cfg(not(tiermap_loom))]
-    {
-        use std::cell::Cell;
-        thread_local! {
-            static FOUND_MISSES: Cell<u32> = const { Cell::new(0) };
-        }
-        FOUND_MISSES.with(|n| {
-            let v = n.get().wrapping_add(1);
-            n.set(v);
-            if v % FOUND_MISS_SAMPLE == 0 {
-                FOUND_MISS_SAMPLE as usize
-            } else {
-                0
-            }
-        })
-    }
-    // Loom: every hit counts once (a thread-local counter would carry over from one explored
-    // execution to the next), so that the models promote after exactly Go's number of misses.
-    #[cfg(tiermap_loom)]
-    {
-        1
-    }
-}
 
 /// A callback that watches the map's statistics (see `RawMap::observer`). It is handed a way
 /// to take a snapshot rather than a snapshot, so that a watcher can take it under its own lock
