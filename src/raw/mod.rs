@@ -24,6 +24,11 @@
 //!   newer than its shard's; `clear` bumps every shard's generation, holding every shard's lock,
 //!   before it replaces any shard's tiers; a lookup in a map of several shards answers only from
 //!   a read tier of its shard's current generation (`behind_clear`).
+//! * **I7 (fresh keys).** A key that the dirty tier holds and for which the read tier holds no
+//!   usable (unexpunged) entry was added by `insert_fresh`, which set its bit in the dirty
+//!   tier's filter (`Tier::fresh`) under the lock: the dirty tier's other keys are the read
+//!   tier's live entries, copied by the migration. Lock-free lookups (`surely_not_fresh`) and
+//!   `locate` under the lock skip the dirty table when the bit is clear.
 
 pub(crate) mod arena;
 pub(crate) mod background;
@@ -667,8 +672,13 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             }
         }
         if let Some(d) = st.tier.as_deref() {
-            if let Some((e, _)) = d.table.find(hash, |k| k.borrow() == key) {
-                return Place::Dirty(e);
+            // The read tier holds no usable entry for the key, so the dirty tier holds it only
+            // as a fresh key (I7), whose filter bit `insert_fresh` set under this lock: a clear
+            // bit spares the probe of the dirty table (a cache miss per new key).
+            if d.may_hold_fresh(hash) {
+                if let Some((e, _)) = d.table.find(hash, |k| k.borrow() == key) {
+                    return Place::Dirty(e);
+                }
             }
         }
         Place::Absent
