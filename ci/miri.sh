@@ -55,7 +55,10 @@ export MIRIFLAGS="${MIRIFLAGS:-${flags[*]}}"
 # machine with nextest -j 2; expect about half on an idle one):
 #   unit tests       31 tests, 7 minutes (each test is its own Miri process under nextest)
 #   fuzz_replay      the fuzz targets' logic on a few generated sequences (the replay test
-#                    shrinks itself under cfg(miri)) plus every regression test, 3.5 minutes
+#                    shrinks itself under cfg(miri), and its single-threaded programs run
+#                    without the background reclaimer there: see
+#                    `miri_without_background_reclaim`) plus every regression test, 2.3 minutes
+#                    (4.2 before that change)
 #   panic_injection  user-code panics at call indices 0, 1, 2, 4, 8, ... on one map shape
 #                    under cfg(miri)
 # Not run by default (select with MIRI_TESTS="..."):
