@@ -635,7 +635,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     }
 
     /// Finds `key` under the lock: in the read tier `read` (re-loaded under the lock), then in
-    /// the dirty tier. `missed` is the read tier in which the caller's lock-free lookup found
+    /// the dirty tier if its fresh-key filter has the key's bit (I7). `missed` is the read tier in which the caller's lock-free lookup found
     /// no usable entry for the key (loaded before that lookup), if any: if `read` is still that
     /// tier, its probe is skipped. A published read table gains no entries, and an entry that was
     /// expunged stays so, so the probe under the lock would miss too. (A read pointer never
@@ -674,7 +674,8 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         if let Some(d) = st.tier.as_deref() {
             // The read tier holds no usable entry for the key, so the dirty tier holds it only
             // as a fresh key (I7), whose filter bit `insert_fresh` set under this lock: a clear
-            // bit spares the probe of the dirty table (a cache miss per new key).
+            // bit spares the probe of the dirty table (about 28 instructions per new key; no
+            // cache miss, as the probed line is the one `insert_fresh` writes next).
             if d.may_hold_fresh(hash) {
                 if let Some((e, _)) = d.table.find(hash, |k| k.borrow() == key) {
                     return Place::Dirty(e);
