@@ -82,8 +82,8 @@ fn minimize(mut p: Program, check: &impl Fn(&Program)) -> Program {
 /// Under Miri, turns the background reclaimer off for a single-threaded differential test.
 /// Measured under Miri: with the reclaimer's thread on, one program of a dozen operations ran
 /// 3-4 s alone but the three programs of `differential_random_sequences` in a row took 390 s
-/// (the later programs run while the thread wakes every 10 ms of real time, and every wake is
-/// interpreted too); with it off, 43 s. The reclaimer's races with map operations stay under
+/// (not pinned down; presumably the later programs run while the thread wakes every 10 ms of
+/// real time, each wake interpreted too); with it off, 43 s. The reclaimer's races with map operations stay under
 /// Miri in the concurrent tests below and in `panic_injection` (where the thread makes the run
 /// faster). The setting is process-wide: under nextest (one process per test) it applies to this
 /// test only; in one shared process it applies to the tests that run after it too.
