@@ -83,10 +83,11 @@ fn minimize(mut p: Program, check: &impl Fn(&Program)) -> Program {
 /// Measured under Miri: with the reclaimer's thread on, one program of a dozen operations ran
 /// 3-4 s alone but the three programs of `differential_random_sequences` in a row took 390 s
 /// (not pinned down; presumably the later programs run while the thread wakes every 10 ms of
-/// real time, each wake interpreted too); with it off, 43 s. The reclaimer's races with map
-/// operations stay under Miri in the concurrent tests below and in `panic_injection` (where
-/// the thread makes the run faster). The setting is process-wide: under nextest (one process per test) it applies to this
-/// test only; in one shared process it applies to the tests that run after it too.
+/// real time, each wake interpreted too); with it off, 43 s. `panic_injection` does the same
+/// (its tests ran 2-3x faster without the thread). The reclaimer's races with map operations
+/// stay under Miri in the concurrent tests below. The setting is process-wide: under nextest
+/// (one process per test) it applies to this test only; in one shared process it applies to
+/// the tests that run after it too.
 fn miri_without_background_reclaim() {
     if cfg!(miri) {
         tiermap::memory::set_background_reclaim(false);
