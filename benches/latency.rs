@@ -6,6 +6,7 @@
 //!    then time one insert of a new key. In Go 1.9-1.23 this insert copies the whole read map
 //!    into a new dirty map under the lock. Median and max over several trials, each on a fresh
 //!    map.
+//!    The same trials also time the `drop` of the map right after that insert (a second table).
 //! 2. **Sliding-window churn.** Insert key `i`, remove key `i - W`, for `STEPS` steps, timing
 //!    every step (the insert and the remove); p50/p99/p99.9/p99.99/max. `LAT_CLOCK=cpu` times
 //!    with the thread's CPU clock instead of the wall clock, which takes the scheduler of a
@@ -45,8 +46,9 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Nanoseconds of the first new-key insert after a read-only phase, one trial.
-fn first_insert<M: BenchMap>(n: u64) -> u64 {
+/// Nanoseconds of the first new-key insert after a read-only phase, and of the `drop` of the
+/// map right after it (wall clock), one trial.
+fn first_insert<M: BenchMap>(n: u64) -> (u64, u64) {
     let m = M::with_capacity(0);
     for i in 0..n {
         m.store(i, i);
@@ -60,7 +62,9 @@ fn first_insert<M: BenchMap>(n: u64) -> u64 {
     m.store(n, n);
     let ns = t.elapsed().as_nanos() as u64;
     black_box(&m);
-    ns
+    let t = Instant::now();
+    drop(m);
+    (ns, t.elapsed().as_nanos() as u64)
 }
 
 /// Nanoseconds on the clock chosen by `LAT_CLOCK`: `wall` (default, `Instant`) or `cpu`
@@ -126,7 +130,7 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
-type FirstFn = fn(u64) -> u64;
+type FirstFn = fn(u64) -> (u64, u64);
 type ChurnFn = fn(u64, u64) -> Vec<u64>;
 
 fn main() {
@@ -153,10 +157,12 @@ fn main() {
     }
     println!("{head}");
     println!("{rule}");
-    let mut first_csv = String::from("map,n,trial,ns\n");
+    let mut first_csv = String::from("map,n,trial,ns,drop_ns\n");
     let mut rows = vec![String::new(); maps.len()];
+    let mut drop_rows = vec![String::new(); maps.len()];
     for (mi, (name, _, _)) in maps.iter().enumerate() {
         rows[mi] = format!("| {name} |");
+        drop_rows[mi] = format!("| {name} |");
     }
     for &n in &sizes {
         let trials = if n >= 1_000_000 {
@@ -167,17 +173,27 @@ fn main() {
             41
         };
         let mut per_map = vec![Vec::new(); maps.len()];
+        let mut drops = vec![Vec::new(); maps.len()];
         // Interleave maps trial by trial so that machine noise spreads over all of them.
         for trial in 0..trials {
             for (mi, (name, first, _)) in maps.iter().enumerate() {
-                let ns = first(n);
+                let (ns, drop_ns) = first(n);
                 per_map[mi].push(ns);
-                first_csv += &format!("{name},{n},{trial},{ns}\n");
+                drops[mi].push(drop_ns);
+                first_csv += &format!("{name},{n},{trial},{ns},{drop_ns}\n");
             }
         }
-        for (mi, mut v) in per_map.into_iter().enumerate() {
+        for (row, mut v) in rows.iter_mut().zip(per_map) {
             v.sort_unstable();
-            rows[mi] += &format!(
+            *row += &format!(
+                " {} | {} |",
+                fmt_ns(pct(&v, 0.5)),
+                fmt_ns(*v.last().unwrap())
+            );
+        }
+        for (row, mut v) in drop_rows.iter_mut().zip(drops) {
+            v.sort_unstable();
+            *row += &format!(
                 " {} | {} |",
                 fmt_ns(pct(&v, 0.5)),
                 fmt_ns(*v.last().unwrap())
@@ -185,6 +201,16 @@ fn main() {
         }
     }
     for r in rows {
+        println!("{r}");
+    }
+    // The same trials' maps: `drop` right after that insert (wall clock; tiermap's includes
+    // its `malloc_trim` when it frees 1 MiB or more).
+    println!();
+    println!("### `drop` of the map after that insert (median / max of the same trials)");
+    println!();
+    println!("{head}");
+    println!("{rule}");
+    for r in drop_rows {
         println!("{r}");
     }
 

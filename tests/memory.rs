@@ -205,4 +205,45 @@ fn memory_scenarios() {
         s.spare_bytes <= spare / 4,
         "(e) the freed slots were not reused: spare {spare} -> {s}"
     );
+    drop(map);
+    settle();
+
+    // (f) `drop` gives everything back, from a map in every state at once: a promoted read tier
+    // with deleted entries, a dirty tier with new keys, a migration under way and retired
+    // tables. Entries without drop glue (`u64 -> u64`) are given back block by block, without
+    // a walk; entries with it (`u64 -> String`) are walked and dropped.
+    fn busy<V: Send + Sync + 'static>(val: impl Fn(u64) -> V) -> SyncMap<u64, V> {
+        let map = SyncMap::new();
+        for i in 0..N {
+            map.insert(i, val(i));
+        }
+        let _ = map.pin().iter().count(); // promoted
+        for i in (0..N).step_by(3) {
+            map.remove(&i);
+        }
+        for i in N..N + 100 {
+            map.insert(i, val(i)); // the first one starts a migration
+        }
+        assert!(map.stats().migrating, "(f) {}", map.stats());
+        map
+    }
+    let base = heap();
+    let map = busy(|i| i);
+    let s = map.stats();
+    drop(map);
+    settle();
+    let after = heap() - base;
+    println!("(f) u64 -> u64: {after} bytes after drop of {s}");
+    assert!(after <= SMALL, "(f) u64 -> u64: {after} bytes after drop");
+    let base = heap();
+    let map = busy(|i| i.to_string());
+    let s = map.stats();
+    drop(map);
+    settle();
+    let after = heap() - base;
+    println!("(f) u64 -> String: {after} bytes after drop of {s}");
+    assert!(
+        after <= SMALL,
+        "(f) u64 -> String: {after} bytes after drop"
+    );
 }

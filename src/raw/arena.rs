@@ -407,6 +407,45 @@ impl Arena {
     }
 }
 
+impl Arena {
+    /// Whether [`Arena::release_all`] can give the slots back (not in loom builds, whose
+    /// slots are separate allocations).
+    pub(crate) fn can_release_all(&self) -> bool {
+        !self.passthrough
+    }
+
+    /// Gives every block back to the allocator, whatever its slots hold, and leaves the arena
+    /// empty, as new. For a dropped map whose entries have no drop glue: freeing them one by
+    /// one would only file each slot on its block's free list (a cache miss per entry) before
+    /// the blocks go anyway. Returns the bytes released.
+    ///
+    /// # Safety
+    /// [`Arena::can_release_all`]; no slot handed out is used again: nothing reads, writes,
+    /// drops or frees any of them after this call (what they hold needs no drop), and no
+    /// thread is in [`Arena::free`] meanwhile.
+    pub(crate) unsafe fn release_all(&self) -> usize {
+        debug_assert!(self.can_release_all());
+        let mut b = lock(&self.blocks);
+        // Slots on the freed stack lie in the blocks given back below: forget them. Acquire
+        // pairs with the release CAS of each push: its write of the link happens before the
+        // block is freed.
+        self.freed.swap(ptr::null_mut(), Acquire);
+        let mut released = 0;
+        for block in b.list.drain(..) {
+            // SAFETY: per the caller, nothing uses any slot of the block again; it came from
+            // `grow` with this layout and is freed once (drained from the list).
+            unsafe { alloc::dealloc(block.start, self.block_layout(block.bytes)) };
+            released += block.bytes;
+        }
+        b.cur = 0;
+        b.used = 0;
+        b.emptied = false;
+        // Relaxed: a statistic.
+        self.held.fetch_sub(released, Relaxed);
+        released
+    }
+}
+
 impl Drop for Arena {
     fn drop(&mut self) {
         // Whoever drops the arena (the last owner of the map's graveyard) has freed every entry

@@ -82,6 +82,15 @@ const fn inline<V>() -> bool {
     !std::mem::needs_drop::<V>()
 }
 
+/// Whether freeing an entry of `K, V` does anything but give its slot back: `false` when
+/// neither the key nor the value has drop glue (the value is then inline, and the entry owns
+/// nothing outside its slot), so that a dropped map can give its arena's blocks back whole
+/// ([`Arena::release_all`]) without visiting its entries.
+#[inline]
+pub(crate) const fn entries_need_drop<K, V>() -> bool {
+    std::mem::needs_drop::<K>() || !inline::<V>()
+}
+
 /// The layout of an entry allocation and the offset of its inline value slot (0 if none).
 #[inline]
 fn entry_layout<K, V>() -> (Layout, usize) {

@@ -1320,11 +1320,30 @@ impl<K, V> Drop for Shard<K, V> {
         // SAFETY: as said; no operation of the map runs.
         let retired = unsafe { self.grave.close() };
         let (read, dirty, upto) = self.take_tiers();
-        // SAFETY: `&mut self`: no guard can reach the tiers, so they are freed now; I3 says what
-        // each owns.
-        unsafe {
-            free_tiers(read, upto, dirty, &self.grave.arena);
-            drop(Box::from_raw(self.read.load(Relaxed)));
+        let arena = &self.grave.arena;
+        if !entry::entries_need_drop::<K, V>() && arena.can_release_all() {
+            // The entries own nothing but their slots: the tables go, then the arena's blocks
+            // whole, without a walk over the slots (dropping 1M `u64 -> u64` took 52-76 ms
+            // with the walk).
+            // SAFETY: `&mut self`: no guard can reach the tiers or their entries; `close` above
+            // freed every retired item and waited for any the background reclaimer was freeing,
+            // so no thread frees a slot meanwhile; each tier came from `Box::into_raw` and is
+            // freed once; the entries need no drop (checked above).
+            unsafe {
+                drop(Box::from_raw(read));
+                if !dirty.is_null() {
+                    drop(Box::from_raw(dirty));
+                }
+                arena.release_all();
+                drop(Box::from_raw(self.read.load(Relaxed)));
+            }
+        } else {
+            // SAFETY: `&mut self`: no guard can reach the tiers, so they are freed now; I3 says
+            // what each owns.
+            unsafe {
+                free_tiers(read, upto, dirty, arena);
+                drop(Box::from_raw(self.read.load(Relaxed)));
+            }
         }
         // Every entry is freed: the blocks go back now, not when the graveyard (which deferred
         // closures may keep alive) is dropped.
