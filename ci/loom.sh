@@ -21,11 +21,12 @@
 # every model's bound (e.g. LOOM_MAX_PREEMPTIONS=2 for a long local run). LOOM_MAX_BRANCHES
 # defaults to 100000 in the models (an execution takes a few thousand scheduling points).
 #
-# Time on this 2-core machine: about 4.5 min wall for the models while the machine was shared
-# with other jobs (184 s of CPU, two models at a time), plus ~2 min to build loom and its
-# dependencies in release on a fresh clone; about 2 min of models on an idle machine. The long
-# poles are the compaction model (~140 s wall, bound 1) and the bound-2 promotion models
-# (~100 s each). Per-model counts and times are printed (--nocapture) and listed in
+# Time on this 2-core machine: 755 s wall in the fresh-clone CI run of 2026-12-02 (51 s of it
+# the release build of loom and its dependencies; the machine ran about 2x slower than usual
+# that day), 434 s of models on an idle day. The long pole is `remove_vs_insert_same_key`
+# (bound 2: 669,444 executions, 291 s on the slow day), then the bound-2 promotion models
+# (~100 s each); the compaction model took 424 s before it was split in two (8a and 8b: 91 s
+# and 5 s). Per-model counts and times are printed (--nocapture) and listed in
 # loom-tests/README.md.
 #
 # Installs nothing: cargo only. Extra arguments go to the test binary (e.g. a model name filter).
