@@ -657,4 +657,28 @@ mod tests {
             assert_eq!(arena.held_bytes(), 0);
         }
     }
+
+    #[test]
+    fn release_all_gives_every_block_back_whatever_is_in_use() {
+        let arena = arena();
+        let n = if cfg!(miri) { 300 } else { 20_000 };
+        let slots = fill(&arena, n);
+        let held = arena.held_bytes();
+        assert!(held >= n * SLOT, "held {held}");
+        // Some slots freed in a batch, some on the freed stack, the rest still in use.
+        // SAFETY: each came from `alloc` and is freed once.
+        unsafe { arena.free_batch(&slots[..n / 3]) };
+        free_all(&arena, &slots[n / 3..n / 2]);
+        assert!(arena.can_release_all());
+        // SAFETY: no slot is used again below.
+        assert_eq!(unsafe { arena.release_all() }, held);
+        assert_eq!(arena.held_bytes(), 0);
+        assert_eq!(arena.spare_bytes(), 0);
+        // The arena is as new: slots come from a new first block, and it can be dropped.
+        let again = fill(&arena, 10);
+        check(&again, 0);
+        assert_eq!(arena.held_bytes(), FIRST_SLOTS * SLOT);
+        free_all(&arena, &again);
+        assert_eq!(arena.release_unused(), FIRST_SLOTS * SLOT);
+    }
 }

@@ -963,6 +963,38 @@ mod tests {
         assert_eq!(DROPS.load(SeqCst), 2 * SIZE as usize + 1);
     }
 
+    /// A map of `u64 -> u64` (no drop glue: its drop gives the entry blocks back whole,
+    /// `Arena::release_all`) dropped with a promoted read tier holding deleted entries, a
+    /// migration under way, and retired tiers (a promotion's, a `clear`'s) not freed yet.
+    #[test]
+    fn dropping_a_map_of_plain_entries_frees_its_blocks_whole() {
+        let map: SyncMap<u64, u64> = SyncMap::new();
+        let shard = &map.raw().shards()[0];
+        shard.grave.keep_from_background();
+        for i in 0..SIZE {
+            map.insert(i, i);
+        }
+        let _ = map.pin().iter().count();
+        map.clear();
+        for i in 0..SIZE {
+            map.insert(i, i);
+        }
+        let _ = map.pin().iter().count();
+        for i in (0..SIZE).step_by(3) {
+            map.remove(&i);
+        }
+        map.insert(SIZE, SIZE);
+        let s = map.stats();
+        assert!(s.migrating && s.deleted > 0, "{s}");
+        assert!(shard.grave.arena.held_bytes() > 0);
+        let grave = std::sync::Arc::clone(&shard.grave);
+        drop(map);
+        // The graveyard outlives the map here (as it may in a deferred closure): its arena is
+        // empty.
+        assert_eq!(grave.arena.held_bytes(), 0);
+        assert!(grave.is_empty());
+    }
+
     #[test]
     fn a_panicking_destructor_loses_nothing_else() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
