@@ -209,8 +209,8 @@ fn memory_scenarios() {
     settle();
 
     // (f) `drop` gives everything back, from a map in every state at once: a promoted read tier
-    // with deleted entries, a dirty tier with new keys, a migration under way and retired
-    // tables. Entries without drop glue (`u64 -> u64`) are given back block by block, without
+    // with deleted entries and replaced values, a dirty tier with new keys, a migration under
+    // way and retired tables. Entries without drop glue (`u64 -> u64`) are given back block by block, without
     // a walk; entries with it (`u64 -> String`) are walked and dropped.
     fn busy<V: Send + Sync + 'static>(val: impl Fn(u64) -> V) -> SyncMap<u64, V> {
         let map = SyncMap::new();
@@ -218,6 +218,11 @@ fn memory_scenarios() {
             map.insert(i, val(i));
         }
         let _ = map.pin().iter().count(); // promoted
+        for i in (1..N).step_by(5) {
+            // A replaced value lives outside its entry (even a `u64`: the entry's own slot
+            // held the first one), and the entry owns it.
+            map.insert(i, val(i + 1));
+        }
         for i in (0..N).step_by(3) {
             map.remove(&i);
         }

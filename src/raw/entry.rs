@@ -78,14 +78,16 @@ pub(crate) fn entry_bytes<K, V>(live: bool) -> usize {
 
 /// Whether values of type `V` are stored inline in their entry (see the module docs).
 #[inline]
-const fn inline<V>() -> bool {
+pub(crate) const fn inline<V>() -> bool {
     !std::mem::needs_drop::<V>()
 }
 
-/// Whether freeing an entry of `K, V` does anything but give its slot back: `false` when
-/// neither the key nor the value has drop glue (the value is then inline, and the entry owns
-/// nothing outside its slot), so that a dropped map can give its arena's blocks back whole
-/// ([`Arena::release_all`]) without visiting its entries.
+/// Whether freeing an entry of `K, V` can do anything but give its slot back: `false` when
+/// neither the key nor the value has drop glue (the value is then inline). Such an entry still
+/// owns a value outside its slot after a replacement (the slot held the first value): the
+/// shard records whether that ever happened (`Shard::cells`), and while it has not, a dropped
+/// map gives its arena's blocks back whole ([`Arena::release_all`]) without visiting its
+/// entries.
 #[inline]
 pub(crate) const fn entries_need_drop<K, V>() -> bool {
     std::mem::needs_drop::<K>() || !inline::<V>()

@@ -303,13 +303,24 @@ impl<K, V> Place<K, V> {
 struct Pending<V>(*mut V);
 
 impl<V> Pending<V> {
-    fn new(value: V) -> Self {
+    /// Allocates `value` outside any entry; for a `V` stored inline, first records in the
+    /// shard's `cells` flag that an entry may come to own such a value (see `Shard::cells`).
+    fn new(value: V, cells: &std::sync::atomic::AtomicBool) -> Self {
+        // Relaxed: read only by the shard's drop, with exclusive access, which every operation
+        // that set it happens before.
+        if entry::inline::<V>() && !cells.load(Relaxed) {
+            cells.store(true, Relaxed);
+        }
         Pending(alloc_value(value))
     }
 
     /// The allocation in `slot`, made from `value` the first time.
-    fn boxed(slot: &mut Option<Pending<V>>, value: &mut Option<V>) -> *mut V {
-        slot.get_or_insert_with(|| Pending::new(value.take().expect("value moved once")))
+    fn boxed(
+        slot: &mut Option<Pending<V>>,
+        value: &mut Option<V>,
+        cells: &std::sync::atomic::AtomicBool,
+    ) -> *mut V {
+        slot.get_or_insert_with(|| Pending::new(value.take().expect("value moved once"), cells))
             .0
     }
     fn publish(self) -> *mut V {
@@ -353,6 +364,12 @@ pub(crate) struct Shard<K, V> {
     /// lock, when the operation returns (`RawMap::observe_due`). A std atomic: a hint that no
     /// decision of the algorithm depends on.
     pub(crate) observe_due: std::sync::atomic::AtomicBool,
+    /// Some entry may own a value outside its slot although `V` is stored inline (a replaced,
+    /// swapped or revived value: the entry's own slot held its first one). Set once, before the
+    /// first such value is allocated (`Pending::new`); while it is clear, `drop` gives the
+    /// entry blocks back whole without visiting the entries. A std atomic: read only with
+    /// exclusive access, and loom builds always visit the entries.
+    cells: std::sync::atomic::AtomicBool,
     /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
     /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
@@ -428,6 +445,7 @@ impl<K, V> Shard<K, V> {
             generation: AtomicU64::new(0),
             sharded,
             observe_due: std::sync::atomic::AtomicBool::new(false),
+            cells: std::sync::atomic::AtomicBool::new(false),
             reclaimer,
             _owns: PhantomData,
         }
@@ -952,7 +970,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let found = self.lookup_read(read, hash, &key);
         let missed = found.is_none().then_some(read);
         if let Some((e, gen)) = found {
-            if let Ok(old) = e.try_store(Pending::boxed(&mut new, &mut value)) {
+            if let Ok(old) = e.try_store(Pending::boxed(&mut new, &mut value, &self.cells)) {
                 let _ = new.take().map(Pending::publish);
                 return self.after_store(e, gen, old, guard);
             }
@@ -966,7 +984,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                     // Not expunged: a read entry was checked under the lock (only migration,
                     // under the lock, expunges) and a dirty entry never is.
                     let old = e
-                        .try_store(Pending::boxed(&mut new, &mut value))
+                        .try_store(Pending::boxed(&mut new, &mut value, &self.cells))
                         .expect("entry under lock is not expunged");
                     let _ = new.take().map(Pending::publish);
                     this.after_store(e, &read.gen, old, guard)
@@ -1126,7 +1144,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             if value.is_none() && boxed.is_none() {
                 *value = Some((f.take().expect("value computed once"))());
             }
-            Pending::boxed(boxed, value)
+            Pending::boxed(boxed, value, &self.cells)
         };
         let read = self.read(guard);
         let found = self.lookup(hash, &key, guard, true);
@@ -1174,7 +1192,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                         // SAFETY: as above; the value is dropped (a cell freed) unpublished.
                         State::Live(p) => break GetOrInsert::Loaded(unsafe { &*p }),
                         State::Deleted => {
-                            let v = Pending::boxed(&mut boxed, &mut value);
+                            let v = Pending::boxed(&mut boxed, &mut value, &self.cells);
                             if e.try_revive(v).is_ok() {
                                 let _ = boxed.take().map(Pending::publish);
                                 read.gen.live.fetch_add(1, Relaxed);
@@ -1234,7 +1252,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                     if !pred(cur) {
                         return Replace::Mismatch(cur, give_back(value, boxed));
                     }
-                    let newp = Pending::boxed(&mut boxed, &mut value);
+                    let newp = Pending::boxed(&mut boxed, &mut value, &self.cells);
                     if e.replace_exact(p, newp).is_ok() {
                         let _ = boxed.take().map(Pending::publish);
                         // SAFETY: we unlinked `p` with our CAS; retired once, here.
@@ -1321,14 +1339,16 @@ impl<K, V> Drop for Shard<K, V> {
         let retired = unsafe { self.grave.close() };
         let (read, dirty, upto) = self.take_tiers();
         let arena = &self.grave.arena;
-        if !entry::entries_need_drop::<K, V>() && arena.can_release_all() {
-            // The entries own nothing but their slots: the tables go, then the arena's blocks
-            // whole, without a walk over the slots (dropping 1M `u64 -> u64` took 52-76 ms
-            // with the walk).
+        let plain = !entry::entries_need_drop::<K, V>() && !*self.cells.get_mut();
+        if plain && arena.can_release_all() {
+            // The entries own nothing but their slots (no drop glue, every value in its
+            // entry's own slot): the tables go, then the arena's blocks whole, without a walk
+            // over the slots (dropping 1M `u64 -> u64` took 52-76 ms with the walk).
             // SAFETY: `&mut self`: no guard can reach the tiers or their entries; `close` above
             // freed every retired item and waited for any the background reclaimer was freeing,
             // so no thread frees a slot meanwhile; each tier came from `Box::into_raw` and is
-            // freed once; the entries need no drop (checked above).
+            // freed once; the entries need no drop (checked above: no drop glue, and `cells`
+            // clear, so no entry holds a value outside its slot).
             unsafe {
                 drop(Box::from_raw(read));
                 if !dirty.is_null() {

@@ -75,7 +75,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                         // is pinned (values are retired through the epoch).
                         let cur = unsafe { &*p };
                         // Allocated only after `f` returned: a panic in `f` leaves nothing.
-                        let new = Pending::new(f(cur));
+                        let new = Pending::new(f(cur), &self.cells);
                         #[cfg(not(tiermap_mutation = "rmw_blind_store"))]
                         let stored = e.replace_exact(p, new.0);
                         // Seeded bug for the loom models (never built otherwise): store the
@@ -175,7 +175,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                     match f(Some(cur), back.take()) {
                         Op::Keep => return Attempt::Done(Computed::Unchanged(cur)),
                         Op::Insert(v) => {
-                            let new = Pending::new(v);
+                            let new = Pending::new(v, &self.cells);
                             match e.replace_exact(p, new.0) {
                                 Ok(()) => {
                                     let new = new.publish();
@@ -206,7 +206,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                 State::Deleted => match f(None, back.take()) {
                     Op::Keep | Op::Remove => return Attempt::Done(Computed::Absent),
                     Op::Insert(v) => {
-                        let new = Pending::new(v);
+                        let new = Pending::new(v, &self.cells);
                         match e.try_revive(new.0) {
                             Ok(()) => {
                                 let new = new.publish();
@@ -263,7 +263,8 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             match e.load() {
                 State::Live(_) => Locked::Present(e, &read.gen),
                 State::Deleted => {
-                    let new = Pending::new(value.take().expect("value kept until stored"));
+                    let new =
+                        Pending::new(value.take().expect("value kept until stored"), &self.cells);
                     match e.try_revive(new.0) {
                         Ok(()) => {
                             let new = new.publish();
