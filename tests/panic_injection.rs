@@ -299,7 +299,15 @@ impl Fixture {
             Some(2),
             "{what}: reuse"
         );
-        self.check(what);
+        if cfg!(miri) {
+            // Under Miri the full check already ran once for this attempt (`inject`, right
+            // before); without the second one `lookups` took 46 s instead of 62 and `removes`
+            // 46 instead of 56. Miri looks for undefined behaviour; the native run keeps both
+            // checks.
+            assert_eq!(self.map.len(), self.model.len(), "{what}: len after reuse");
+        } else {
+            self.check(what);
+        }
     }
 
     /// Drops the map and checks that every key and value was dropped exactly once.
