@@ -415,9 +415,10 @@ impl Arena {
     }
 
     /// Gives every block back to the allocator, whatever its slots hold, and leaves the arena
-    /// empty, as new. For a dropped map whose entries have no drop glue: freeing them one by
-    /// one would only file each slot on its block's free list (a cache miss per entry) before
-    /// the blocks go anyway. Returns the bytes released.
+    /// empty, as new. For a dropped map whose entries own nothing outside their slots (no drop
+    /// glue, no value cell): freeing them one by one would only file each slot on its block's
+    /// free list (a cache miss per entry) before the blocks go anyway. Returns the bytes
+    /// released.
     ///
     /// # Safety
     /// [`Arena::can_release_all`]; no slot handed out is used again: nothing reads, writes,
