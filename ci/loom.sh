@@ -21,9 +21,10 @@
 # every model's bound (e.g. LOOM_MAX_PREEMPTIONS=2 for a long local run). LOOM_MAX_BRANCHES
 # defaults to 100000 in the models (an execution takes a few thousand scheduling points).
 #
-# Time on this 2-core machine: 755 s wall in the fresh-clone CI run of 2026-12-02 (51 s of it
-# the release build of loom and its dependencies; the machine ran about 2x slower than usual
-# that day), 434 s of models on an idle day. The long pole is `remove_vs_insert_same_key`
+# Time on this 2-core machine: 500 s wall in the last fresh-clone CI run of 2026-12-02 (53 s of
+# it the release build of loom and its dependencies; the machine ran about 2x slower than usual
+# that day; 755 s before the compaction model was split and the longest model started first),
+# 434 s of models on an idle day before. The long pole is `remove_vs_insert_same_key`
 # (bound 2: 669,444 executions, 291-318 s on the slow day; started first, below), then the
 # bound-2 promotion models (~100 s each); the compaction model took 424 s before it was split in two (8a and 8b: 91 s
 # and 5 s). Per-model counts and times are printed (--nocapture) and listed in
