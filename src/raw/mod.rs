@@ -183,6 +183,15 @@ impl<K, V> Tier<K, V> {
         word.store(word.load(Relaxed) | m, Relaxed);
     }
 
+    /// Hints the CPU to fetch the filter word of `hash` (see `prefetch_dirty`).
+    #[inline]
+    fn prefetch_fresh(&self, hash: u64) {
+        if !self.fresh.is_empty() {
+            let (w, _) = self.fresh_bit(hash);
+            table::prefetch_line(self.fresh.as_ptr().wrapping_add(w));
+        }
+    }
+
     /// Whether this (dirty) tier may hold a fresh key of hash `hash` (false: it surely does
     /// not). Relaxed: see `note_fresh`.
     #[inline]
@@ -962,6 +971,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     {
         let mut value = Some(value);
         let mut new: Option<Pending<V>> = None;
+        self.prefetch_dirty(hash, guard);
         let read = self.read(guard);
         // Only the read tier is probed without the lock (Go's `Store` does the same): a key that
         // only the dirty tier holds is found by `locate` under the lock, which an insert of a
@@ -1000,6 +1010,36 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                 }
             }
         })
+    }
+
+    /// Hints the CPU to fetch the lines of the dirty tier that adding a key of hash `hash`
+    /// touches (the filter word, the home slot and its group counter), at the start of an
+    /// operation that may add one: the probe of the read tier, the lock and `insert_fresh`
+    /// then wait for one cache miss at a time less (measured: BENCHMARKS.md, "Engine v2, the
+    /// sixth stop"). A key that turns out present wastes the hint.
+    ///
+    /// Not in loom builds: the hint's load of `dirty_view` is an atomic access the models
+    /// would interleave, for reads that decide nothing.
+    #[inline(always)]
+    pub(super) fn prefetch_dirty(&self, hash: u64, guard: &Guard) {
+        #[cfg(not(tiermap_loom))]
+        {
+            let _ = guard;
+            // Acquire pairs with the release stores in `set_dirty`: the tier's header (its
+            // table's slot pointer and capacity, its filter), written before the tier was
+            // published, is visible.
+            let d = self.dirty_view.load(Acquire);
+            if !d.is_null() {
+                // SAFETY: a tier loaded from `dirty_view` under `guard` (pinned by the caller
+                // before this load) stays allocated until the guard is dropped: tiers are
+                // retired through the epoch (as in `lookup_amended`). Only its header is read.
+                let dirty = unsafe { &*d };
+                dirty.prefetch_fresh(hash);
+                dirty.table.prefetch_home(hash);
+            }
+        }
+        #[cfg(tiermap_loom)]
+        let _ = (hash, guard);
     }
 
     /// Retires the value an insert replaced, or counts a revived key in `gen` (the generation
@@ -1146,6 +1186,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             }
             Pending::boxed(boxed, value, &self.cells)
         };
+        self.prefetch_dirty(hash, guard);
         let read = self.read(guard);
         let found = self.lookup(hash, &key, guard, true);
         let missed = found.is_none().then_some(read);

@@ -130,6 +130,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let mut key = Some(key);
         // The value of a failed `Op::Insert`, handed back at `f`'s next call.
         let mut back: Option<V> = None;
+        self.prefetch_dirty(hash, guard);
         loop {
             let k = key.as_ref().expect("key kept until inserted");
             let (e, gen) = match self.lookup(hash, k, guard, true) {
