@@ -320,6 +320,46 @@ fn miss_driven_promotion() {
 }
 
 #[test]
+fn a_migration_after_removals_sizes_its_table_by_the_live_entries() {
+    // A promoted read tier of 20,000 entries, 5,000 of them removed (too few for a compaction):
+    // the dirty table the next new key starts need not make room for the 5,000 deleted entries
+    // it will drop, only for those that could be revived before it copies them (load 3/4).
+    let n: u64 = if cfg!(miri) { 2_000 } else { 20_000 };
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..n {
+        map.insert(i, i);
+    }
+    let _ = map.pin().iter().count(); // promote: no dirty tier now
+    for i in 0..n / 4 {
+        assert_eq!(map.remove(&i).map(|v| *v), Some(i));
+    }
+    let before = map.stats();
+    assert!(
+        before.dirty_capacity == 0 && before.deleted as u64 == n / 4,
+        "{before}"
+    );
+    map.insert(n, n);
+    let s = map.stats();
+    assert!(s.migrating, "{s}");
+    let occupied = s.len + s.deleted;
+    assert!(
+        s.dirty_capacity < 2 * occupied,
+        "sized for the deleted entries too: {s}"
+    );
+    assert!(
+        s.dirty_capacity * 3 / 4 >= occupied,
+        "no room for every entry the migration could copy: {s}"
+    );
+    for i in 0..n / 4 {
+        assert_eq!(map.get_cloned(&i), None);
+    }
+    for i in n / 4..=n {
+        assert_eq!(map.get_cloned(&i), Some(i));
+    }
+    assert_eq!(map.len() as u64, n - n / 4 + 1);
+}
+
+#[test]
 fn first_new_key_after_read_only_phase_does_not_copy_the_map() {
     let map: SyncMap<u64, u64> = (0..HUGE).map(|i| (i, i)).collect();
     let _ = map.pin().iter().count(); // promote: no dirty tier now

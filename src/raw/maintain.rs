@@ -98,10 +98,13 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let t = &read.table;
         let work = Self::migration_work(t);
         let budget = Self::migration_budget(t, read.gen.live());
-        // I5: room for every read entry plus one fresh key per operation of the migration, at
-        // load factor 1/2.
+        // I5: room at load factor 3/4 for every read entry (a deleted one may be revived and
+        // copied) plus one fresh key per operation of the migration; and growth room, load
+        // factor 1/2 for the live entries and those fresh keys. Sized by the live entries, not
+        // the occupied slots, so that deleted entries the migration drops take no room.
         let ops = work.div_ceil(budget) + 1;
-        let slots = 2 * (t.len() + ops);
+        let live = read.gen.live().min(t.len());
+        let slots = (2 * (live + ops)).max((t.len() + ops) * 4 / 3 + 4);
         self.set_dirty(st, Some(Tier::boxed(slots, read.gen.clone())));
         st.cursor = 0;
         st.budget = budget;

@@ -17,9 +17,10 @@
 //!   decided: each live entry there is also in the dirty tier, each deleted one is expunged and
 //!   tagged. A dirty tier is promoted only when `cursor == read.capacity()`, so it then holds
 //!   every key that is present.
-//! * **I5 (capacity).** A dirty tier is created with at least twice the slots needed for every
-//!   entry the read tier holds plus one fresh key per slow operation until the migration ends,
-//!   so it cannot fill up before it can be promoted.
+//! * **I5 (capacity).** A dirty tier is created with room, at load factor 3/4, for every entry
+//!   the read tier holds (live or deleted: a deleted one may be revived and copied) plus one
+//!   fresh key per slow operation until the migration ends, so it cannot fill up before it can
+//!   be promoted; and with twice the slots that the live entries and those fresh keys need.
 //! * **I6 (generations across shards).** A tier carries the generation it was created in, never
 //!   newer than its shard's; `clear` bumps every shard's generation, holding every shard's lock,
 //!   before it replaces any shard's tiers; a lookup in a map of several shards answers only from
