@@ -324,7 +324,7 @@ fn a_migration_after_removals_sizes_its_table_by_the_live_entries() {
     // A promoted read tier of 20,000 entries, 5,000 of them removed (too few for a compaction):
     // the dirty table the next new key starts need not make room for the 5,000 deleted entries
     // it will drop, only for those that could be revived before it copies them (load 3/4).
-    let n: u64 = if cfg!(miri) { 2_000 } else { 20_000 };
+    let n: u64 = if cfg!(miri) { 400 } else { 20_000 };
     let map: SyncMap<u64, u64> = SyncMap::new();
     for i in 0..n {
         map.insert(i, i);
