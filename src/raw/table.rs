@@ -39,7 +39,7 @@
 use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use super::entry::Entry;
+use super::entry::{entry_bytes, Entry};
 use crate::facade::{zeroed_slice, AtomicPtr, AtomicUsize, GROUP_SLOTS};
 
 /// Tag bit on a slot's entry pointer: this table is the last one to hold the entry (a migration
@@ -378,9 +378,10 @@ impl<K, V> Table<K, V> {
         }
         let to = group_end.min(from.saturating_add(max));
         // In runs: take the run's entries out of their slots and prefetch them, then hand them
-        // out. Entries sit in the heap in insertion order and slots in hash order, so each one
-        // is a cache miss (its header is read by `free`); prefetching a run overlaps those
-        // misses (`drop` of 1M entries: 140-170 ms -> 118-125 ms, BENCHMARKS.md section 4b).
+        // out. Entries sit in their blocks in insertion order and slots in hash order, so each
+        // one is a cache miss (`free` reads it: its state, its key and value's drop); prefetching
+        // a run overlaps those misses (`drop` of 1M entries, when entries were still one malloc
+        // each: 140-170 ms -> 118-125 ms, BENCHMARKS.md section 4b).
         const RUN: usize = 16;
         let mut i = from;
         while i < to {
@@ -487,23 +488,15 @@ pub(crate) fn prefetch_line<T>(p: *const T) {
     }
 }
 
-/// Hints the CPU to fetch the cache lines of `e` and of its allocation header (which `free`
-/// reads), without waiting. A no-op where unsupported (and under Miri).
+/// Hints the CPU to fetch the cache lines of the entry at `e` (its slot: the entry and its
+/// inline value): the first, and the last if the slot spans two. A no-op where unsupported
+/// (and under Miri).
 #[inline(always)]
-pub(crate) fn prefetch<T>(e: *const T) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = e.cast::<i8>();
-        // SAFETY: prefetching never faults, whatever the address (it is only a hint); SSE is
-        // part of the x86_64 baseline.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_sub(16));
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    {
-        let _ = e;
+pub(crate) fn prefetch<K, V>(e: *const Entry<K, V>) {
+    let first = e.addr();
+    let last = first + entry_bytes::<K, V>(false) - 1;
+    prefetch_line(e);
+    if last / 64 != first / 64 {
+        prefetch_line(e.cast::<u8>().wrapping_add(last - first));
     }
 }
