@@ -299,7 +299,7 @@ impl<K, V> Table<K, V> {
     ) -> usize {
         /// How far ahead of the visited slot its entry is prefetched.
         #[cfg(not(tiermap_loom))]
-        const AHEAD: usize = 8;
+        const AHEAD: usize = 16;
         let mut work = 0usize;
         let budget = budget.saturating_mul(16);
         let cap = self.capacity();
