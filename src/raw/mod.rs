@@ -35,6 +35,7 @@ pub(crate) mod arena;
 pub(crate) mod background;
 pub(crate) mod batch;
 pub(crate) mod entry;
+mod filter;
 pub(crate) mod grave;
 mod maintain;
 #[cfg(feature = "rayon")]

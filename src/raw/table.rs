@@ -40,6 +40,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::entry::{entry_bytes, Entry};
+use super::filter::KeyFilter;
 use crate::facade::{zeroed_slice, AtomicPtr, AtomicUsize, GROUP_SLOTS};
 
 /// Tag bit on a slot's entry pointer: this table is the last one to hold the entry (a migration
@@ -106,6 +107,9 @@ pub(crate) struct Table<K, V> {
     // Groups that ever held an entry (slots are cleared only by `release_slots`, which
     // decrements this too).
     groups_used: AtomicUsize,
+    // Invariant: holds the hash of every entry that `insert_unique` put in a slot, recorded
+    // before the slot was published (`raw/filter.rs`).
+    filter: KeyFilter,
 }
 
 impl<K, V> Table<K, V> {
@@ -121,6 +125,7 @@ impl<K, V> Table<K, V> {
             used: zeroed_slice(cap / group_len),
             len: AtomicUsize::new(0),
             groups_used: AtomicUsize::new(0),
+            filter: KeyFilter::new(cap),
         }
     }
 
@@ -157,10 +162,11 @@ impl<K, V> Table<K, V> {
         self.groups_used.load(Relaxed) * self.group_len()
     }
 
-    /// Heap bytes held by the table itself (slots and group counters).
+    /// Heap bytes held by the table itself (slots, group counters and key filter).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.capacity() * size_of::<AtomicPtr<Entry<K, V>>>()
             + self.used.len() * size_of::<AtomicUsize>()
+            + self.filter.heap_bytes()
     }
 
     #[inline]
@@ -179,6 +185,9 @@ impl<K, V> Table<K, V> {
         let i = self.home(hash);
         prefetch_line(self.slots.wrapping_add(i));
         prefetch_line(self.used.as_ptr().wrapping_add(i >> self.group_shift));
+        if let Some(w) = self.filter.word_of(hash) {
+            prefetch_line(w);
+        }
     }
 
     #[inline]
@@ -200,6 +209,7 @@ impl<K, V> Table<K, V> {
     }
 
     /// Finds the entry for `hash` whose key satisfies `eq`. Returns the entry and its slot index.
+    /// A hash the key filter rejects ends here, without reading a slot.
     ///
     /// Safe to call on a published (frozen) table from any thread, or on the dirty table under
     /// the lock.
@@ -210,6 +220,9 @@ impl<K, V> Table<K, V> {
         mut eq: impl FnMut(&K) -> bool,
     ) -> Option<(&Entry<K, V>, usize)> {
         if self.capacity() == 0 {
+            return None;
+        }
+        if !self.filter.may_contain(hash) {
             return None;
         }
         let tag = tag_of(hash);
@@ -241,6 +254,9 @@ impl<K, V> Table<K, V> {
         let hash = unsafe { (*entry).hash };
         debug_assert!(fits_tag(entry.addr()));
         let tagged = entry.map_addr(|a| a | tag_of(hash));
+        // Before the slot's release store: a reader that sees the slot sees the bits too.
+        #[cfg(not(tiermap_mutation = "filter_after_publish"))]
+        self.filter.insert(hash);
         let mut i = self.home(hash);
         loop {
             let slot = self.slot(i);
@@ -251,6 +267,11 @@ impl<K, V> Table<K, V> {
                 // Deliberately too weak for the loom models; never built otherwise.
                 #[cfg(tiermap_mutation = "relaxed_slot_publish")]
                 slot.store(tagged, Relaxed);
+                // Deliberately too late for the loom models (a reader that reached the slot
+                // another way, as an iteration does, may then see the bits clear); never built
+                // otherwise.
+                #[cfg(tiermap_mutation = "filter_after_publish")]
+                self.filter.insert(hash);
                 // Load and store, not read-modify-writes: only the lock holder writes these
                 // counters (readers never read them), so no update can be lost, and a plain
                 // store skips the locked instruction.
@@ -416,6 +437,7 @@ impl<K, V> Table<K, V> {
     pub(crate) fn emptied(&mut self) {
         debug_assert_eq!(self.groups_used.load(Relaxed), 0);
         self.len.store(0, Relaxed);
+        self.filter.clear();
     }
 
     /// The capacity `Table::new(slots)` gives.
