@@ -26,13 +26,13 @@ cd "$(dirname "$0")/.."
 all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check free_without_defer bury_without_grace relaxed_dirty_view clear_view_before_swap relaxed_slot_publish
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
-     no_clear_check clear_shard_by_shard
+     no_clear_check clear_shard_by_shard filter_after_publish filter_skips_copies
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
 # Mutations shown harmless (see loom-tests/README.md): reported, but not counted as survivors
 # unless LOOM_MUT_STRICT=1.
-harmless=" ${LOOM_MUT_HARMLESS-retire_before_publish} "
+harmless=" ${LOOM_MUT_HARMLESS-retire_before_publish filter_after_publish} "
 # Mutations that are real bugs but that loom cannot see with this harness (see the README: the
 # epoch's SeqCst fences order the store anyway): reported, not counted unless LOOM_MUT_STRICT=1.
 invisible=" ${LOOM_MUT_INVISIBLE-relaxed_dirty_view} "
@@ -44,6 +44,8 @@ declare -A models=(
   [no_recheck]="same_new_key_inserted_across_a_promotion"
   [filter_no_recheck]="dirty_promotion"
   [skip_read_probe_unchecked]="insert_promotion get_or_insert dirty_promotion"
+  [filter_after_publish]="publication::fresh_slot second_fresh_key_read_from_dirty_tier dirty_promotion"
+  [filter_skips_copies]="dirty_promotion"
   [no_clear_check]="clear_across_shards"
   [clear_shard_by_shard]="clear_across_shards"
   [retire_before_publish]="read_promotion publication::promoted_tier"

@@ -21,11 +21,16 @@
 //! **Concurrency.** Only the dirty lock's holder inserts (through `Table::insert_unique`), and
 //! it sets the key's bits before the release store that publishes the slot. A lookup loads the
 //! word `Relaxed`: a lookup that must find the key is one that the insert happens-before
-//! (through the slot it read earlier, `read`'s or `dirty_view`'s release store, or any other
-//! synchronization), and write-read coherence then shows it the bits, or a later value of the
-//! word, which only ever gains bits while the table is in use. A lookup concurrent with the
-//! insert may miss the key, and is then ordered before it. Bits are cleared only with
-//! `&mut` access (`clear`, when a table is emptied for reuse).
+//! (through `read`'s or `dirty_view`'s release store, the lock, or any other synchronization),
+//! and write-read coherence then shows it the bits, or a later value of the word, which only
+//! ever gains bits while the table is in use. A lookup concurrent with the insert may miss the
+//! key, and is then ordered before it; one that found the key read its bits first, so every
+//! later lookup of that thread, and of any thread it synchronizes with, sees them too. (So the
+//! bits need not come before the slot's store, only before the lock holder's next release:
+//! every lock-free lookup reads the filter before the slot. The loom mutation
+//! `filter_after_publish` moves them after the slot's store, and is harmless;
+//! `loom-tests/README.md`.) Bits are cleared only with `&mut` access (`clear`, when a table is
+//! emptied for reuse).
 
 use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -48,8 +53,8 @@ pub(crate) struct KeyFilter {
 }
 
 impl KeyFilter {
-    /// A filter for a table of `slots` slots (none for an empty table: `may_contain` is then
-    /// never asked, `Table::find` returns first).
+    /// A filter for a table of `slots` slots (no words for an empty table, which is never
+    /// asked: `Table::find` returns first, and nothing is inserted into a table of no slots).
     pub(crate) fn new(slots: usize) -> Self {
         let len = if slots == 0 {
             0
@@ -67,40 +72,60 @@ impl KeyFilter {
         self.len * size_of::<AtomicUsize>()
     }
 
-    /// The word of `hash` and the mask of its two bits. Requires `len > 0`.
+    /// The word of `hash` and the mask of its two bits.
+    ///
+    /// # Safety
+    ///
+    /// The filter has at least one word (it was made for a table of at least one slot).
     #[inline]
-    fn bits(&self, hash: u64) -> (&AtomicUsize, usize) {
-        debug_assert!(self.len > 0);
+    unsafe fn bits(&self, hash: u64) -> (&AtomicUsize, usize) {
+        debug_assert!(self.len > 0, "key filter of no slots");
         let g = hash.wrapping_mul(WORD_MUL);
         let w = ((g as u128 * self.len as u128) >> 64) as usize;
         let b = u64::from(usize::BITS - 1);
         let mask = (1usize << ((hash >> 52) & b)) | (1usize << ((hash >> 58) & b));
-        // SAFETY: `w < len` (the high half of `g * len` is below `len`), and `words` points to
-        // `len` initialized words that live as long as the filter (freed in `Drop`).
+        // SAFETY: `len > 0` (the caller's requirement), so `w < len` (the high half of
+        // `g * len` is below `len`), and `words` points to `len` initialized words that live
+        // as long as the filter (freed in `Drop`).
         (unsafe { &*self.words.add(w) }, mask)
     }
 
     /// Records `hash`. Only the dirty lock's holder calls this (`Table::insert_unique`),
     /// before it publishes the slot; see the module docs for why `Relaxed` suffices.
+    ///
+    /// # Safety
+    ///
+    /// The filter has at least one word (it was made for a table of at least one slot).
     #[inline]
-    pub(crate) fn insert(&self, hash: u64) {
-        if self.len == 0 {
-            return;
-        }
-        let (word, mask) = self.bits(hash);
+    pub(crate) unsafe fn insert(&self, hash: u64) {
+        // SAFETY: the caller's requirement.
+        let (word, mask) = unsafe { self.bits(hash) };
         // A load and a store, not a read-modify-write: the lock holder is the only writer, so
         // no bit can be lost, and the plain store skips a locked instruction.
         word.store(word.load(Relaxed) | mask, Relaxed);
     }
 
+    /// Clears the bits of `hash`: the loom mutation `filter_skips_copies` only.
+    #[cfg(tiermap_mutation = "filter_skips_copies")]
+    pub(crate) fn forget(&self, hash: u64) {
+        if self.len > 0 {
+            // SAFETY: there is a word.
+            let (word, mask) = unsafe { self.bits(hash) };
+            word.store(word.load(Relaxed) & !mask, Relaxed);
+        }
+    }
+
     /// Whether `hash` may have been recorded (`false`: surely not, for every insert that
     /// happens-before this call). `Relaxed`: see the module docs.
+    ///
+    /// # Safety
+    ///
+    /// The filter has at least one word (it was made for a table of at least one slot): the
+    /// caller has checked its table's capacity, so that the read path does not test twice.
     #[inline]
-    pub(crate) fn may_contain(&self, hash: u64) -> bool {
-        if self.len == 0 {
-            return false;
-        }
-        let (word, mask) = self.bits(hash);
+    pub(crate) unsafe fn may_contain(&self, hash: u64) -> bool {
+        // SAFETY: the caller's requirement.
+        let (word, mask) = unsafe { self.bits(hash) };
         word.load(Relaxed) & mask == mask
     }
 
@@ -108,7 +133,8 @@ impl KeyFilter {
     /// `None` for an empty filter.
     #[inline]
     pub(crate) fn word_of(&self, hash: u64) -> Option<*const AtomicUsize> {
-        (self.len > 0).then(|| ptr::from_ref(self.bits(hash).0))
+        // SAFETY: `bits` runs only when there is a word.
+        (self.len > 0).then(|| ptr::from_ref(unsafe { self.bits(hash) }.0))
     }
 
     /// Forgets every hash (the table was emptied for reuse; `&mut`: no reader is left).
@@ -155,13 +181,20 @@ mod tests {
     /// and returns the share of `probes` other hashes it lets through.
     fn false_positives(slots: usize, keys: &[u64], probes: &[u64]) -> f64 {
         let f = KeyFilter::new(slots);
+        // SAFETY (here and below): every filter of these tests has words (`slots > 0`).
         for &k in keys {
-            f.insert(mix(k));
+            unsafe { f.insert(mix(k)) };
         }
         for &k in keys {
-            assert!(f.may_contain(mix(k)), "a recorded hash is rejected");
+            assert!(
+                unsafe { f.may_contain(mix(k)) },
+                "a recorded hash is rejected"
+            );
         }
-        let passed = probes.iter().filter(|&&k| f.may_contain(mix(k))).count();
+        let passed = probes
+            .iter()
+            .filter(|&&k| unsafe { f.may_contain(mix(k)) })
+            .count();
         passed as f64 / probes.len() as f64
     }
 
@@ -201,18 +234,17 @@ mod tests {
     }
 
     #[test]
-    fn clear_forgets_and_empty_filters_hold_nothing() {
+    fn clear_forgets_and_sizes_follow_the_table() {
         let mut f = KeyFilter::new(64);
         let hashes: Vec<u64> = spread(32, 3).map(mix).collect();
+        // SAFETY (here and below): a filter for 64 slots has words.
         for &h in &hashes {
-            f.insert(h);
+            unsafe { f.insert(h) };
         }
-        assert!(hashes.iter().all(|&h| f.may_contain(h)));
+        assert!(hashes.iter().all(|&h| unsafe { f.may_contain(h) }));
         f.clear();
-        assert!(hashes.iter().all(|&h| !f.may_contain(h)));
-        let empty = KeyFilter::new(0);
-        empty.insert(hashes[0]);
-        assert!(!empty.may_contain(hashes[0]));
-        assert_eq!(empty.heap_bytes(), 0);
+        assert!(hashes.iter().all(|&h| !unsafe { f.may_contain(h) }));
+        assert_eq!(KeyFilter::new(0).heap_bytes(), 0);
+        assert_eq!(KeyFilter::new(1).heap_bytes(), size_of::<usize>());
     }
 }

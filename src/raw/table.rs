@@ -222,7 +222,8 @@ impl<K, V> Table<K, V> {
         if self.capacity() == 0 {
             return None;
         }
-        if !self.filter.may_contain(hash) {
+        // SAFETY: the table has slots (checked above), so its filter has words.
+        if !unsafe { self.filter.may_contain(hash) } {
             return None;
         }
         let tag = tag_of(hash);
@@ -255,8 +256,12 @@ impl<K, V> Table<K, V> {
         debug_assert!(fits_tag(entry.addr()));
         let tagged = entry.map_addr(|a| a | tag_of(hash));
         // Before the slot's release store: a reader that sees the slot sees the bits too.
+        // SAFETY: the table has a free slot (asserted above in debug builds; `insert_unique`'s
+        // callers size the dirty table by I5), so it has slots and its filter has words.
         #[cfg(not(tiermap_mutation = "filter_after_publish"))]
-        self.filter.insert(hash);
+        unsafe {
+            self.filter.insert(hash)
+        };
         let mut i = self.home(hash);
         loop {
             let slot = self.slot(i);
@@ -271,7 +276,10 @@ impl<K, V> Table<K, V> {
                 // another way, as an iteration does, may then see the bits clear); never built
                 // otherwise.
                 #[cfg(tiermap_mutation = "filter_after_publish")]
-                self.filter.insert(hash);
+                // SAFETY: as above.
+                unsafe {
+                    self.filter.insert(hash)
+                };
                 // Load and store, not read-modify-writes: only the lock holder writes these
                 // counters (readers never read them), so no update can be lost, and a plain
                 // store skips the locked instruction.
@@ -287,6 +295,14 @@ impl<K, V> Table<K, V> {
             }
             i = self.next(i);
         }
+    }
+
+    /// Clears the key filter's bits of `entry` (and of whatever shares them): the loom
+    /// mutation `filter_skips_copies` only.
+    #[cfg(tiermap_mutation = "filter_skips_copies")]
+    pub(crate) fn forget_in_filter(&self, entry: *mut Entry<K, V>) {
+        // SAFETY: as in `insert_unique`, the caller passes a live entry.
+        self.filter.forget(unsafe { (*entry).hash });
     }
 
     /// Marks the entry at slot `i` as owned by this table (it was expunged here).
