@@ -1,16 +1,18 @@
 //! The key filter of a table: a Bloom filter of the hashes of every entry the table holds, so
 //! that a lookup of a key the table does not hold usually ends without reading the slot array.
-//! A leaf module: it sees hashes, never entries.
+//! A leaf module: it sees hashes and home slots, never entries.
 //!
 //! **Layout.** One word per 16 slots of the table (4 bits per slot: 5.3 bits per entry at load
-//! 3/4, 8 at load 1/2), allocated zeroed with the table. A hash sets two bits of one word (a
-//! *blocked* Bloom filter: one cache line per lookup, whatever the bit count): the word from the
-//! top bits of a second product of the hash (independent of the table's home slot, which comes
-//! from the hash's own top bits), the two bits from the hash's top 12 bits, which the slot index
-//! and the tag do not otherwise tie to the word. False positives at load 1/2 and 3/4: about
-//! 5 % and 10 % (`tests::absent_hashes_are_mostly_rejected`). 8 bits per slot gave 1.7 % and
-//! 3.3 %, and no measurable speed over 4, for 1.2 more bytes per entry (BENCHMARKS.md, "Engine
-//! v2, the seventh stop").
+//! 3/4, 8 at load 1/2), allocated zeroed with the table. A key sets two bits of one word (a
+//! *blocked* Bloom filter: one cache line per lookup, whatever the bit count): the word of its
+//! home slot (slot / 16, so the lookup needs no second product: the home slot is computed for
+//! the probe anyway), the two bits from bits 20..26 and 26..32 of the mixed hash. Not from its
+//! top bits: they pick the home slot, so the keys of one word share them (tried: 99.9 % false
+//! positives); not from its lowest bits, which a weak hasher leaves zero for keys that are
+//! multiples of a power of two (tried: 61 % for multiples of 2^40). False positives at load 1/2
+//! and 3/4: about 5 % and 10 % (`tests::absent_hashes_are_mostly_rejected`). 8 bits per slot
+//! gave 1.7 % and 3.3 %, and no measurable speed over 4, for 1.2 more bytes per entry
+//! (BENCHMARKS.md, "Engine v2, the seventh stop").
 //!
 //! **Why.** A probe for an absent key reads the slot array from the key's home slot to the
 //! next empty slot: in a table larger than the cache, a cache miss, for nothing. The filter is
@@ -40,10 +42,6 @@ use crate::facade::{zeroed_slice, AtomicUsize};
 /// Slots per filter word (4 bits per slot).
 const SLOTS_PER_WORD: usize = usize::BITS as usize / 4;
 
-/// The second multiplier (odd, unrelated to `table::mix`'s), whose product's top bits pick
-/// the word.
-const WORD_MUL: u64 = 0xA24B_AED4_963E_E407;
-
 /// A Bloom filter of hashes, sized for a table. See the module docs.
 pub(crate) struct KeyFilter {
     // A raw pointer to the first of `len` words (a leaked `Box<[_]>`), as `Table::slots`, for
@@ -72,21 +70,21 @@ impl KeyFilter {
         self.len * size_of::<AtomicUsize>()
     }
 
-    /// The word of `hash` and the mask of its two bits.
+    /// The word of a key of hash `hash` whose home slot is `home`, and the mask of its two
+    /// bits.
     ///
     /// # Safety
     ///
-    /// The filter has at least one word (it was made for a table of at least one slot).
+    /// `home` is below the slot count the filter was made for.
     #[inline]
-    unsafe fn bits(&self, hash: u64) -> (&AtomicUsize, usize) {
-        debug_assert!(self.len > 0, "key filter of no slots");
-        let g = hash.wrapping_mul(WORD_MUL);
-        let w = ((g as u128 * self.len as u128) >> 64) as usize;
+    unsafe fn bits(&self, home: usize, hash: u64) -> (&AtomicUsize, usize) {
+        let w = home / SLOTS_PER_WORD;
+        debug_assert!(w < self.len, "home slot {home} outside the filter");
         let b = u64::from(usize::BITS - 1);
-        let mask = (1usize << ((hash >> 52) & b)) | (1usize << ((hash >> 58) & b));
-        // SAFETY: `len > 0` (the caller's requirement), so `w < len` (the high half of
-        // `g * len` is below `len`), and `words` points to `len` initialized words that live
-        // as long as the filter (freed in `Drop`).
+        let mask = (1usize << ((hash >> 20) & b)) | (1usize << ((hash >> 26) & b));
+        // SAFETY: `home < slots` (the caller's requirement), so `w < slots.div_ceil(
+        // SLOTS_PER_WORD) = len`, and `words` points to `len` initialized words that live as
+        // long as the filter (freed in `Drop`).
         (unsafe { &*self.words.add(w) }, mask)
     }
 
@@ -95,11 +93,11 @@ impl KeyFilter {
     ///
     /// # Safety
     ///
-    /// The filter has at least one word (it was made for a table of at least one slot).
+    /// `home` is below the slot count the filter was made for.
     #[inline]
-    pub(crate) unsafe fn insert(&self, hash: u64) {
+    pub(crate) unsafe fn insert(&self, home: usize, hash: u64) {
         // SAFETY: the caller's requirement.
-        let (word, mask) = unsafe { self.bits(hash) };
+        let (word, mask) = unsafe { self.bits(home, hash) };
         // A load and a store, not a read-modify-write: the lock holder is the only writer, so
         // no bit can be lost, and the plain store skips a locked instruction.
         word.store(word.load(Relaxed) | mask, Relaxed);
@@ -107,10 +105,10 @@ impl KeyFilter {
 
     /// Clears the bits of `hash`: the loom mutation `filter_skips_copies` only.
     #[cfg(tiermap_mutation = "filter_skips_copies")]
-    pub(crate) fn forget(&self, hash: u64) {
+    pub(crate) fn forget(&self, home: usize, hash: u64) {
         if self.len > 0 {
             // SAFETY: there is a word.
-            let (word, mask) = unsafe { self.bits(hash) };
+            let (word, mask) = unsafe { self.bits(home, hash) };
             word.store(word.load(Relaxed) & !mask, Relaxed);
         }
     }
@@ -120,21 +118,21 @@ impl KeyFilter {
     ///
     /// # Safety
     ///
-    /// The filter has at least one word (it was made for a table of at least one slot): the
-    /// caller has checked its table's capacity, so that the read path does not test twice.
+    /// `home` is below the slot count the filter was made for (the caller's table computed it
+    /// from its capacity), so that the read path tests nothing more.
     #[inline]
-    pub(crate) unsafe fn may_contain(&self, hash: u64) -> bool {
+    pub(crate) unsafe fn may_contain(&self, home: usize, hash: u64) -> bool {
         // SAFETY: the caller's requirement.
-        let (word, mask) = unsafe { self.bits(hash) };
+        let (word, mask) = unsafe { self.bits(home, hash) };
         word.load(Relaxed) & mask == mask
     }
 
     /// The address of the word of `hash`, for a prefetch hint (`Table::prefetch_home`);
     /// `None` for an empty filter.
     #[inline]
-    pub(crate) fn word_of(&self, hash: u64) -> Option<*const AtomicUsize> {
-        // SAFETY: `bits` runs only when there is a word.
-        (self.len > 0).then(|| ptr::from_ref(unsafe { self.bits(hash) }.0))
+    pub(crate) fn word_of(&self, home: usize) -> Option<*const AtomicUsize> {
+        let w = home / SLOTS_PER_WORD;
+        (w < self.len).then(|| self.words.wrapping_add(w).cast_const())
     }
 
     /// Forgets every hash (the table was emptied for reuse; `&mut`: no reader is left).
@@ -177,23 +175,34 @@ mod tests {
         })
     }
 
+    /// The home slot a table of `slots` slots gives `hash` (as `Table::home`).
+    fn home(slots: usize, hash: u64) -> usize {
+        ((hash as u128 * slots as u128) >> 64) as usize
+    }
+
     /// Fills a filter for `slots` slots with `keys` mixed hashes, checks that each is found,
     /// and returns the share of `probes` other hashes it lets through.
     fn false_positives(slots: usize, keys: &[u64], probes: &[u64]) -> f64 {
         let f = KeyFilter::new(slots);
-        // SAFETY (here and below): every filter of these tests has words (`slots > 0`).
+        let at = |k: u64| (home(slots, mix(k)), mix(k));
+        // SAFETY (here and below): `home` is below `slots`.
         for &k in keys {
-            unsafe { f.insert(mix(k)) };
+            let (i, h) = at(k);
+            unsafe { f.insert(i, h) };
         }
         for &k in keys {
+            let (i, h) = at(k);
             assert!(
-                unsafe { f.may_contain(mix(k)) },
+                unsafe { f.may_contain(i, h) },
                 "a recorded hash is rejected"
             );
         }
         let passed = probes
             .iter()
-            .filter(|&&k| unsafe { f.may_contain(mix(k)) })
+            .filter(|&&k| {
+                let (i, h) = at(k);
+                unsafe { f.may_contain(i, h) }
+            })
             .count();
         passed as f64 / probes.len() as f64
     }
@@ -213,17 +222,17 @@ mod tests {
     }
 
     /// Keys a weak (identity) hasher gives structured hashes for: multiples of a large power
-    /// of two, and small consecutive integers. The filter takes its bits from the mixed hash's
-    /// top bits and a second product, so these spread too.
+    /// of two, and small consecutive integers. The filter takes its bits from the middle of
+    /// the mixed hash, so these spread too.
     #[test]
     fn structured_keys_are_rejected_too() {
         let slots = 1 << 15;
         let n = slots / 2;
-        // (Consecutive keys pass more often than random ones, 10.4 % against 5.3 %: the mixed
-        // hashes of an arithmetic sequence are one too, and so are their two products.)
+        // At load 1/2, where random keys pass 5 % of the time, these pass 1.5 % and 2 % (an
+        // arithmetic sequence of keys spreads evenly over the words).
         for (name, stride, bound) in [
-            ("consecutive", 1u64, 0.125),
-            ("multiples of 2^40", 1 << 40, 0.055),
+            ("consecutive", 1u64, 0.04),
+            ("multiples of 2^40", 1 << 40, 0.04),
         ] {
             let keys: Vec<u64> = (0..n as u64).map(|i| i * stride).collect();
             let probes: Vec<u64> = (n as u64..n as u64 + 50_000).map(|i| i * stride).collect();
@@ -239,11 +248,15 @@ mod tests {
         let hashes: Vec<u64> = spread(32, 3).map(mix).collect();
         // SAFETY (here and below): a filter for 64 slots has words.
         for &h in &hashes {
-            unsafe { f.insert(h) };
+            unsafe { f.insert(home(64, h), h) };
         }
-        assert!(hashes.iter().all(|&h| unsafe { f.may_contain(h) }));
+        assert!(hashes
+            .iter()
+            .all(|&h| unsafe { f.may_contain(home(64, h), h) }));
         f.clear();
-        assert!(hashes.iter().all(|&h| !unsafe { f.may_contain(h) }));
+        assert!(hashes
+            .iter()
+            .all(|&h| !unsafe { f.may_contain(home(64, h), h) }));
         assert_eq!(KeyFilter::new(0).heap_bytes(), 0);
         assert_eq!(KeyFilter::new(1).heap_bytes(), size_of::<usize>());
     }

@@ -185,7 +185,7 @@ impl<K, V> Table<K, V> {
         let i = self.home(hash);
         prefetch_line(self.slots.wrapping_add(i));
         prefetch_line(self.used.as_ptr().wrapping_add(i >> self.group_shift));
-        if let Some(w) = self.filter.word_of(hash) {
+        if let Some(w) = self.filter.word_of(i) {
             prefetch_line(w);
         }
     }
@@ -222,12 +222,12 @@ impl<K, V> Table<K, V> {
         if self.capacity() == 0 {
             return None;
         }
-        // SAFETY: the table has slots (checked above), so its filter has words.
-        if !unsafe { self.filter.may_contain(hash) } {
+        let mut i = self.home(hash);
+        // SAFETY: `home` is below the capacity, for which the filter was made.
+        if !unsafe { self.filter.may_contain(i, hash) } {
             return None;
         }
         let tag = tag_of(hash);
-        let mut i = self.home(hash);
         loop {
             // Acquire pairs with the release store in `insert_unique`: the entry's hash and key
             // were written before.
@@ -256,11 +256,10 @@ impl<K, V> Table<K, V> {
         debug_assert!(fits_tag(entry.addr()));
         let tagged = entry.map_addr(|a| a | tag_of(hash));
         // Before the slot's release store: a reader that sees the slot sees the bits too.
-        // SAFETY: the table has a free slot (asserted above in debug builds; `insert_unique`'s
-        // callers size the dirty table by I5), so it has slots and its filter has words.
+        // SAFETY: `home` is below the capacity, for which the filter was made.
         #[cfg(not(tiermap_mutation = "filter_after_publish"))]
         unsafe {
-            self.filter.insert(hash)
+            self.filter.insert(self.home(hash), hash)
         };
         let mut i = self.home(hash);
         loop {
@@ -278,7 +277,7 @@ impl<K, V> Table<K, V> {
                 #[cfg(tiermap_mutation = "filter_after_publish")]
                 // SAFETY: as above.
                 unsafe {
-                    self.filter.insert(hash)
+                    self.filter.insert(self.home(hash), hash)
                 };
                 // Load and store, not read-modify-writes: only the lock holder writes these
                 // counters (readers never read them), so no update can be lost, and a plain
@@ -302,7 +301,8 @@ impl<K, V> Table<K, V> {
     #[cfg(tiermap_mutation = "filter_skips_copies")]
     pub(crate) fn forget_in_filter(&self, entry: *mut Entry<K, V>) {
         // SAFETY: as in `insert_unique`, the caller passes a live entry.
-        self.filter.forget(unsafe { (*entry).hash });
+        let hash = unsafe { (*entry).hash };
+        self.filter.forget(self.home(hash), hash);
     }
 
     /// Marks the entry at slot `i` as owned by this table (it was expunged here).
