@@ -18,7 +18,7 @@
 //! next empty slot: in a table larger than the cache, a cache miss, for nothing. The filter is
 //! a sixteenth of the slot array, so it stays in cache where the slots do not. bustle's
 //! ReadHeavy, whose reads are mostly of absent keys, and Go's LoadMostlyMisses gain from it;
-//! a read hit pays about 16 instructions (the same section).
+//! a read hit pays 14 instructions (the same section).
 //!
 //! **Concurrency.** Only the dirty lock's holder inserts (through `Table::insert_unique`), and
 //! it sets the key's bits before the release store that publishes the slot. A lookup loads the
@@ -127,8 +127,8 @@ impl KeyFilter {
         word.load(Relaxed) & mask == mask
     }
 
-    /// The address of the word of `hash`, for a prefetch hint (`Table::prefetch_home`);
-    /// `None` for an empty filter.
+    /// The address of the word of home slot `home`, for a prefetch hint
+    /// (`Table::prefetch_home`); `None` for an empty filter.
     #[inline]
     pub(crate) fn word_of(&self, home: usize) -> Option<*const AtomicUsize> {
         let w = home / SLOTS_PER_WORD;

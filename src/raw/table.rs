@@ -255,13 +255,13 @@ impl<K, V> Table<K, V> {
         let hash = unsafe { (*entry).hash };
         debug_assert!(fits_tag(entry.addr()));
         let tagged = entry.map_addr(|a| a | tag_of(hash));
+        let mut i = self.home(hash);
         // Before the slot's release store: a reader that sees the slot sees the bits too.
         // SAFETY: `home` is below the capacity, for which the filter was made.
         #[cfg(not(tiermap_mutation = "filter_after_publish"))]
         unsafe {
-            self.filter.insert(self.home(hash), hash)
+            self.filter.insert(i, hash)
         };
-        let mut i = self.home(hash);
         loop {
             let slot = self.slot(i);
             if slot.load(Relaxed).is_null() {
@@ -271,9 +271,9 @@ impl<K, V> Table<K, V> {
                 // Deliberately too weak for the loom models; never built otherwise.
                 #[cfg(tiermap_mutation = "relaxed_slot_publish")]
                 slot.store(tagged, Relaxed);
-                // Deliberately too late for the loom models (a reader that reached the slot
-                // another way, as an iteration does, may then see the bits clear); never built
-                // otherwise.
+                // The bits after the slot's store, for the loom models: harmless, as every
+                // lock-free lookup reads the filter before the slot (`loom-tests/README.md`);
+                // never built otherwise.
                 #[cfg(tiermap_mutation = "filter_after_publish")]
                 // SAFETY: as above.
                 unsafe {
