@@ -484,7 +484,24 @@ impl<K, V> Graveyard<K, V> {
 
     /// What a slow operation of the map owes, after it released the dirty lock: defer what it
     /// (or earlier removals) retired, then free one step of ready items (see [`Graveyard::drain`]).
+    #[inline]
     pub(crate) fn service(self: &Arc<Self>, guard: &Guard, floor: usize)
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        // The common case, nothing retired and nothing ready, without the two calls (Relaxed:
+        // the same hints `defer` and `drain` start with; what they miss, a later operation or
+        // the background reclaimer handles).
+        if self.undeferred.load(Relaxed) == 0 && self.is_empty() {
+            return;
+        }
+        self.service_some(guard, floor);
+    }
+
+    /// `service` when something may be retired or ready.
+    #[inline(never)]
+    fn service_some(self: &Arc<Self>, guard: &Guard, floor: usize)
     where
         K: Send + 'static,
         V: Send + 'static,
