@@ -42,6 +42,15 @@ use crate::facade::{zeroed_slice, AtomicUsize};
 /// Slots per filter word (4 bits per slot).
 const SLOTS_PER_WORD: usize = usize::BITS as usize / 4;
 
+/// Tables of fewer slots get no filter: their slot array (under 64 KiB) stays in cache, where
+/// a probe for an absent key costs a few loads that hit, and the filter's test would cost
+/// every read hit its 14 instructions for nothing. Loom and Miri builds filter every table, so
+/// that the models' small tables exercise it.
+#[cfg(not(any(tiermap_loom, miri)))]
+pub(crate) const MIN_SLOTS: usize = 8192;
+#[cfg(any(tiermap_loom, miri))]
+pub(crate) const MIN_SLOTS: usize = 1;
+
 /// A Bloom filter of hashes, sized for a table. See the module docs.
 pub(crate) struct KeyFilter {
     // A raw pointer to the first of `len` words (a leaked `Box<[_]>`), as `Table::slots`, for
@@ -51,10 +60,10 @@ pub(crate) struct KeyFilter {
 }
 
 impl KeyFilter {
-    /// A filter for a table of `slots` slots (no words for an empty table, which is never
-    /// asked: `Table::find` returns first, and nothing is inserted into a table of no slots).
+    /// A filter for a table of `slots` slots; an *inactive* one (no words, every hash may be
+    /// present, nothing is recorded) below [`MIN_SLOTS`].
     pub(crate) fn new(slots: usize) -> Self {
-        let len = if slots == 0 {
+        let len = if slots < MIN_SLOTS {
             0
         } else {
             slots.div_ceil(SLOTS_PER_WORD)
@@ -96,7 +105,10 @@ impl KeyFilter {
     /// `home` is below the slot count the filter was made for.
     #[inline]
     pub(crate) unsafe fn insert(&self, home: usize, hash: u64) {
-        // SAFETY: the caller's requirement.
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: the caller's requirement, and the filter is active.
         let (word, mask) = unsafe { self.bits(home, hash) };
         // A load and a store, not a read-modify-write: the lock holder is the only writer, so
         // no bit can be lost, and the plain store skips a locked instruction.
@@ -122,7 +134,10 @@ impl KeyFilter {
     /// from its capacity), so that the read path tests nothing more.
     #[inline]
     pub(crate) unsafe fn may_contain(&self, home: usize, hash: u64) -> bool {
-        // SAFETY: the caller's requirement.
+        if self.len == 0 {
+            return true;
+        }
+        // SAFETY: the caller's requirement, and the filter is active.
         let (word, mask) = unsafe { self.bits(home, hash) };
         word.load(Relaxed) & mask == mask
     }
@@ -244,20 +259,40 @@ mod tests {
 
     #[test]
     fn clear_forgets_and_sizes_follow_the_table() {
-        let mut f = KeyFilter::new(64);
+        let slots = MIN_SLOTS.max(64);
+        let mut f = KeyFilter::new(slots);
         let hashes: Vec<u64> = spread(32, 3).map(mix).collect();
-        // SAFETY (here and below): a filter for 64 slots has words.
+        // SAFETY (here and below): a filter for `slots` slots has words.
         for &h in &hashes {
-            unsafe { f.insert(home(64, h), h) };
+            unsafe { f.insert(home(slots, h), h) };
         }
         assert!(hashes
             .iter()
-            .all(|&h| unsafe { f.may_contain(home(64, h), h) }));
+            .all(|&h| unsafe { f.may_contain(home(slots, h), h) }));
         f.clear();
         assert!(hashes
             .iter()
-            .all(|&h| !unsafe { f.may_contain(home(64, h), h) }));
+            .all(|&h| !unsafe { f.may_contain(home(slots, h), h) }));
         assert_eq!(KeyFilter::new(0).heap_bytes(), 0);
-        assert_eq!(KeyFilter::new(1).heap_bytes(), size_of::<usize>());
+        assert_eq!(
+            KeyFilter::new(MIN_SLOTS).heap_bytes(),
+            MIN_SLOTS.div_ceil(SLOTS_PER_WORD) * size_of::<usize>()
+        );
+    }
+
+    /// Below `MIN_SLOTS` a filter holds nothing and rejects nothing: a table that small is
+    /// probed without it.
+    #[test]
+    fn small_tables_have_an_inactive_filter() {
+        let slots = MIN_SLOTS - 1;
+        let f = KeyFilter::new(slots);
+        assert_eq!(f.heap_bytes(), 0);
+        assert!(f.word_of(0).is_none());
+        for h in spread(1000, 4).map(mix) {
+            let i = home(slots.max(1), h);
+            // SAFETY: `i` is below `slots.max(1)`; an inactive filter reads no word.
+            unsafe { f.insert(i, h) };
+            assert!(unsafe { f.may_contain(i, h) });
+        }
     }
 }
