@@ -929,34 +929,77 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
+        match self.get_read(hash, key, guard) {
+            Ok(v) => v,
+            Err(slow) => self.get_slow(slow, hash, key, guard),
+        }
+    }
+
+    /// `get`'s answer from the read tier alone, when it has one: a lookup that ends here did
+    /// no slow work (no lock, no maintenance, no miss counted), so it cannot have made an
+    /// observation due, and `RawMap::get` skips that check. `Err(Some(read))`: the read tier
+    /// missed and is amended; `Err(None)`: a `clear` was running (`behind_clear`).
+    #[inline]
+    pub(crate) fn get_read<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Result<Option<&'g V>, Option<&'g Tier<K, V>>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         // `lookup`'s read-tier path with the entry's state loaded once: a hit is this much.
         let read = self.read(guard);
         if self.behind_clear(read) {
-            return if self.clear_reached(guard) {
-                self.get(hash, key, guard)
-            } else {
-                None
-            };
+            return Err(None);
         }
         if let Some((e, _)) = read.table.find(hash, |k| k.borrow() == key) {
             match e.load() {
                 // SAFETY: a live value pointer loaded under `guard` stays allocated until the
                 // guard is dropped (values are retired through the epoch).
-                State::Live(p) => return Some(unsafe { &*p }),
-                State::Deleted => return None,
+                State::Live(p) => return Ok(Some(unsafe { &*p })),
+                State::Deleted => return Ok(None),
                 // The key may have been stored again as a fresh entry of the dirty tier.
                 State::Expunged => {}
             }
         }
         // Acquire: as in `lookup`.
         if !read.amended.load(Acquire) {
-            return None;
+            return Ok(None);
         }
+        Err(Some(read))
+    }
+
+    /// The rest of `get` after `get_read` (see there). Always inlined, as `get_read`: out of
+    /// line, its call cost bustle's ReadHeavy 15 instructions per operation (most of its reads
+    /// are of absent keys, which end in the inline `surely_not_fresh`).
+    #[inline(always)]
+    pub(crate) fn get_slow<'g, Q>(
+        &self,
+        slow: Option<&'g Tier<K, V>>,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Option<&'g V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let Some(read) = slow else {
+            // Behind a running `clear`: once it has reached this shard, start over.
+            return if self.clear_reached(guard) {
+                self.get(hash, key, guard)
+            } else {
+                None
+            };
+        };
         if self.surely_not_fresh(read, hash, guard) {
             return None;
         }
         match self.lookup_amended(read, hash, key, guard, true)?.0.load() {
-            // SAFETY: as above.
+            // SAFETY: as in `get_read`.
             State::Live(p) => Some(unsafe { &*p }),
             State::Deleted | State::Expunged => None,
         }

@@ -248,9 +248,16 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         Q: Eq + ?Sized,
     {
         let shard = self.shard(hash);
-        let v = shard.get(hash, key, guard);
-        self.observe_due(shard, guard);
-        v
+        match shard.get_read(hash, key, guard) {
+            // Answered by the read tier: no slow work, so no observation became due here (one
+            // that another operation made due is run by that operation).
+            Ok(v) => v,
+            Err(slow) => {
+                let v = shard.get_slow(slow, hash, key, guard);
+                self.observe_due(shard, guard);
+                v
+            }
+        }
     }
 
     /// Inserts or replaces; returns the previous value.

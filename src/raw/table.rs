@@ -239,7 +239,10 @@ impl<K, V> Table<K, V> {
                 // SAFETY: entries reachable from a table that the caller may read (published
                 // and protected by the caller's guard, or dirty under the lock) are alive.
                 let entry = unsafe { &*untag(e) }.witness();
-                if entry.hash == hash && eq(&entry.key) {
+                // The key alone: the tag already compared 16 bits of the hash, so a second
+                // key is compared about once in 65,536 probes (comparing the entry's full hash
+                // first cost a hit 4 instructions; keys equal by `Eq` have equal hashes).
+                if eq(&entry.key) {
                     return Some((entry, i));
                 }
             }
