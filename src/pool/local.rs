@@ -38,7 +38,7 @@
 //! # Where the unsafe code is
 //!
 //! Only here: the cells' object slots ([`Slot`], an `UnsafeCell` reached only through
-//! [`MyCell`], which [`my_cell`] builds from the calling thread's table), `Sync` for cells and
+//! [`MyCell`], which [`Shared::my_cell`] builds from the calling thread's table), `Sync` for cells and
 //! `Send` for the link state, and the type-erased release function.
 #![allow(unsafe_code)]
 
@@ -225,7 +225,7 @@ impl<T> CacheCell<T> {
     }
 }
 
-/// The calling thread's own cell of a pool: only [`my_cell`] makes one, from the thread's
+/// The calling thread's own cell of a pool: only [`Shared::my_cell`] makes one, from the thread's
 /// table, and it cannot leave the thread (`!Send`) or outlive the borrow of the pool.
 pub(crate) struct MyCell<'a, T> {
     cell: &'a CacheCell<T>,

@@ -53,9 +53,9 @@ pub(crate) enum State<V> {
 /// [`Entry::destroy`] or [`Entry::into_parts`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
-    /// The key's mixed hash: tables tag slots with part of it, a probe whose tag matches
-    /// compares it before the key, and a migration places the entry by it without calling the
-    /// user's `Hash` again.
+    /// The key's mixed hash: tables tag slots with part of it, and a migration places the
+    /// entry by it without calling the user's `Hash` again (a probe whose tag matches compares
+    /// the key directly: see `Table::find`).
     pub(crate) hash: u64,
     // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
     // that no other entry holds.

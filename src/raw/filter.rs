@@ -18,7 +18,9 @@
 //! next empty slot: in a table larger than the cache, a cache miss, for nothing. The filter is
 //! a sixteenth of the slot array, so it stays in cache where the slots do not. bustle's
 //! ReadHeavy, whose reads are mostly of absent keys, and Go's LoadMostlyMisses gain from it;
-//! a read hit pays 14 instructions (the same section).
+//! a read hit pays 14 instructions (the same section). So a table under [`MIN_SLOTS`] slots,
+//! whose slot array stays in cache anyway, gets an inactive filter (no words; it admits every
+//! hash and records nothing).
 //!
 //! **Concurrency.** Only the dirty lock's holder inserts (through `Table::insert_unique`), and
 //! it sets the key's bits before the release store that publishes the slot. A lookup loads the
@@ -131,7 +133,8 @@ impl KeyFilter {
     /// # Safety
     ///
     /// `home` is below the slot count the filter was made for (the caller's table computed it
-    /// from its capacity), so that the read path tests nothing more.
+    /// from its capacity), so that the read path tests nothing more than whether the filter is
+    /// active.
     #[inline]
     pub(crate) unsafe fn may_contain(&self, home: usize, hash: u64) -> bool {
         if self.len == 0 {

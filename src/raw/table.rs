@@ -9,7 +9,7 @@
 //! bits that user-space pointers leave zero, a 16-bit *tag* taken from the key's hash, and in
 //! its lowest bit the `OWNED` mark. A probe compares tags without touching the entry, so a
 //! lookup dereferences only the entry it is after (or, once in 65,536 probed slots, another
-//! one, whose full hash, kept in the entry, rules it out before `Eq` runs). On 64-bit targets
+//! one, whose key `Eq` then tells apart). On 64-bit targets
 //! the tag sits in the top 16 bits: x86-64 and AArch64 hand user space addresses below 2^48
 //! unless a program asks for more with an explicit `mmap` hint, which no allocator does
 //! ([`Entry::create`](super::entry::Entry::create) checks each entry's address and panics
