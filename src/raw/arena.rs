@@ -54,6 +54,42 @@ const FIRST_SLOTS: usize = 16;
 /// returns the pages of released blocks to the operating system).
 const MAX_BLOCK: usize = 64 << 10;
 
+/// Slots a shard reserves from its arena at a time (see [`SlotCache`]).
+const CACHE_SLOTS: usize = 16;
+
+/// Slots reserved from an arena for a shard's next new entries, kept under the shard's dirty
+/// lock (where every entry is created), so that a new key takes its slot without the arena's
+/// own mutex: one lock per [`CACHE_SLOTS`] new keys instead of one per key (two locked
+/// instructions and about 35 others less per new key; `BENCHMARKS.md`, "Engine v2, the ninth
+/// stop").
+///
+/// A reserved slot counts as used in its block, so a block with reserved slots is not given
+/// back. The shard returns its cache ([`Arena::unreserve`]) whenever it may be emptying or
+/// shrinking: when a compaction starts, in `clear`, and when its tiers are taken away
+/// (`drop`, `into_iter`, a pool's reset). A cache refilled later reserves from one block
+/// only (the current one, or the next with room), so a live map pins at most that block's
+/// spare slots, which its next inserts use.
+pub(crate) struct SlotCache {
+    slots: [*mut u8; CACHE_SLOTS],
+    len: usize,
+}
+
+impl SlotCache {
+    /// An empty cache.
+    pub(crate) const fn new() -> Self {
+        SlotCache {
+            slots: [ptr::null_mut(); CACHE_SLOTS],
+            len: 0,
+        }
+    }
+
+    /// Slots reserved and not yet taken.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The slots of one map's entries.
 pub(crate) struct Arena {
     /// One slot: the entry's layout, its size rounded up to its alignment and to a pointer
@@ -211,6 +247,67 @@ impl Arena {
         };
         b.used += 1;
         p
+    }
+
+    /// A slot for a new entry from `cache`, refilled under the arena's lock when it is empty
+    /// (in loom builds, a slot of its own, as [`Arena::alloc`]). Panics and aborts as
+    /// [`Arena::alloc`].
+    #[inline]
+    pub(crate) fn alloc_cached(&self, cache: &mut SlotCache) -> *mut u8 {
+        if cache.len == 0 {
+            if self.passthrough {
+                return self.alloc();
+            }
+            self.refill(cache);
+        }
+        cache.len -= 1;
+        cache.slots[cache.len]
+    }
+
+    /// Reserves up to [`CACHE_SLOTS`] slots into an empty `cache`: the first as
+    /// [`Arena::alloc`] takes it (moving on to another block, or growing, when the current one
+    /// is full), the others from that same block only, so that a refill never allocates a
+    /// block that an uncached allocation would not have.
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, cache: &mut SlotCache) {
+        debug_assert_eq!(cache.len, 0);
+        let size = self.slot.size();
+        let mut b = lock(&self.blocks);
+        let b = &mut *b;
+        let first = match b.list.get_mut(b.cur).and_then(|block| block.take(size)) {
+            Some(p) => p,
+            None => self.alloc_elsewhere(b),
+        };
+        let block = &mut b.list[b.cur];
+        let mut taken = [ptr::null_mut(); CACHE_SLOTS];
+        taken[0] = first;
+        let mut n = 1;
+        while n < CACHE_SLOTS {
+            match block.take(size) {
+                Some(p) => {
+                    taken[n] = p;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        b.used += n;
+        // Popped from the end: hand them out in the order they were taken (a fresh block's
+        // slots in address order, as uncached allocation did).
+        for (k, &p) in taken[..n].iter().rev().enumerate() {
+            cache.slots[k] = p;
+        }
+        cache.len = n;
+    }
+
+    /// Gives `cache`'s reserved slots back to their blocks' free lists (under the arena's
+    /// lock), leaving it empty.
+    pub(crate) fn unreserve(&self, cache: &mut SlotCache) {
+        let n = std::mem::take(&mut cache.len);
+        // SAFETY: reserved slots came from this arena's `refill`, were never handed to an
+        // entry (a taken slot leaves the cache), and are given back once (`len` is now 0).
+        unsafe { self.free_batch(&cache.slots[..n]) };
     }
 
     /// [`Arena::alloc`] when the current block is full: collects the freed slots, then takes
@@ -683,6 +780,65 @@ mod tests {
         check(&again, 0);
         assert_eq!(arena.held_bytes(), FIRST_SLOTS * SLOT);
         free_all(&arena, &again);
+        assert_eq!(arena.release_unused(), FIRST_SLOTS * SLOT);
+    }
+
+    #[test]
+    fn reserved_slots_come_from_one_block_and_go_back_whole() {
+        let arena = arena();
+        let mut cache = SlotCache::new();
+        // The first refill takes the whole first block (FIRST_SLOTS slots), in address order.
+        let first: Vec<*mut u8> = (0..FIRST_SLOTS)
+            .map(|_| arena.alloc_cached(&mut cache))
+            .collect();
+        assert_eq!(cache.len(), 0);
+        assert_eq!(arena.held_bytes(), FIRST_SLOTS * SLOT);
+        assert!(
+            first.windows(2).all(|w| w[0] < w[1]),
+            "not in address order"
+        );
+        // A refill never allocates a block that uncached allocation would not: the next slot
+        // needs the second block, and the refill stops at that block's end.
+        let one = arena.alloc_cached(&mut cache);
+        let held = arena.held_bytes();
+        assert_eq!(
+            held,
+            2 * FIRST_SLOTS * SLOT,
+            "one new block, the size of the first"
+        );
+        assert_eq!(cache.len(), CACHE_SLOTS - 1);
+        // Reserved slots count as used: the second block stays while they are cached...
+        free_all(&arena, &[one]);
+        assert_eq!(
+            arena.release_unused(),
+            0,
+            "a block with reserved slots went back"
+        );
+        assert_eq!(
+            arena.spare_bytes(),
+            held - FIRST_SLOTS * SLOT - (CACHE_SLOTS - 1) * SLOT
+        );
+        // Given back, they are handed out again before any new block...
+        arena.unreserve(&mut cache);
+        assert_eq!(cache.len(), 0);
+        let again: Vec<*mut u8> = (0..4).map(|_| arena.alloc_cached(&mut cache)).collect();
+        assert_eq!(arena.held_bytes(), held, "a new block despite free slots");
+        // (`one` was the second block's first slot.)
+        let second = one.addr()..one.addr() + FIRST_SLOTS * SLOT;
+        assert!(
+            again.iter().all(|p| second.contains(&p.addr())),
+            "not from the second block"
+        );
+        // ...and once every slot is free and the cache given back, the blocks go back whole.
+        free_all(&arena, &again);
+        assert_eq!(
+            arena.release_unused(),
+            0,
+            "a block with reserved slots went back"
+        );
+        arena.unreserve(&mut cache);
+        assert_eq!(arena.release_unused(), held - FIRST_SLOTS * SLOT);
+        free_all(&arena, &first);
         assert_eq!(arena.release_unused(), FIRST_SLOTS * SLOT);
     }
 }

@@ -25,7 +25,7 @@
 use std::alloc::{self, Layout};
 use std::ptr;
 
-use super::arena::Arena;
+use super::arena::{Arena, SlotCache};
 use crate::facade::{AtomicPtr, Witness};
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
@@ -112,15 +112,21 @@ impl<K, V> Entry<K, V> {
     }
 
     /// Allocates an entry holding `key` (whose mixed hash is `hash`) and `value` in a slot of
-    /// `arena` (made by [`Entry::arena`]).
+    /// `arena` (made by [`Entry::arena`]), taken from the shard's reserved slots `cache`.
     ///
     /// # Panics
     /// If the allocator returns an address that does not leave the table's tag bits free (see
     /// `table`): never seen on the targets Rust supports, whose allocators hand out user-space
     /// addresses below 2^48; checked so that it can never mistag a slot.
-    pub(crate) fn create(hash: u64, key: K, value: V, arena: &Arena) -> *mut Entry<K, V> {
+    pub(crate) fn create(
+        hash: u64,
+        key: K,
+        value: V,
+        arena: &Arena,
+        cache: &mut SlotCache,
+    ) -> *mut Entry<K, V> {
         let (_, offset) = entry_layout::<K, V>();
-        let e = arena.alloc().cast::<Entry<K, V>>();
+        let e = arena.alloc_cached(cache).cast::<Entry<K, V>>();
         if !super::table::fits_tag(e.addr()) {
             // SAFETY: just allocated from `arena`, holds nothing yet.
             unsafe { arena.free(e.cast()) };

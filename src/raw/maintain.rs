@@ -113,6 +113,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         self.shared.migrations.fetch_add(1, Relaxed);
         if compacting {
             self.shared.compactions.fetch_add(1, Relaxed);
+            // The map shrinks: its reserved slots must not keep a block that the compaction
+            // would give back (a map emptied by removals compacts, then releases its blocks).
+            self.grave.arena.unreserve(&mut st.slots);
         }
     }
 
@@ -373,6 +376,8 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         };
         st.cursor = 0;
         self.misses.store(0, Relaxed);
+        // The map is empty now: its reserved slots must not keep a block.
+        self.grave.arena.unreserve(&mut st.slots);
         // The read tier's expunged entries are tagged in its slots, which its corpse scans.
         st.expunged.clear();
         st.compacting = false;

@@ -284,6 +284,9 @@ pub(crate) struct LockedState<K, V> {
     since_observed: u32,
     /// The running migration was started to compact: promote as soon as it completes.
     pub(crate) compacting: bool,
+    /// Entry slots reserved from the arena for the next new keys (see `arena::SlotCache`):
+    /// given back when a compaction starts, in `clear`, and when the tiers are taken away.
+    pub(crate) slots: arena::SlotCache,
 }
 
 /// Where a key was found under the lock. The pointers stay valid while the caller's guard is
@@ -450,6 +453,7 @@ impl<K, V> Shard<K, V> {
                 retired: false,
                 since_observed: 0,
                 compacting: false,
+                slots: arena::SlotCache::new(),
             })),
             shared: shared.clone(),
             grave: Arc::new(Graveyard::new(shared)),
@@ -618,6 +622,8 @@ impl<K, V> Shard<K, V> {
         let dirty = self.set_dirty(&mut st, None);
         let upto = if dirty.is_null() { 0 } else { st.cursor };
         st.cursor = 0;
+        // The map is being emptied or dropped: its reserved slots must not keep a block.
+        self.grave.arena.unreserve(&mut st.slots);
         (read, dirty, upto)
     }
     /// Replaces the dirty tier (under the lock) and publishes it for lock-free lookups,
@@ -1138,7 +1144,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             Some(_) => {}
         }
         let d = st.tier.as_deref().expect("dirty tier exists");
-        let e = Entry::create(hash, key, value, &self.grave.arena);
+        let e = Entry::create(hash, key, value, &self.grave.arena, &mut st.slots);
         // SAFETY: just created; not yet shared.
         let v = match unsafe { &*e }.load() {
             State::Live(v) => v,
