@@ -280,7 +280,7 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// that counts firings and panics.
     ///
     /// **When it is checked.** Once before this method returns (on this thread), then with
-    /// every snapshot the map's observer hook takes: every 64 slow-path (locked) operations,
+    /// every snapshot the map's observer hook takes: every 64 slow-path (locked) operations of a shard,
     /// after each promotion and after each `clear`. Read hits and lock-free overwrites or
     /// deletes of keys in the read tier never check; a map whose deletes pile up starts a
     /// compaction, which takes the slow path, so the check follows.
@@ -928,6 +928,22 @@ impl<K, V, S> SyncMap<K, V, S> {
     #[doc(hidden)]
     pub fn loom_share_collector<K2, V2, S2>(&mut self, other: &SyncMap<K2, V2, S2>) {
         self.raw.share_collector(&other.raw);
+    }
+
+    /// Loom builds only (`--cfg tiermap_loom`): makes this map, which must not have been used
+    /// yet and must have one shard, split into two shards at the first promotion that finds
+    /// `at` live keys in it (loom builds never split otherwise, so that the other models keep
+    /// their state space).
+    ///
+    /// ```text
+    /// // loom-tests/tests/models/split.rs
+    /// let mut map = new_map();
+    /// map.loom_split_at(2);
+    /// ```
+    #[cfg(tiermap_loom)]
+    #[doc(hidden)]
+    pub fn loom_split_at(&mut self, at: usize) {
+        self.raw.set_split_at(at);
     }
 }
 

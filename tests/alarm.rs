@@ -50,12 +50,15 @@ fn fill(map: &SyncMap<u64, u64>, keys: std::ops::Range<u64>) {
 /// retired bytes as the map reports them now.
 fn settle(map: &SyncMap<u64, u64>, scratch: u64) -> usize {
     map.reclaim();
-    // 64 slow operations guarantee a check; the keys are removed again (also slow-path: they
-    // are dirty-only), so the map is unchanged.
-    for k in scratch..scratch + 128 {
+    // 64 slow operations of a shard guarantee a check (a map built empty is split into
+    // several shards once it grows: 128 per shard makes each one's count likely to pass 64);
+    // the keys are removed again (also slow-path: they are dirty-only), so the map is
+    // unchanged.
+    let n = 128 * map.shard_count() as u64;
+    for k in scratch..scratch + n {
         map.insert(k, k);
     }
-    for k in scratch..scratch + 128 {
+    for k in scratch..scratch + n {
         map.remove(&k);
     }
     map.stats().retired_bytes

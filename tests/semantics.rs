@@ -325,7 +325,10 @@ fn a_migration_after_removals_sizes_its_table_by_the_live_entries() {
     // the dirty table the next new key starts need not make room for the 5,000 deleted entries
     // it will drop, only for those that could be revived before it copies them (load 3/4).
     let n: u64 = if cfg!(miri) { 400 } else { 20_000 };
-    let map: SyncMap<u64, u64> = SyncMap::new();
+    // One shard (a map built empty would be split as it grows, and the new key below would
+    // start the migration of one shard of several).
+    let map: SyncMap<u64, u64> =
+        SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
     for i in 0..n {
         map.insert(i, i);
     }

@@ -8,7 +8,7 @@
 //! # Where the checks run
 //!
 //! The engine calls its observer, which takes a fresh [`MapStats`](crate::MapStats), every 64
-//! slow-path (locked) operations, after every promotion and after every `clear`, on the thread
+//! slow-path (locked) operations of a shard, after every promotion and after every `clear`, on the thread
 //! that did the operation, after it released the dirty lock. A read hit never looks at the
 //! hook, and neither do lock-free overwrites and deletes of keys in the read tier; so a
 //! condition is noticed at the next slow-path operation, which the map's own compaction

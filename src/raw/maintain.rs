@@ -20,18 +20,34 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// Does the slow-path maintenance if the lock is free right now (never waits for it).
     pub(super) fn maintain_if_free(&self, guard: &Guard) {
         if let Some(st) = try_lock(&self.dirty) {
+            if st.frozen {
+                // Split: nothing to maintain here (the successors maintain themselves).
+                return;
+            }
             self.unlock_and_maintain(st, guard);
         }
     }
 
-    /// Runs `f` under the dirty lock, then does the migration/promotion work every slow
-    /// operation owes, releases the lock, and pushes any retired table to the global queue.
+    /// Runs `f` under the dirty lock of the shard that holds keys of hash `hash` (this one, or,
+    /// if it was split, its successor for `hash`), then does the migration/promotion work every
+    /// slow operation owes, releases the lock, and pushes any retired table to the global
+    /// queue. `f` is handed the shard whose lock it holds, and must work on that one.
     pub(super) fn with_lock<'g, R>(
         &self,
+        hash: u64,
         guard: &'g Guard,
         f: impl FnOnce(&Self, &mut LockedState<K, V>, &'g Guard) -> R,
     ) -> R {
         let mut st = lock(&self.dirty);
+        #[cfg(not(tiermap_mutation = "split_no_forward"))]
+        if st.frozen {
+            // Split since the caller picked this shard: the key's writes go to its successor,
+            // which holds every key of its hashes that this shard held (the split copied them
+            // under this lock) and takes those added since.
+            let next = super::sharded::successor::<K, V>(st.successors, hash);
+            drop(st);
+            return next.with_lock(hash, guard, f);
+        }
         let r = f(self, &mut st, guard);
         self.unlock_and_maintain(st, guard);
         r
@@ -220,6 +236,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         st.compacting = false;
         st.retired = true;
         self.shared.promotions.fetch_add(1, Relaxed);
+        if self.split_at > 0 && gen.live() >= self.split_at {
+            // Relaxed: a hint; the split re-checks under the lock. `retired` makes the
+            // observation due, which is where the map looks at this flag.
+            self.split_due.store(true, Relaxed);
+        }
     }
 
     /// Whether the held tables or deleted entries are out of proportion to the live entries.
@@ -249,6 +270,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// The work every slow operation owes: migrate, promote when due, start a compaction when
     /// the map holds too much.
     pub(super) fn maintain(&self, st: &mut LockedState<K, V>, guard: &Guard) {
+        if st.frozen {
+            return;
+        }
         if st.tier.is_some() {
             let read = self.read(guard);
             if st.cursor < read.table.capacity() {
@@ -312,8 +336,10 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             let mut st = lock(&self.dirty);
             let read = self.read(guard);
             // `start` is alive (our guard), so a different pointer is a newer tier: one
-            // promoted since the call began, or a `clear`'s empty one.
-            if !ptr::eq(read, start) {
+            // promoted since the call began, or a `clear`'s empty one. A split shard's read
+            // tier holds every key it had (the caller iterates the shards it loaded before the
+            // split).
+            if !ptr::eq(read, start) || st.frozen {
                 self.unlock_and_maintain(st, guard);
                 return read;
             }
@@ -404,6 +430,11 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     pub(super) fn compact_round(&self, guard: &Guard) {
         {
             let mut st = lock(&self.dirty);
+            if st.frozen {
+                // Split meanwhile: the successors hold its keys (the caller goes over the
+                // shards it loaded before the split).
+                return;
+            }
             if st.tier.is_none() {
                 let read = self.read(guard);
                 self.start_migration(&mut st, read, true);
@@ -425,6 +456,32 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             }
             self.unlock_and_maintain(st, guard);
         }
+    }
+
+    /// Retires the read tier of this shard, which a split has just frozen (`RawMap::split`),
+    /// as a tier that owns no entry (they are the new shards'); under the lock.
+    ///
+    /// # Safety
+    /// The caller split this shard under the lock it holds (`st`) and published the new shard
+    /// array before this call, so that only operations pinned before then can reach this
+    /// shard, and through it the tier; the shard is frozen (nothing replaces or frees its
+    /// tiers again, and its `drop` does not touch them).
+    pub(crate) unsafe fn retire_frozen(&self, st: &mut LockedState<K, V>, guard: &Guard) {
+        debug_assert!(st.frozen && st.tier.is_none());
+        let read = self.read.load(Relaxed);
+        // SAFETY: per the caller: unreachable but by operations pinned before now, whose grace
+        // period the graveyard waits for; it owns no entry (`Listed` with none) and is retired
+        // once (the shard is frozen).
+        unsafe {
+            self.retire_tiers(
+                read,
+                Ownership::Listed(Vec::new()),
+                0,
+                ptr::null_mut(),
+                guard,
+            )
+        };
+        st.retired = true;
     }
 
     /// Retires an unpublished read tier (owning the entries `owned` says, `owned_entries` of

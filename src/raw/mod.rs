@@ -115,6 +115,21 @@ impl Gen {
     fn entries(&self) -> usize {
         self.entries.load(Relaxed).max(0) as usize
     }
+
+    /// The live count as kept, possibly negative: after a split, a shard's count and the split
+    /// shard's residual (`RawMap::len`) are exact only in sum.
+    #[inline]
+    pub(crate) fn raw_live(&self) -> isize {
+        // Relaxed: as in `live`.
+        self.live.load(Relaxed)
+    }
+
+    /// The entry count as kept, possibly negative (see `raw_live`).
+    #[inline]
+    pub(crate) fn raw_entries(&self) -> isize {
+        // Relaxed: as in `live`.
+        self.entries.load(Relaxed)
+    }
 }
 
 /// A table plus what a reader needs to know about it.
@@ -284,6 +299,14 @@ pub(crate) struct LockedState<K, V> {
     since_observed: u32,
     /// The running migration was started to compact: promote as soon as it completes.
     pub(crate) compacting: bool,
+    /// The shard was split (`RawMap::split`): its keys live in the shards of `successors`,
+    /// and it only serves the lock-free lookups and writes of operations that loaded the map's
+    /// shards before the split (its read tier is the full table the split copied, retired
+    /// through the graveyard). Anything that takes its lock goes to the key's successor.
+    pub(crate) frozen: bool,
+    /// When `frozen`: the shards that replaced it (the map's shard array, tagged with its
+    /// `log2` length; see `sharded::ShardPtr`). They live as long as the map.
+    pub(crate) successors: *mut Shard<K, V>,
     /// Entry slots reserved from the arena for the next new keys (see `arena::SlotCache`):
     /// given back when a compaction starts, in `clear`, and when the tiers are taken away.
     pub(crate) slots: arena::SlotCache,
@@ -384,6 +407,18 @@ pub(crate) struct Shard<K, V> {
     /// entry blocks back whole without visiting the entries. A std atomic: read only with
     /// exclusive access, and loom builds always visit the entries.
     cells: std::sync::atomic::AtomicBool,
+    /// Live keys at which this shard, the only one of a map built for few keys, is split into
+    /// several after a promotion (`RawMap::split`); 0: never (maps built with several shards,
+    /// or with a shard count chosen by the user, and shards made by a split).
+    pub(crate) split_at: usize,
+    /// A promotion found the shard due for its split (see `split_at`); the map splits it when
+    /// the operation returns, with `observe_due`. A std atomic: a hint, re-checked under the
+    /// lock by the split.
+    pub(crate) split_due: std::sync::atomic::AtomicBool,
+    /// The shard shares its graveyard, entry arena and counters with the other shards of its
+    /// map (it was made by a split): its `drop` frees its entries one by one (another shard's
+    /// entries may share its blocks) and leaves the graveyard to the last shard dropped.
+    pub(crate) shares_arena: bool,
     /// The dirty tier (`Dirty::tier`) published for lock-free lookups, or null. Changed only
     /// under the lock, always after `read` when both change (see `lookup`). A dirty table is
     /// insert-only (removals leave deleted entries), so probing it without the lock is safe.
@@ -453,6 +488,8 @@ impl<K, V> Shard<K, V> {
                 retired: false,
                 since_observed: 0,
                 compacting: false,
+                frozen: false,
+                successors: ptr::null_mut(),
                 slots: arena::SlotCache::new(),
             })),
             shared: shared.clone(),
@@ -461,6 +498,45 @@ impl<K, V> Shard<K, V> {
             sharded,
             observe_due: std::sync::atomic::AtomicBool::new(false),
             cells: std::sync::atomic::AtomicBool::new(false),
+            split_at: 0,
+            split_due: std::sync::atomic::AtomicBool::new(false),
+            shares_arena: false,
+            reclaimer,
+            _owns: PhantomData,
+        }
+    }
+
+    /// One of the shards that replace `self` in a split (`RawMap::split`): its read tier is
+    /// `read` (built by the split from `self`'s entries, which it owns now), it has no dirty
+    /// tier, and it shares `self`'s graveyard, entry arena and counters, and its generation.
+    pub(crate) fn split_part(&self, read: Box<Tier<K, V>>, reclaimer: Reclaimer) -> Self {
+        Shard {
+            read: AtomicPtr::new(Box::into_raw(read)),
+            dirty_view: AtomicPtr::new(ptr::null_mut()),
+            misses: AtomicUsize::new(0),
+            dirty: OwnLine(Mutex::new(LockedState {
+                tier: TierSlot::new(None),
+                cursor: 0,
+                budget: MIN_BUDGET,
+                expunged: Vec::new(),
+                retired: false,
+                since_observed: 0,
+                compacting: false,
+                frozen: false,
+                successors: ptr::null_mut(),
+                slots: arena::SlotCache::new(),
+            })),
+            shared: self.shared.clone(),
+            grave: self.grave.clone(),
+            // Relaxed: the split holds `self`'s lock, under which a `clear` changes it.
+            generation: AtomicU64::new(self.generation.load(Relaxed)),
+            sharded: true,
+            observe_due: std::sync::atomic::AtomicBool::new(false),
+            // Relaxed: as for `cells` (an entry of `self` may hold a cell).
+            cells: std::sync::atomic::AtomicBool::new(self.cells.load(Relaxed)),
+            split_at: 0,
+            split_due: std::sync::atomic::AtomicBool::new(false),
+            shares_arena: true,
             reclaimer,
             _owns: PhantomData,
         }
@@ -1036,7 +1112,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                 return self.after_store(e, gen, old, guard);
             }
         }
-        self.with_lock(guard, |this, st, guard| {
+        self.with_lock(hash, guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
             let place = this.locate(st, read, missed, hash, &key);
             // SAFETY: found while `guard` is pinned.
@@ -1178,9 +1254,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     }
 
     /// After a lock-free delete: help or start a compaction if deleted entries pile up.
-    fn after_delete(&self, read: &Tier<K, V>, guard: &Guard) {
+    fn after_delete(&self, read: &Tier<K, V>, hash: u64, guard: &Guard) {
         if self.needs_compaction(read) {
-            self.with_lock(guard, |_, _, _| ());
+            self.with_lock(hash, guard, |_, _, _| ());
         }
     }
 
@@ -1210,7 +1286,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
 
     fn after_remove<'g>(&self, e: &Entry<K, V>, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
         let v = self.unlinked(e, gen, old, guard);
-        self.after_delete(self.read(guard), guard);
+        self.after_delete(self.read(guard), e.hash, guard);
         v
     }
 
@@ -1271,7 +1347,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         if value.is_none() && boxed.is_none() {
             value = Some((f.take().expect("value computed once"))());
         }
-        self.with_lock(guard, |this, st, guard| {
+        self.with_lock(hash, guard, |this, st, guard| {
             let read = this.read_locked(read, guard);
             let place = this.locate(st, read, missed, hash, &key);
             if let Place::Dirty(..) = place {
@@ -1420,6 +1496,12 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
 
 impl<K, V> Drop for Shard<K, V> {
     fn drop(&mut self) {
+        if lock(&self.dirty).frozen {
+            // A split shard owns nothing: its entries are its successors', its read tier was
+            // handed to the (shared) graveyard at the split, and it never had a dirty tier
+            // since. The successors are dropped first (`RawMap`'s drop) and free the rest.
+            return;
+        }
         let held = {
             let guard = self.reclaimer.pin();
             self.stats(&guard).held_bytes
@@ -1431,7 +1513,10 @@ impl<K, V> Drop for Shard<K, V> {
         let retired = unsafe { self.grave.close() };
         let (read, dirty, upto) = self.take_tiers();
         let arena = &self.grave.arena;
-        let plain = !entry::entries_need_drop::<K, V>() && !*self.cells.get_mut();
+        // Shards that share an arena (made by a split) walk their entries: giving the blocks
+        // back whole would free the entries of the shards not dropped yet.
+        let plain =
+            !entry::entries_need_drop::<K, V>() && !*self.cells.get_mut() && !self.shares_arena;
         if plain && arena.can_release_all() {
             // The entries own nothing but their slots (no drop glue, every value in its
             // entry's own slot): the tables go, then the arena's blocks whole, without a walk

@@ -248,7 +248,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         K: Eq,
     {
         let stale = self.read(guard);
-        self.with_lock(guard, |this, st, guard| {
+        self.with_lock(hash, guard, |this, st, guard| {
             let read = this.read_locked(stale, guard);
             let k = key.as_ref().expect("key kept until inserted");
             let place = this.locate(st, read, None, hash, k);

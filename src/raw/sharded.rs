@@ -10,12 +10,13 @@
 //! resets of `MapPool` and `into_iter`.
 
 use std::borrow::Borrow;
-use std::sync::atomic::Ordering::Relaxed;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use super::entry::Entry;
-use super::{background, Observer, RawIter, Replace, Shard};
-use crate::facade::{Guard, Reclaimer};
+use super::{background, Gen, Observer, RawIter, Replace, Shard, Tier};
+use crate::facade::{AtomicPtr, Guard, Reclaimer};
 use crate::outcome::{Computed, GetOrInsert, Op};
 use crate::stats::MapStats;
 
@@ -57,11 +58,94 @@ fn hardware_threads() -> usize {
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Live keys at which a map built for fewer than `2 * KEYS_PER_SHARD` keys (one shard) is split
+/// into `split_shards()` shards, at the first promotion that finds it that large: a map built
+/// empty and grown (Go's usage) then gets the shards a map built large has, for its writers on
+/// several threads. Small in Miri and loom builds, so that their tests and models reach it.
+#[cfg(not(any(miri, tiermap_loom)))]
+pub(crate) const SPLIT_AT: usize = 2 * KEYS_PER_SHARD;
+#[cfg(miri)]
+pub(crate) const SPLIT_AT: usize = 48;
+/// Loom: off unless a model asks for it (`SyncMap::loom_split_at`), so that the other models
+/// keep their state space.
+#[cfg(all(tiermap_loom, not(miri)))]
+pub(crate) const SPLIT_AT: usize = 0;
+/// The split gives up on a shard that holds more than this many times `split_at` live keys
+/// when it gets to it (a migration kept it from splitting at an earlier promotion): a split
+/// copies every slot under the lock, and must stay a bounded step.
+const SPLIT_MAX_FACTOR: usize = 4;
+
+/// How many shards a split makes: as many as a map built large gets (`shards_for`), at least
+/// two (loom models split into two).
+fn split_shards() -> usize {
+    if cfg!(tiermap_loom) {
+        return 2;
+    }
+    (SHARDS_PER_THREAD * hardware_threads())
+        .next_power_of_two()
+        .clamp(2, MAX_SHARDS)
+}
+
+/// Low bits of a shard array's address: `Shard` is aligned to 128 bytes, so a tagged array
+/// pointer keeps the array's `len - 1` (at most `MAX_SHARDS - 1`) there.
+const MASK_BITS: usize = 127;
+const _: () =
+    assert!(MAX_SHARDS - 1 <= MASK_BITS && std::mem::align_of::<Shard<u8, u8>>() > MASK_BITS);
+
+/// A shard array as a thin pointer to its first shard, with `len - 1` in the low bits.
+fn tag_array<K, V>(shards: Box<[Shard<K, V>]>) -> *mut Shard<K, V> {
+    let mask = shards.len() - 1;
+    debug_assert!(shards.len().is_power_of_two() && mask <= MASK_BITS);
+    Box::into_raw(shards)
+        .cast::<Shard<K, V>>()
+        .map_addr(|a| a | mask)
+}
+
+/// The first shard and the mask of a tagged shard array.
+#[inline(always)]
+fn untag_array<K, V>(p: *mut Shard<K, V>) -> (*mut Shard<K, V>, usize) {
+    (p.map_addr(|a| a & !MASK_BITS), p.addr() & MASK_BITS)
+}
+
+/// The shard for `hash` in the tagged shard array `array` (a split shard's successors).
+///
+/// The returned reference is unbounded: every shard array a map ever published lives until the
+/// map is dropped (`RawMap::frozen`), which its borrowers prevent; callers tie it to a shard
+/// of the same map.
+pub(crate) fn successor<'a, K, V>(array: *mut Shard<K, V>, hash: u64) -> &'a Shard<K, V> {
+    let (first, mask) = untag_array(array);
+    let i = (hash >> 32) as usize & mask;
+    // SAFETY: `array` is a published shard array of the caller's map (a split shard's
+    // successors), alive while the map is (see above); `i <= mask = len - 1`.
+    unsafe { &*first.add(i) }
+}
+
+/// What `RawMap::clear_from` did.
+enum Cleared {
+    /// Began the new generation and replaced every shard's tiers.
+    Yes,
+    /// Nothing: every shard was bare.
+    Bare,
+    /// Nothing: the shard array was split since the caller loaded it.
+    Split,
+}
+
 /// The engine behind `SyncMap`: its shards, and the observer they share.
 pub(crate) struct RawMap<K, V> {
-    shards: Box<[Shard<K, V>]>,
-    /// `shards.len() - 1`.
-    mask: usize,
+    /// The shard array (a power of two, 1 to `MAX_SHARDS` shards; see `tag_array`). Changes
+    /// once at most: when the one shard of a map built small is split (`split`).
+    root: AtomicPtr<Shard<K, V>>,
+    /// `root` can never change (the map was built with more than one shard, or with a shard
+    /// count of the user's): loom builds then load it without a synchronization point.
+    fixed: bool,
+    /// The shard array a split replaced (tagged), or null: operations that loaded it before
+    /// the split may still be using it, so it is freed with the map. A std atomic: written
+    /// once, under the split shard's lock, and read only by `drop`.
+    frozen: std::sync::atomic::AtomicPtr<Shard<K, V>>,
+    /// The live and entry counts of the split shard's generation left over by the split
+    /// (operations that found their entry through the split shard count there): part of
+    /// `len` while that generation is current (see `split`).
+    residual: std::sync::OnceLock<Arc<Gen>>,
     /// A handle on the collector every shard pins (see `Reclaimer::sibling`), here so that a
     /// pin does not touch the shard array.
     reclaimer: Reclaimer,
@@ -70,15 +154,31 @@ pub(crate) struct RawMap<K, V> {
     /// table), outside every lock, when the operation returns (the retention alarm and the
     /// metrics publisher hook in here). Read hits look only at their shard's flag.
     observer: arc_swap::ArcSwapOption<Observer>,
+    /// Owns the shard arrays (`root`, `frozen`).
+    _owns: PhantomData<Box<[Shard<K, V>]>>,
 }
 
+// SAFETY: as for `Shard` (the map is its shards, whose arrays it owns through `root` and
+// `frozen`).
+unsafe impl<K: Send, V: Send> Send for RawMap<K, V> {}
+// SAFETY: as for `Shard`; `root` and `frozen` are atomics, and the arrays they point to are
+// shared only as `&Shard`.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for RawMap<K, V> {}
+
 impl<K, V> RawMap<K, V> {
-    /// A map for `capacity` keys, with `shards_for(capacity)` shards.
+    /// A map for `capacity` keys, with `shards_for(capacity)` shards; one that starts with a
+    /// single shard is split when it grows (`SPLIT_AT`).
     pub(crate) fn new(capacity: usize) -> Self {
-        Self::with_shards(capacity, shards_for(capacity))
+        let n = shards_for(capacity);
+        let mut map = Self::with_shards(capacity, n);
+        if n == 1 && SPLIT_AT > 0 {
+            map.set_split_at(SPLIT_AT);
+        }
+        map
     }
 
-    /// A map for `capacity` keys (spread evenly) with `valid_shards(shards)` shards.
+    /// A map for `capacity` keys (spread evenly) with `valid_shards(shards)` shards, never
+    /// split.
     pub(crate) fn with_shards(capacity: usize, shards: usize) -> Self {
         let n = valid_shards(shards);
         let first = Reclaimer::new();
@@ -86,10 +186,23 @@ impl<K, V> RawMap<K, V> {
             .map(|_| Shard::new(capacity.div_ceil(n), first.sibling(), n > 1))
             .collect();
         RawMap {
-            mask: n - 1,
+            root: AtomicPtr::new(tag_array(shards)),
+            fixed: true,
+            frozen: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            residual: std::sync::OnceLock::new(),
             reclaimer: first.sibling(),
-            shards,
             observer: arc_swap::ArcSwapOption::empty(),
+            _owns: PhantomData,
+        }
+    }
+
+    /// Makes a one-shard map split when its shard holds `at` live keys at a promotion (0:
+    /// never). Before the map is shared.
+    pub(crate) fn set_split_at(&mut self, at: usize) {
+        let shards = self.shards_mut();
+        if shards.len() == 1 {
+            shards[0].split_at = at;
+            self.fixed = at == 0;
         }
     }
 
@@ -97,25 +210,55 @@ impl<K, V> RawMap<K, V> {
     /// `Reclaimer::share`). Only for a map that never pinned yet.
     #[cfg(tiermap_loom)]
     pub(crate) fn share_collector<K2, V2>(&mut self, other: &RawMap<K2, V2>) {
-        for s in self.shards.iter_mut() {
-            s.share_collector(&other.shards[0]);
+        let first = &other.shards()[0];
+        for s in self.shards_mut() {
+            s.share_collector(first);
         }
         self.reclaimer = other.reclaimer.sibling();
     }
 
-    /// The shards, in index order.
+    /// The tagged shard array, with the synchronization its readers need.
+    #[inline(always)]
+    fn root(&self) -> *mut Shard<K, V> {
+        #[cfg(tiermap_loom)]
+        if self.fixed {
+            // SAFETY: `root` is never stored to after construction (see `fixed`), so this
+            // load races with no store.
+            return unsafe { self.root.unsync_load() };
+        }
+        // Acquire pairs with the release store of a split: the new shards, built before it,
+        // are visible.
+        #[cfg(not(tiermap_mutation = "split_relaxed_root"))]
+        return self.root.load(Acquire);
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "split_relaxed_root")]
+        return self.root.load(Relaxed);
+    }
+
+    /// The shards, in index order (the current array: a split may replace it by a larger one
+    /// right after this returns; the one returned stays usable while `self` is borrowed).
     pub(crate) fn shards(&self) -> &[Shard<K, V>] {
-        &self.shards
+        let (first, mask) = untag_array(self.root());
+        // SAFETY: `root` always holds a published shard array of `mask + 1` shards, freed only
+        // by `drop` (a replaced one is kept in `frozen` until then), which `&self` excludes.
+        unsafe { std::slice::from_raw_parts(first, mask + 1) }
+    }
+
+    /// The shards, with exclusive access.
+    fn shards_mut(&mut self) -> &mut [Shard<K, V>] {
+        let (first, mask) = untag_array(*self.root.get_mut());
+        // SAFETY: as in `shards`; `&mut self`: no other reference to the array exists.
+        unsafe { std::slice::from_raw_parts_mut(first, mask + 1) }
     }
 
     /// The shard of a mixed hash.
     #[inline]
     pub(crate) fn shard(&self, hash: u64) -> &Shard<K, V> {
-        let i = (hash >> 32) as usize & self.mask;
-        debug_assert!(i < self.shards.len());
-        // SAFETY: `mask` is `shards.len() - 1` and `shards.len()` a power of two (`with_shards`;
-        // the array is never resized), so `i < shards.len()`.
-        unsafe { self.shards.get_unchecked(i) }
+        let (first, mask) = untag_array(self.root());
+        let i = (hash >> 32) as usize & mask;
+        // SAFETY: `root` holds a published array of `mask + 1` shards (a power of two, see
+        // `tag_array`), alive while `self` is borrowed (see `shards`); `i <= mask`.
+        unsafe { &*first.add(i) }
     }
 
     /// Pins the current thread for this map's epoch (every operation's first step).
@@ -131,16 +274,32 @@ impl<K, V> RawMap<K, V> {
         super::table::mix(hash)
     }
 
-    /// Keys present: the sum of the shards' counts (each exact when no write is in flight).
+    /// Keys present: the sum of the shards' counts (each exact when no write is in flight), and
+    /// of what a split left in the split shard's generation (see `split`).
     pub(crate) fn len(&self, guard: &Guard) -> usize {
-        self.shards.iter().map(|s| s.read(guard).gen.live()).sum()
+        let shards = self.shards();
+        let mut live: isize = shards.iter().map(|s| s.read(guard).gen.raw_live()).sum();
+        if let Some(r) = self.residual(shards, guard) {
+            live += r.raw_live();
+        }
+        live.max(0) as usize
+    }
+
+    /// The counts a split left in the split shard's generation, while that generation is the
+    /// map's current one (a `clear` ends it, and with it everything it counted).
+    fn residual(&self, shards: &[Shard<K, V>], guard: &Guard) -> Option<&Gen> {
+        let r = self.residual.get()?;
+        (shards[0].read(guard).gen.id == r.id).then_some(&**r)
     }
 
     /// Where the map's memory is: the shards' statistics, summed (each shard's taken under its
-    /// lock, one after the other).
+    /// lock, one after the other). The shards a split made share one graveyard, entry arena
+    /// and set of counters: those figures are taken once.
     pub(crate) fn stats(&self, guard: &Guard) -> MapStats {
+        let shards = self.shards();
+        let shared = shards[0].shares_arena;
         let mut total = MapStats::default();
-        for s in self.shards.iter() {
+        for (i, s) in shards.iter().enumerate() {
             let st = s.stats(guard);
             total.len += st.len;
             total.deleted += st.deleted;
@@ -149,31 +308,33 @@ impl<K, V> RawMap<K, V> {
             total.migrating |= st.migrating;
             total.misses += st.misses;
             total.held_bytes += st.held_bytes;
-            total.spare_bytes += st.spare_bytes;
-            total.retired_bytes += st.retired_bytes;
-            total.promotions += st.promotions;
-            total.migrations += st.migrations;
-            total.compactions += st.compactions;
+            if i == 0 || !shared {
+                total.spare_bytes += st.spare_bytes;
+                total.retired_bytes += st.retired_bytes;
+                total.promotions += st.promotions;
+                total.migrations += st.migrations;
+                total.compactions += st.compactions;
+            }
         }
-        total.held_bytes += self.header_bytes();
+        if let Some(r) = self.residual(shards, guard) {
+            let (live, entries) = (r.raw_live(), r.raw_entries());
+            let deleted = entries - live;
+            total.len = (total.len as isize + live).max(0) as usize;
+            total.deleted = (total.deleted as isize + deleted).max(0) as usize;
+            let bytes = live * super::entry::entry_bytes::<K, V>(true) as isize
+                + deleted * super::entry::entry_bytes::<K, V>(false) as isize;
+            total.held_bytes = (total.held_bytes as isize + bytes).max(0) as usize;
+        }
+        total.held_bytes += self.header_bytes(shards);
         total
     }
 
-    /// What the shard array takes beyond its first shard: a one-shard map's `held_bytes` stays
-    /// what it was when its one engine was inline in the `SyncMap` (tables, entries, values).
-    fn header_bytes(&self) -> usize {
-        (self.shards.len() - 1) * std::mem::size_of::<Shard<K, V>>()
-    }
-
-    /// Runs the observer if `shard`'s last slow operation said it is due. After every
-    /// operation, outside every lock.
-    #[inline]
-    fn observe_due(&self, shard: &Shard<K, V>, guard: &Guard) {
-        // Relaxed: a hint (see `Shard::observe_due`); a lost or doubled call only moves an
-        // observation by one operation.
-        if shard.observe_due.load(Relaxed) {
-            self.observe_now(shard, guard);
-        }
+    /// What the shard arrays take beyond one shard: a one-shard map's `held_bytes` stays what
+    /// it was when its one engine was inline in the `SyncMap` (tables, entries, values); a
+    /// split map also keeps the array it replaced.
+    fn header_bytes(&self, shards: &[Shard<K, V>]) -> usize {
+        let kept = usize::from(!self.frozen.load(Relaxed).is_null());
+        (shards.len() - 1 + kept) * std::mem::size_of::<Shard<K, V>>()
     }
 
     /// Runs the observer once if any shard says it is due (after an operation that worked on
@@ -181,20 +342,13 @@ impl<K, V> RawMap<K, V> {
     #[cfg(feature = "rayon")]
     pub(crate) fn observe_any_due(&self, guard: &Guard) {
         let mut due = false;
-        for s in self.shards.iter() {
+        for s in self.shards() {
             // Relaxed: as in `observe_due`.
             due |= s.observe_due.swap(false, Relaxed);
         }
         if due {
             self.observe(guard);
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn observe_now(&self, shard: &Shard<K, V>, guard: &Guard) {
-        shard.observe_due.store(false, Relaxed);
-        self.observe(guard);
     }
 
     /// Runs the observer, if any, with a way to take a fresh snapshot. Never called with a
@@ -213,7 +367,7 @@ impl<K, V> RawMap<K, V> {
 
     /// Moves every present key and value out of the map.
     pub(crate) fn drain_into(&mut self, out: &mut Vec<(K, V)>) {
-        for s in self.shards.iter_mut() {
+        for s in self.shards_mut() {
             s.drain_into(out);
         }
     }
@@ -221,14 +375,141 @@ impl<K, V> RawMap<K, V> {
     /// Empties a map the caller owns exclusively, freeing everything now, and gives it empty
     /// dirty tiers of `slots` slots in all (see `Shard::reset_exclusive`).
     pub(crate) fn reset_exclusive(&mut self, slots: usize) {
-        let per_shard = slots.div_ceil(self.shards.len());
-        for s in self.shards.iter_mut() {
+        let shards = self.shards_mut();
+        let per_shard = slots.div_ceil(shards.len());
+        for s in shards {
             s.reset_exclusive(per_shard);
         }
     }
 }
 
 impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
+    /// Splits `old`, the one shard of a map built small, into `split_shards()` shards, if it is
+    /// still due: under its lock, with no dirty tier (right after a promotion, before a new
+    /// key starts the next migration; else the next promotion tries again), and with at most
+    /// `SPLIT_MAX_FACTOR * split_at` live keys (the split is one bounded step; a shard that
+    /// grew past that without a chance to split stays one).
+    ///
+    /// The read tier then holds every key and owns every entry (I3 with no migration). The
+    /// split copies its slots, by the hash bits that pick a shard, into one read table per new
+    /// shard (the same entry pointers: no entry moves, and values written through either
+    /// table are the same), publishes the new array, and freezes `old`: its read tier stays,
+    /// holding every key it had, for the lookups and lock-free writes of operations that
+    /// loaded the old array before (they work on the shared entries), and is retired through
+    /// the graveyard (owning no entry) so that it outlives them; anything that takes `old`'s
+    /// lock after this goes to the key's new shard (`Shard::with_lock`). The new shards share
+    /// `old`'s graveyard, entry arena and counters. Each new shard counts the entries it got
+    /// (live and in all); those counts are taken out of the split shard's generation, which
+    /// keeps what operations on the old array change later (`residual`, part of `len`).
+    #[cold]
+    #[inline(never)]
+    fn split(&self, old: &Shard<K, V>, guard: &Guard) {
+        let mut st = old.dirty();
+        let read = old.read(guard);
+        let live = read.gen.live();
+        if st.frozen
+            || old.split_at == 0
+            || st.tier.is_some()
+            || live < old.split_at
+            || live > SPLIT_MAX_FACTOR * old.split_at
+            || self.shards().len() != 1
+        {
+            return;
+        }
+        let n = split_shards();
+        let mask = n - 1;
+        let mut parts: Vec<Vec<*mut super::entry::Entry<K, V>>> = vec![Vec::new(); n];
+        let mut counts = vec![(0isize, 0isize); n];
+        read.table.for_each_raw(|_, e, owned| {
+            // I3: no migration ran on a freshly promoted tier, so it tagged nothing.
+            debug_assert!(!owned, "a split tier holds an expunged entry");
+            // SAFETY: entries reachable from the read tier are alive while we hold the lock
+            // and `guard` (I3).
+            let entry = unsafe { &*e };
+            let i = (entry.hash >> 32) as usize & mask;
+            counts[i].1 += 1;
+            if matches!(entry.load(), super::entry::State::Live(_)) {
+                counts[i].0 += 1;
+            }
+            parts[i].push(e);
+        });
+        let id = read.gen.id;
+        let shards: Box<[Shard<K, V>]> = parts
+            .into_iter()
+            .zip(counts.iter())
+            .map(|(entries, &(live, total))| {
+                let gen = Arc::new(Gen {
+                    id,
+                    live: crate::facade::AtomicIsize::new(live),
+                    entries: crate::facade::AtomicIsize::new(total),
+                });
+                let tier = Tier::boxed(entries.len() * 4 / 3 + 1, gen);
+                for e in entries {
+                    tier.table.insert_unique(e);
+                }
+                old.split_part(tier, self.reclaimer.sibling())
+            })
+            .collect();
+        // What the new shards count leaves the split shard's generation.
+        let (moved_live, moved) = counts
+            .iter()
+            .fold((0, 0), |(l, t), &(live, total)| (l + live, t + total));
+        // Relaxed: counters (see `Gen::live`); `entries` changes only under the lock we hold.
+        read.gen.live.fetch_sub(moved_live, Relaxed);
+        read.gen.entries.fetch_sub(moved, Relaxed);
+        // Seeded bug for the loom models (never built otherwise): forget what operations on
+        // the old array count after the split, so that `len` misses their changes.
+        #[cfg(not(tiermap_mutation = "split_no_residual"))]
+        let _ = self.residual.set(read.gen.clone());
+        let array = tag_array(shards);
+        let previous = {
+            // Release: the new shards, their tables and counts, built above, are visible to
+            // whoever loads the array (`root`).
+            #[cfg(not(tiermap_mutation = "split_relaxed_root"))]
+            let publish = Release;
+            // Deliberately too weak for the loom models; never built otherwise.
+            #[cfg(tiermap_mutation = "split_relaxed_root")]
+            let publish = Relaxed;
+            self.root.swap(array, publish)
+        };
+        // Relaxed: read only by `drop`, with exclusive access.
+        self.frozen.store(previous, Relaxed);
+        st.frozen = true;
+        st.successors = array;
+        // A frozen shard takes no new entry: its reserved slots go back to the arena.
+        old.grave.arena.unreserve(&mut st.slots);
+        // SAFETY: `read` stays `old`'s published read tier, but `old` is frozen: nothing
+        // replaces or frees it but this retirement, whose grace period covers every operation
+        // that loaded the old array (they were pinned before the swap above). Its entries are
+        // the new shards' now, so it owns none.
+        unsafe { old.retire_frozen(&mut st, guard) };
+        drop(st);
+        old.after_unlock(0, false, guard);
+    }
+
+    /// Runs the observer if `shard`'s last slow operation said it is due. After every
+    /// operation, outside every lock.
+    #[inline]
+    fn observe_due(&self, shard: &Shard<K, V>, guard: &Guard) {
+        // Relaxed: a hint (see `Shard::observe_due`); a lost or doubled call only moves an
+        // observation by one operation.
+        if shard.observe_due.load(Relaxed) {
+            self.observe_now(shard, guard);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn observe_now(&self, shard: &Shard<K, V>, guard: &Guard) {
+        shard.observe_due.store(false, Relaxed);
+        // Relaxed: a hint (see `Shard::split_due`); `split` re-checks under the lock.
+        if shard.split_due.load(Relaxed) {
+            shard.split_due.store(false, Relaxed);
+            self.split(shard, guard);
+        }
+        self.observe(guard);
+    }
+
     /// Runs `op` on the shard of `hash`, then the observer if that shard says it is due.
     /// Always inlined: a read hit is `op` plus two loads (measured: out of line, `on` cost a
     /// read hit 45 instructions more).
@@ -376,46 +657,64 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// memory, which runs user `Drop`s that may call the map) runs once every lock is released.
     pub(crate) fn clear(&self, guard: &Guard) {
         let mut budgets = [0usize; MAX_SHARDS];
-        if self.clear_from(0, None, true, &mut budgets, guard) {
-            for (s, &budget) in self.shards.iter().zip(budgets.iter()) {
-                s.after_unlock(budget, false, guard);
+        loop {
+            let shards = self.shards();
+            match self.clear_from(shards, 0, None, true, &mut budgets, guard) {
+                Cleared::Yes => {
+                    for (s, &budget) in shards.iter().zip(budgets.iter()) {
+                        s.after_unlock(budget, false, guard);
+                    }
+                    // Once for the whole map: every shard retired its tiers.
+                    self.observe(guard);
+                    return;
+                }
+                Cleared::Bare => return,
+                // Split since `shards` was loaded: clear the shards that replaced it.
+                Cleared::Split => continue,
             }
-            // Once for the whole map: every shard retired its tiers.
-            self.observe(guard);
         }
     }
 
-    /// Locks shard `i`, then (recursively) the shards after it; once all are locked, begins
-    /// the new generation in each (or, if every shard is bare, does nothing); then, unwinding,
-    /// replaces shard `i`'s tiers and unlocks it, leaving in `budgets[i]` the step budget for
-    /// its `after_unlock`. `bare`: the shards before `i` are bare. Returns whether it cleared.
+    /// Locks shard `i` of `shards`, then (recursively) the shards after it; once all are
+    /// locked, begins the new generation in each (or, if every shard is bare, does nothing;
+    /// or, if the first was split meanwhile, nothing: the caller starts over on the new
+    /// array, which the split published before it unlocked); then, unwinding, replaces shard
+    /// `i`'s tiers and unlocks it, leaving in `budgets[i]` the step budget for its
+    /// `after_unlock`. `bare`: the shards before `i` are bare.
     fn clear_from(
         &self,
+        shards: &[Shard<K, V>],
         i: usize,
         id: Option<u64>,
         bare: bool,
         budgets: &mut [usize; MAX_SHARDS],
         guard: &Guard,
-    ) -> bool {
-        let shard = &self.shards[i];
+    ) -> Cleared {
+        let shard = &shards[i];
         let mut st = shard.dirty();
+        if st.frozen {
+            // Only a one-shard array is ever split, so this is shard 0 and nothing else is
+            // locked.
+            debug_assert_eq!(i, 0);
+            return Cleared::Split;
+        }
         // Every shard has the same generation outside a `clear`, and this one holds shard 0.
         let id = id.unwrap_or_else(|| shard.next_generation());
         let bare = bare && shard.is_bare(&st, guard);
-        let cleared = if i + 1 < self.shards.len() {
-            self.clear_from(i + 1, Some(id), bare, budgets, guard)
+        let cleared = if i + 1 < shards.len() {
+            self.clear_from(shards, i + 1, Some(id), bare, budgets, guard)
         } else {
             // Every shard is locked (this one by `st`, the others by the frames above).
             if bare {
-                return false;
+                return Cleared::Bare;
             }
             #[cfg(not(tiermap_mutation = "clear_shard_by_shard"))]
-            for s in self.shards.iter() {
+            for s in shards.iter() {
                 s.begin_clear(id);
             }
-            true
+            Cleared::Yes
         };
-        if cleared {
+        if let Cleared::Yes = cleared {
             // Seeded bug for the loom models (never built otherwise): each shard begins the
             // generation only as its tiers are replaced, so a lookup can see one shard
             // cleared and a later one not.
@@ -428,7 +727,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
 
     /// Rebuilds every shard's tiers so that they hold only live entries.
     pub(crate) fn compact(&self, guard: &Guard) {
-        for s in self.shards.iter() {
+        for s in self.shards() {
             s.compact(guard);
             self.observe_due(s, guard);
         }
@@ -438,7 +737,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// `SyncMap::retain`). Stops if a `clear` intervenes.
     pub(crate) fn retain(&self, guard: &Guard, mut f: impl FnMut(&K, &V) -> bool) {
         let mut gen = None;
-        for s in self.shards.iter() {
+        for s in self.shards() {
             let tier = s.snapshot(guard);
             if *gen.get_or_insert(tier.id) != tier.id {
                 break;
@@ -462,15 +761,22 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// until every shard's retired memory is freed or a guard pinned before it holds it (at most
     /// 64 rounds). Returns the retired bytes still waiting.
     pub(crate) fn reclaim(&self) -> usize {
+        // The graveyards: one per shard, or one for all the shards a split made.
+        let shards = self.shards();
+        let yards = if shards[0].shares_arena {
+            &shards[..1]
+        } else {
+            shards
+        };
         {
             let guard = self.pin();
-            for s in self.shards.iter() {
+            for s in yards {
                 s.grave.seal_values(&guard);
                 s.grave.defer(&guard);
             }
         }
         let pending = || -> usize {
-            self.shards
+            yards
                 .iter()
                 .map(|s| s.shared.retired_bytes.load(Relaxed))
                 .sum()
@@ -481,7 +787,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 break;
             }
             self.reclaimer.collect(1);
-            for s in self.shards.iter() {
+            for s in yards {
                 freed += s.grave.drain(usize::MAX);
             }
             if round >= 8 && !cfg!(tiermap_loom) {
@@ -494,11 +800,30 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         // Blocks emptied by the frees above, or by a background step that finished an item
         // after this thread's last drain looked (it releases them too, but perhaps only after
         // this call returns).
-        for s in self.shards.iter() {
+        for s in yards {
             freed += s.grave.arena.release_unused();
         }
         background::freed(freed);
         pending()
+    }
+}
+
+impl<K, V> Drop for RawMap<K, V> {
+    fn drop(&mut self) {
+        // The current shards first: they own every entry, and the last of a split's shards to
+        // go closes the graveyard they share (which frees the split shard's retired read
+        // tier). Then the array a split replaced, whose frozen shard owns nothing.
+        let root = *self.root.get_mut();
+        let frozen = *self.frozen.get_mut();
+        for array in [root, frozen] {
+            if array.is_null() {
+                continue;
+            }
+            let (first, mask) = untag_array(array);
+            // SAFETY: `array` came from `tag_array` (a `Box<[Shard]>` of `mask + 1` shards)
+            // and is freed once, here; `&mut self`: nothing else uses it any more.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(first, mask + 1)) });
+        }
     }
 }
 
@@ -507,6 +832,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
 /// new generation (as iteration of one tier always did).
 pub(crate) struct MapIter<'g, K, V> {
     raw: &'g RawMap<K, V>,
+    /// The shard array when the iteration began: a split meanwhile does not make it see a
+    /// key twice (the split shard's snapshot holds every key the new shards got).
+    shards: &'g [Shard<K, V>],
     guard: &'g Guard,
     /// The generation of the first shard's snapshot.
     gen: Option<u64>,
@@ -520,6 +848,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> MapIter<'g, K, V> {
     pub(crate) fn new(raw: &'g RawMap<K, V>, guard: &'g Guard) -> Self {
         let mut it = MapIter {
             raw,
+            shards: raw.shards(),
             guard,
             gen: None,
             at: 0,
@@ -533,7 +862,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> MapIter<'g, K, V> {
 
     fn open(&mut self, at: usize) {
         self.at = at;
-        self.inner = self.raw.shards.get(at).and_then(|s| {
+        self.inner = self.shards.get(at).and_then(|s| {
             let tier = s.snapshot(self.guard);
             self.raw.observe_due(s, self.guard);
             (*self.gen.get_or_insert(tier.id) == tier.id).then(|| RawIter::new(tier, self.guard))
@@ -547,7 +876,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> Iterator for MapIter<'g, K, V> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let inner = self.inner.as_mut()?;
-            if !self.raw.shards[self.at].generation_is(inner.tier().id) {
+            if !self.shards[self.at].generation_is(inner.tier().id) {
                 self.inner = None;
                 return None;
             }
