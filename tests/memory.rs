@@ -62,6 +62,16 @@ fn filled() -> SyncMap<u64, u64> {
     }
     map
 }
+
+/// `filled`, but with one shard that is never split: for the bounds whose argument is about
+/// one shard's compactions.
+fn filled_one_shard() -> SyncMap<u64, u64> {
+    let map = SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
+    for i in 0..N {
+        map.insert(i, i);
+    }
+    map
+}
 /// Slack allowed over an empty map: epoch bookkeeping (a bag or two of 64 deferred
 /// functions) and the at most ~64 deleted entries plus small tables the purge may keep.
 const SMALL: isize = 32 * 1024;
@@ -160,9 +170,12 @@ fn memory_scenarios() {
     settle();
 
     // (d) a cache that drops its oldest 90 %: the entry blocks that held them go back (entries
-    // are handed out in address order while a map grows), not only their table slots.
+    // are handed out in address order while a map grows), not only their table slots. One
+    // shard: the bound on what is left below follows one shard's compactions (a map split into
+    // several shards holds the deleted entries of each, up to its own compaction, and each may
+    // be in the middle of one; (d2) checks that map's memory comes back too).
     let base = heap();
-    let map = filled();
+    let map = filled_one_shard();
     map.reclaim();
     let full = heap() - base;
     for i in 0..N * 9 / 10 {
@@ -180,6 +193,27 @@ fn memory_scenarios() {
     // What is left of the blocks: the block shared with the removed keys and the newest
     // block's unused end, at most 64 KiB each.
     assert!(s.spare_bytes <= 128 << 10, "(d) {s}");
+    drop(map);
+    settle();
+
+    // (d2) the same with a map built empty, which is split into several shards as it grows.
+    let base = heap();
+    let map = filled();
+    assert!(cfg!(miri) || map.shard_count() > 1, "not split");
+    map.reclaim();
+    let full = heap() - base;
+    for i in 0..N * 9 / 10 {
+        map.remove(&i);
+    }
+    map.reclaim();
+    let after = heap() - base;
+    let s = map.stats();
+    println!("(d2) full={full} after dropping the oldest 90 %={after} {s}");
+    assert_eq!(map.len(), (N - N * 9 / 10) as usize);
+    assert!(
+        after <= full / 4,
+        "(d2) held {after} of {full} bytes after removing the oldest 90 % of the keys: {s}"
+    );
     drop(map);
     settle();
 

@@ -123,3 +123,19 @@ fn the_observer_runs_after_promotions_by_parallel_iteration() {
         "the observer ran after those promotions"
     );
 }
+#[test]
+fn zz_debug_split_spare() {
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    for i in 0..100_000u64 { map.insert(i, i); }
+    map.reclaim();
+    for i in 0..90_000u64 { map.remove(&i); }
+    map.reclaim();
+    let raw = map.raw();
+    for (i, s) in raw.shards().iter().enumerate() {
+        let st = s.dirty();
+        let g = raw.pin();
+        let r = s.read(&g);
+        eprintln!("shard {i}: cache {} tier {} live {} entries {} cap {}", st.slots.len(), st.tier.is_some(), r.gen.raw_live(), r.gen.raw_entries(), r.table.capacity());
+    }
+    eprintln!("{}", map.stats());
+}
