@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Observer;
+use std::hash::BuildHasher;
+
+use super::{Observer, RawMap};
 use crate::SyncMap;
 
 thread_local! {
@@ -123,19 +125,138 @@ fn the_observer_runs_after_promotions_by_parallel_iteration() {
         "the observer ran after those promotions"
     );
 }
-#[test]
-fn zz_debug_split_spare() {
-    let map: SyncMap<u64, u64> = SyncMap::new();
-    for i in 0..100_000u64 { map.insert(i, i); }
-    map.reclaim();
-    for i in 0..90_000u64 { map.remove(&i); }
-    map.reclaim();
-    let raw = map.raw();
-    for (i, s) in raw.shards().iter().enumerate() {
-        let st = s.dirty();
-        let g = raw.pin();
-        let r = s.read(&g);
-        eprintln!("shard {i}: cache {} tier {} live {} entries {} cap {}", st.slots.len(), st.tier.is_some(), r.gen.raw_live(), r.gen.raw_entries(), r.table.capacity());
+/// Inserts keys `0..` into a map built empty until it splits; returns how many it took.
+fn fill_until_split(map: &SyncMap<u64, u64>) -> u64 {
+    let mut k = 0;
+    while map.shard_count() == 1 {
+        map.insert(k, k * 10);
+        // Reads of the new keys advance the promotion clock, whose promotion splits.
+        let _ = map.get(&(k / 2));
+        k += 1;
+        assert!(k < 1 << 20, "never split");
     }
-    eprintln!("{}", map.stats());
+    k
+}
+
+/// A map built empty becomes `split_shards()` shards once it holds `SPLIT_AT` keys at a
+/// promotion, keeps every key and its count, and works as before after the split.
+#[test]
+fn a_map_built_empty_splits_as_it_grows_and_keeps_everything() {
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    assert_eq!(map.shard_count(), 1);
+    let n = fill_until_split(&map);
+    assert!(n >= super::sharded::SPLIT_AT as u64, "split at {n} keys");
+    assert!(map.shard_count() > 1);
+    for k in 0..n {
+        assert_eq!(map.get_cloned(&k), Some(k * 10), "key {k} after the split");
+    }
+    assert_eq!(map.len() as u64, n);
+    let s = map.stats();
+    assert_eq!((s.len as u64, s.deleted), (n, 0), "{s}");
+    let mut seen: Vec<u64> = map.pin().iter().map(|(k, _)| *k).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "each key once");
+    // Writes of every kind on the split map.
+    for k in (0..n).step_by(2) {
+        assert_eq!(map.remove(&k).as_deref(), Some(&(k * 10)));
+    }
+    for k in n..n + 1000 {
+        assert!(map.insert(k, k * 10).is_none());
+    }
+    assert_eq!(map.len() as u64, n - n.div_ceil(2) + 1000);
+    map.retain(|k, _| k % 3 != 0);
+    let expect = (1..n).step_by(2).chain(n..n + 1000).filter(|k| k % 3 != 0).count();
+    assert_eq!(map.len(), expect);
+    map.shrink_to_fit();
+    assert_eq!(map.stats().deleted, 0);
+    map.clear();
+    assert!(map.is_empty());
+    assert_eq!(map.stats().len, 0);
+    map.insert(1, 2);
+    assert_eq!(map.get_cloned(&1), Some(2));
+    assert_eq!(map.len(), 1);
+}
+
+/// An operation that picked the split shard before the split (here: called on it directly,
+/// afterwards) still works: lookups find every key it held, lock-free writes reach the shared
+/// entries, and anything that takes its lock goes to the key's new shard. `len` stays exact
+/// (what the old shard's counts get after the split is `RawMap::residual`).
+#[test]
+fn operations_on_the_split_shard_reach_the_new_shards() {
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    let old: *const super::Shard<u64, u64> = &map.raw().shards()[0];
+    let n = fill_until_split(&map);
+    let raw = map.raw();
+    // SAFETY: the split shard's array lives as long as the map (`RawMap::frozen`).
+    let old = unsafe { &*old };
+    assert!(old.dirty().frozen);
+    let guard = raw.pin();
+    let hash = |k: u64| RawMap::<u64, u64>::mix(map.hasher().hash_one(k));
+    for k in 0..n {
+        assert_eq!(old.get(hash(k), &k, &guard), Some(&(k * 10)), "key {k}");
+    }
+    // A lock-free overwrite through the old shard (the key's entry is shared).
+    assert_eq!(old.insert(hash(3), 3, 33, &guard), Some(&30));
+    assert_eq!(map.get_cloned(&3), Some(33));
+    // New keys take the lock: forwarded to their new shards.
+    for k in n..n + 100 {
+        assert!(old.insert(hash(k), k, k * 10, &guard).is_none());
+    }
+    // Removals through the old shard count in its generation, which `len` adds in.
+    for k in 0..10 {
+        assert!(old.remove(hash(k), &k, &guard).is_some());
+    }
+    drop(guard);
+    for k in n..n + 100 {
+        assert_eq!(map.get_cloned(&k), Some(k * 10), "forwarded key {k}");
+    }
+    for k in 0..10 {
+        assert_eq!(map.get_cloned(&k), None);
+    }
+    assert_eq!(map.len() as u64, n + 100 - 10);
+    assert_eq!(map.stats().len as u64, n + 100 - 10);
+}
+
+/// Two threads grow a map built empty through its split while a third reads: every key
+/// inserted is there afterwards, and the count is exact.
+#[test]
+fn concurrent_writers_through_the_split() {
+    const PER: u64 = if cfg!(miri) { 100 } else { 20_000 };
+    let map: Arc<SyncMap<u64, u64>> = Arc::new(SyncMap::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (map, stop) = (map.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(SeqCst) {
+                if let Some(v) = map.get_cloned(&k) {
+                    assert_eq!(v, k + 1);
+                }
+                k = (k + 7) % (2 * PER);
+            }
+        })
+    };
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let map = map.clone();
+            std::thread::spawn(move || {
+                for k in (t * PER)..(t + 1) * PER {
+                    assert!(map.get_or_insert(k, k + 1).is_inserted());
+                    if k % 3 == 0 {
+                        assert_eq!(map.get_cloned(&k), Some(k + 1));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, SeqCst);
+    reader.join().unwrap();
+    assert!(cfg!(miri) || map.shard_count() > 1);
+    for k in 0..2 * PER {
+        assert_eq!(map.get_cloned(&k), Some(k + 1), "key {k}");
+    }
+    assert_eq!(map.len() as u64, 2 * PER);
 }
