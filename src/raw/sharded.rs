@@ -246,7 +246,8 @@ impl<K, V> RawMap<K, V> {
 
     /// The shards, with exclusive access.
     fn shards_mut(&mut self) -> &mut [Shard<K, V>] {
-        let (first, mask) = untag_array(*self.root.get_mut());
+        // Relaxed: `&mut self` (whatever gave us exclusive access ordered every store before).
+        let (first, mask) = untag_array(self.root.load(Relaxed));
         // SAFETY: as in `shards`; `&mut self`: no other reference to the array exists.
         unsafe { std::slice::from_raw_parts_mut(first, mask + 1) }
     }
@@ -813,7 +814,8 @@ impl<K, V> Drop for RawMap<K, V> {
         // The current shards first: they own every entry, and the last of a split's shards to
         // go closes the graveyard they share (which frees the split shard's retired read
         // tier). Then the array a split replaced, whose frozen shard owns nothing.
-        let root = *self.root.get_mut();
+        // Relaxed: `&mut self` (as in `shards_mut`).
+        let root = self.root.load(Relaxed);
         let frozen = *self.frozen.get_mut();
         for array in [root, frozen] {
             if array.is_null() {

@@ -26,6 +26,7 @@ mod read_promotion;
 mod remove_insert;
 mod rmw;
 mod shards;
+mod split;
 
 use loom::sync::Arc;
 use tiermap_loom_tests::Map;
