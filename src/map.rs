@@ -148,7 +148,8 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// ```
     ///
     /// A map built for 8192 keys or more is split into shards (see
-    /// [`SyncMap::with_capacity_shards_and_hasher`]); a smaller one has one.
+    /// [`SyncMap::with_capacity_shards_and_hasher`]); a smaller one starts with one, and is
+    /// split into as many as a large map gets once it holds 8192 keys.
     pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
         SyncMap {
             raw: RawMap::new(capacity),
@@ -168,8 +169,30 @@ impl<K, V, S> SyncMap<K, V, S> {
     /// The other constructors choose: one shard for a map built for fewer than 8192 keys (a
     /// small or pooled map pays for one lock and one pair of tables, as a Go `sync.Map`
     /// does), else four per hardware thread, at most one per 4096 keys and at most 64. A map
-    /// built empty and grown keeps one shard: build it with a capacity, or with this
-    /// constructor, if several threads will insert new keys into it at once.
+    /// built with one shard that way is **split** when it grows: at the first promotion that
+    /// finds 8192 keys or more in it (and at most four times that), its one shard becomes
+    /// four per hardware thread (at least two, at most 64), in one step that copies the slots
+    /// of its read table (no entry moves). So a map built empty and grown by several threads
+    /// gets the shards a map built large has. A map built by this constructor keeps the
+    /// shards it was given, one included: the split costs one thread's inserts about 10-15 %
+    /// of their time (more tables in use at once) and buys two threads' about 20-25 %
+    /// (`BENCHMARKS.md`).
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// let grown: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::new();
+    /// for k in 0..20_000 {
+    ///     grown.insert(k, k);
+    ///     let _ = grown.get(&(k / 2)); // reads advance the promotion clock
+    /// }
+    /// assert!(grown.shard_count() > 1);
+    /// let one: tiermap::SyncMap<u32, u32> =
+    ///     tiermap::SyncMap::with_capacity_shards_and_hasher(0, 1, RandomState::new());
+    /// for k in 0..20_000 {
+    ///     one.insert(k, k);
+    /// }
+    /// assert_eq!(one.shard_count(), 1);
+    /// ```
     ///
     /// ```
     /// use std::collections::hash_map::RandomState;
@@ -187,7 +210,8 @@ impl<K, V, S> SyncMap<K, V, S> {
         }
     }
 
-    /// How many shards the map has (see [`SyncMap::with_capacity_shards_and_hasher`]).
+    /// How many shards the map has now (see [`SyncMap::with_capacity_shards_and_hasher`]: a
+    /// map built small has more once it has grown).
     ///
     /// ```
     /// let small: tiermap::SyncMap<u32, u32> = tiermap::SyncMap::with_capacity(100);

@@ -324,24 +324,34 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// if new keys have amended it since (as Go's `Range` uses the read map it has just
     /// promoted). Each step either returns or migrates `SNAPSHOT_STEP` units of the one
     /// migration that must end before that promotion.
-    pub(crate) fn snapshot<'g>(&self, guard: &'g Guard) -> &'g Tier<K, V> {
+    ///
+    /// `Err(successors)` if the shard was split (`RawMap::split`; the caller iterates the new
+    /// shards, tagged array `successors`, instead): a split shard's tiers may lack the keys
+    /// added to its successors since, and cannot be completed any more.
+    pub(crate) fn snapshot<'g>(
+        &self,
+        guard: &'g Guard,
+    ) -> Result<&'g Tier<K, V>, *mut Shard<K, V>> {
         let start = self.read(guard);
-        // Acquire: as in `lookup`.
+        // Acquire: as in `lookup`. (A read tier that is not amended holds every key of its
+        // shard, also when the shard has been split since: its successors hold the same
+        // entries, and the keys added to them since the split came after this call began.)
         if !start.amended.load(Acquire) {
-            return start;
+            return Ok(start);
         }
         loop {
             #[cfg(test)]
             super::tests::SNAPSHOT_ROUNDS.with(|n| n.set(n.get() + 1));
             let mut st = lock(&self.dirty);
+            if st.frozen {
+                return Err(st.successors);
+            }
             let read = self.read(guard);
             // `start` is alive (our guard), so a different pointer is a newer tier: one
-            // promoted since the call began, or a `clear`'s empty one. A split shard's read
-            // tier holds every key it had (the caller iterates the shards it loaded before the
-            // split).
-            if !ptr::eq(read, start) || st.frozen {
+            // promoted since the call began, or a `clear`'s empty one.
+            if !ptr::eq(read, start) {
                 self.unlock_and_maintain(st, guard);
-                return read;
+                return Ok(read);
             }
             debug_assert!(st.tier.is_some(), "amended implies a dirty tier");
             self.migrate(&mut st, SNAPSHOT_STEP, guard);
@@ -349,7 +359,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                 self.promote(&mut st, guard);
                 let promoted = self.read(guard);
                 self.unlock_and_maintain(st, guard);
-                return promoted;
+                return Ok(promoted);
             }
             self.unlock_and_maintain(st, guard);
         }
@@ -458,29 +468,42 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         }
     }
 
-    /// Retires the read tier of this shard, which a split has just frozen (`RawMap::split`),
-    /// as a tier that owns no entry (they are the new shards'); under the lock.
+    /// Retires the tiers of this shard, which a split has just frozen (`RawMap::split`): the
+    /// read tier owning only the entries its migration expunged (listed in `expunged`), the
+    /// dirty tier, if any, owning none (its entries are the new shards'); under the lock. The
+    /// tiers stay published here (`read`, `dirty_view`) for the operations that loaded the
+    /// shard before the split.
     ///
     /// # Safety
-    /// The caller split this shard under the lock it holds (`st`) and published the new shard
-    /// array before this call, so that only operations pinned before then can reach this
-    /// shard, and through it the tier; the shard is frozen (nothing replaces or frees its
-    /// tiers again, and its `drop` does not touch them).
+    /// The caller split this shard under the lock it holds (`st`), giving every entry of its
+    /// tiers but the expunged ones to the new shards, and published the new shard array
+    /// before this call, so that only operations pinned before then can reach this shard, and
+    /// through it the tiers; the shard is frozen (nothing replaces or frees its tiers again,
+    /// and its `drop` does not touch them).
     pub(crate) unsafe fn retire_frozen(&self, st: &mut LockedState<K, V>, guard: &Guard) {
-        debug_assert!(st.frozen && st.tier.is_none());
+        debug_assert!(st.frozen);
         let read = self.read.load(Relaxed);
+        // Out of the locked state, without touching `dirty_view`: lookups of the old array
+        // still probe it.
+        let dirty = st.tier.take();
+        st.cursor = 0;
+        let expunged = std::mem::take(&mut st.expunged);
+        let n = expunged.len();
         // SAFETY: per the caller: unreachable but by operations pinned before now, whose grace
-        // period the graveyard waits for; it owns no entry (`Listed` with none) and is retired
+        // period the graveyard waits for; the read tier owns exactly its expunged entries (I3,
+        // the migration listed them as it tagged them), the dirty tier none; each is retired
         // once (the shard is frozen).
         unsafe {
-            self.retire_tiers(
-                read,
-                Ownership::Listed(Vec::new()),
-                0,
-                ptr::null_mut(),
-                guard,
-            )
-        };
+            self.retire_tiers(read, Ownership::Listed(expunged), n, ptr::null_mut(), guard);
+            if !dirty.is_null() {
+                let bytes = (*dirty).bytes();
+                self.grave.retire(Item::Tier(Corpse::new(
+                    dirty,
+                    Ownership::Listed(Vec::new()),
+                    bytes,
+                )));
+            }
+        }
         st.retired = true;
     }
 

@@ -59,9 +59,11 @@ impl<'g, K: Send + 'static, V: Send + 'static> RawParIter<'g, K, V> {
     /// iteration does). Taken here, on the pinned thread, shard after shard; a `clear` seen
     /// between two snapshots ends the list (as it ends sequential iteration).
     pub(crate) fn new(raw: &'g RawMap<K, V>, guard: &'g Guard) -> Self {
-        let mut pieces = Vec::with_capacity(raw.shards().len());
-        for shard in raw.shards() {
-            let tier = shard.snapshot(guard);
+        let mut shards = raw.shards();
+        let mut pieces = Vec::with_capacity(shards.len());
+        let mut at = 0;
+        while let Some((shard, tier)) = super::sharded::snapshot_at(&mut shards, at, guard) {
+            at += 1;
             if pieces
                 .first()
                 .is_some_and(|p: &Piece<'g, K, V>| p.tier.id != tier.id)

@@ -113,11 +113,8 @@ fn untag_array<K, V>(p: *mut Shard<K, V>) -> (*mut Shard<K, V>, usize) {
 /// map is dropped (`RawMap::frozen`), which its borrowers prevent; callers tie it to a shard
 /// of the same map.
 pub(crate) fn successor<'a, K, V>(array: *mut Shard<K, V>, hash: u64) -> &'a Shard<K, V> {
-    let (first, mask) = untag_array(array);
-    let i = (hash >> 32) as usize & mask;
-    // SAFETY: `array` is a published shard array of the caller's map (a split shard's
-    // successors), alive while the map is (see above); `i <= mask = len - 1`.
-    unsafe { &*first.add(i) }
+    let shards = array_slice(array);
+    &shards[(hash >> 32) as usize & (shards.len() - 1)]
 }
 
 /// What `RawMap::clear_from` did.
@@ -128,6 +125,36 @@ enum Cleared {
     Bare,
     /// Nothing: the shard array was split since the caller loaded it.
     Split,
+}
+
+/// The shards of a tagged shard array (a split shard's successors), with the same unbounded
+/// lifetime as [`successor`] (every array a map published lives until the map is dropped).
+fn array_slice<'a, K, V>(array: *mut Shard<K, V>) -> &'a [Shard<K, V>] {
+    let (first, mask) = untag_array(array);
+    // SAFETY: `array` is a published shard array of the caller's map, alive while the map is;
+    // it holds `mask + 1` shards (`tag_array`).
+    unsafe { std::slice::from_raw_parts(first, mask + 1) }
+}
+
+/// Shard `at` of `*shards` and its snapshot (`Shard::snapshot`). If that shard was split
+/// (only the one shard of a one-shard array ever is, so `at` is 0 and nothing of it was
+/// iterated yet), `*shards` becomes the array that replaced it and the snapshot is of its
+/// first shard. `None` past the end.
+pub(crate) fn snapshot_at<'g, K: Send + 'static, V: Send + 'static>(
+    shards: &mut &'g [Shard<K, V>],
+    at: usize,
+    guard: &'g Guard,
+) -> Option<(&'g Shard<K, V>, &'g Tier<K, V>)> {
+    loop {
+        let s = shards.get(at)?;
+        match s.snapshot(guard) {
+            Ok(tier) => return Some((s, tier)),
+            Err(successors) => {
+                debug_assert_eq!(at, 0, "only a one-shard array is split");
+                *shards = array_slice(successors);
+            }
+        }
+    }
 }
 
 /// The engine behind `SyncMap`: its shards, and the observer they share.
@@ -386,22 +413,26 @@ impl<K, V> RawMap<K, V> {
 
 impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// Splits `old`, the one shard of a map built small, into `split_shards()` shards, if it is
-    /// still due: under its lock, with no dirty tier (right after a promotion, before a new
-    /// key starts the next migration; else the next promotion tries again), and with at most
-    /// `SPLIT_MAX_FACTOR * split_at` live keys (the split is one bounded step; a shard that
-    /// grew past that without a chance to split stays one).
+    /// still due: under its lock, with at most `SPLIT_MAX_FACTOR * split_at` live keys (the
+    /// split is one bounded step; a shard that grew past that without a chance to split stays
+    /// one).
     ///
-    /// The read tier then holds every key and owns every entry (I3 with no migration). The
-    /// split copies its slots, by the hash bits that pick a shard, into one read table per new
-    /// shard (the same entry pointers: no entry moves, and values written through either
-    /// table are the same), publishes the new array, and freezes `old`: its read tier stays,
-    /// holding every key it had, for the lookups and lock-free writes of operations that
-    /// loaded the old array before (they work on the shared entries), and is retired through
-    /// the graveyard (owning no entry) so that it outlives them; anything that takes `old`'s
-    /// lock after this goes to the key's new shard (`Shard::with_lock`). The new shards share
-    /// `old`'s graveyard, entry arena and counters. Each new shard counts the entries it got
-    /// (live and in all); those counts are taken out of the split shard's generation, which
-    /// keeps what operations on the old array change later (`residual`, part of `len`).
+    /// Every key of the shard is in exactly one of: the read tier's untagged slots at or after
+    /// the migration cursor, and the dirty tier (which holds the live entries of the slots
+    /// before the cursor, copied, and the fresh keys; the deleted entries before it are
+    /// expunged, tagged and listed in `expunged`, I3/I4); without a dirty tier, the read tier
+    /// alone. The split copies those slots, by the hash bits that pick a shard, into one read
+    /// table per new shard, which then owns them (the same entry pointers: no entry moves, and
+    /// a value written through either table is the same), publishes the new array, and
+    /// freezes `old`: its tiers stay, holding every key it had, for the lookups and lock-free
+    /// writes of operations that loaded the old array before (they work on the shared
+    /// entries), and are retired through the graveyard (the read tier owning its expunged
+    /// entries, the dirty tier none) so that they outlive those operations; anything that
+    /// takes `old`'s lock after this goes to the key's new shard (`Shard::with_lock`), and an
+    /// iteration that reaches it goes over the new shards (`snapshot_at`). The new shards share
+    /// `old`'s graveyard, entry arena and counters. Each counts the entries it got (live and
+    /// in all); those counts are taken out of the split shard's generation, which keeps what
+    /// operations on the old array change later (`residual`, part of `len`).
     #[cold]
     #[inline(never)]
     fn split(&self, old: &Shard<K, V>, guard: &Guard) {
@@ -410,7 +441,6 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let live = read.gen.live();
         if st.frozen
             || old.split_at == 0
-            || st.tier.is_some()
             || live < old.split_at
             || live > SPLIT_MAX_FACTOR * old.split_at
             || self.shards().len() != 1
@@ -421,11 +451,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         let mask = n - 1;
         let mut parts: Vec<Vec<*mut super::entry::Entry<K, V>>> = vec![Vec::new(); n];
         let mut counts = vec![(0isize, 0isize); n];
-        read.table.for_each_raw(|_, e, owned| {
-            // I3: no migration ran on a freshly promoted tier, so it tagged nothing.
-            debug_assert!(!owned, "a split tier holds an expunged entry");
-            // SAFETY: entries reachable from the read tier are alive while we hold the lock
-            // and `guard` (I3).
+        let mut take = |e: *mut super::entry::Entry<K, V>| {
+            // SAFETY: entries reachable from the tiers are alive while we hold the lock and
+            // `guard` (I3).
             let entry = unsafe { &*e };
             let i = (entry.hash >> 32) as usize & mask;
             counts[i].1 += 1;
@@ -433,7 +461,21 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 counts[i].0 += 1;
             }
             parts[i].push(e);
+        };
+        let dirty = st.tier.as_deref();
+        let cursor = if dirty.is_some() { st.cursor } else { 0 };
+        read.table.for_each_raw(|i, e, owned| {
+            // Before the cursor: copied to the dirty tier (live) or expunged (tagged).
+            if !owned && i >= cursor {
+                take(e);
+            }
         });
+        if let Some(d) = dirty {
+            d.table.for_each_raw(|_, e, owned| {
+                debug_assert!(!owned, "a dirty tier tags nothing");
+                take(e);
+            });
+        }
         let id = read.gen.id;
         let shards: Box<[Shard<K, V>]> = parts
             .into_iter()
@@ -479,10 +521,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         st.successors = array;
         // A frozen shard takes no new entry: its reserved slots go back to the arena.
         old.grave.arena.unreserve(&mut st.slots);
-        // SAFETY: `read` stays `old`'s published read tier, but `old` is frozen: nothing
-        // replaces or frees it but this retirement, whose grace period covers every operation
-        // that loaded the old array (they were pinned before the swap above). Its entries are
-        // the new shards' now, so it owns none.
+        // SAFETY: `old`'s tiers stay published in it, but it is frozen: nothing replaces or
+        // frees them but this retirement, whose grace period covers every operation that
+        // loaded the old array (they were pinned before the swap above). Their entries are
+        // the new shards' now, but for the read tier's expunged ones.
         unsafe { old.retire_frozen(&mut st, guard) };
         drop(st);
         old.after_unlock(0, false, guard);
@@ -738,8 +780,10 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     /// `SyncMap::retain`). Stops if a `clear` intervenes.
     pub(crate) fn retain(&self, guard: &Guard, mut f: impl FnMut(&K, &V) -> bool) {
         let mut gen = None;
-        for s in self.shards() {
-            let tier = s.snapshot(guard);
+        let mut shards = self.shards();
+        let mut at = 0;
+        while let Some((s, tier)) = snapshot_at(&mut shards, at, guard) {
+            at += 1;
             if *gen.get_or_insert(tier.id) != tier.id {
                 break;
             }
@@ -864,8 +908,7 @@ impl<'g, K: Send + 'static, V: Send + 'static> MapIter<'g, K, V> {
 
     fn open(&mut self, at: usize) {
         self.at = at;
-        self.inner = self.shards.get(at).and_then(|s| {
-            let tier = s.snapshot(self.guard);
+        self.inner = snapshot_at(&mut self.shards, at, self.guard).and_then(|(s, tier)| {
             self.raw.observe_due(s, self.guard);
             (*self.gen.get_or_insert(tier.id) == tier.id).then(|| RawIter::new(tier, self.guard))
         });

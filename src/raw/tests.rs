@@ -165,7 +165,11 @@ fn a_map_built_empty_splits_as_it_grows_and_keeps_everything() {
     }
     assert_eq!(map.len() as u64, n - n.div_ceil(2) + 1000);
     map.retain(|k, _| k % 3 != 0);
-    let expect = (1..n).step_by(2).chain(n..n + 1000).filter(|k| k % 3 != 0).count();
+    let expect = (1..n)
+        .step_by(2)
+        .chain(n..n + 1000)
+        .filter(|k| k % 3 != 0)
+        .count();
     assert_eq!(map.len(), expect);
     map.shrink_to_fit();
     assert_eq!(map.stats().deleted, 0);
@@ -175,6 +179,60 @@ fn a_map_built_empty_splits_as_it_grows_and_keeps_everything() {
     map.insert(1, 2);
     assert_eq!(map.get_cloned(&1), Some(2));
     assert_eq!(map.len(), 1);
+}
+
+/// A map filled by inserts alone (no reads: every promotion is made by a full dirty table,
+/// which starts the next migration at once) splits too, with its migration under way.
+#[test]
+fn a_map_filled_by_inserts_alone_splits_mid_migration() {
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    let n = 4 * super::sharded::SPLIT_AT as u64;
+    for k in 0..n {
+        map.insert(k, k + 1);
+    }
+    assert!(map.shard_count() > 1, "not split: {}", map.stats());
+    for k in 0..n {
+        assert_eq!(map.get_cloned(&k), Some(k + 1), "key {k}");
+    }
+    assert_eq!(map.len() as u64, n);
+    let mut seen: Vec<u64> = map.pin().iter().map(|(k, _)| *k).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "each key once");
+}
+
+/// An iteration that began on the one-shard array before the split, and reaches its shard
+/// after it, goes over the new shards: every key once.
+#[test]
+fn an_iteration_begun_before_the_split_sees_every_key_once() {
+    let map: SyncMap<u64, u64> = SyncMap::new();
+    let n = super::sharded::SPLIT_AT as u64 + 100;
+    for k in 0..n {
+        map.insert(k, k);
+    }
+    // The array as an iteration that began now would hold it.
+    let raw = map.raw();
+    let guard = raw.pin();
+    let mut shards = raw.shards();
+    assert_eq!(shards.len(), 1);
+    let old = &shards[0];
+    // Split now (as the next observation of a due shard would).
+    old.split_due.store(true, SeqCst);
+    old.observe_due.store(true, SeqCst);
+    let _ = map.insert(n, n);
+    assert!(old.dirty().frozen, "not split");
+    // The old array's shard is frozen: its snapshot sends the iteration to the new shards.
+    let mut keys = Vec::new();
+    let mut at = 0;
+    while let Some((_, tier)) = super::sharded::snapshot_at(&mut shards, at, &guard) {
+        keys.extend(super::RawIter::new(tier, &guard).map(|(e, _, _)| e.key));
+        at += 1;
+    }
+    assert!(
+        shards.len() > 1,
+        "the iteration did not move to the new shards"
+    );
+    keys.sort_unstable();
+    assert_eq!(keys, (0..=n).collect::<Vec<_>>(), "each key once");
 }
 
 /// An operation that picked the split shard before the split (here: called on it directly,
