@@ -136,6 +136,9 @@ fn array_slice<'a, K, V>(array: *mut Shard<K, V>) -> &'a [Shard<K, V>] {
     unsafe { std::slice::from_raw_parts(first, mask + 1) }
 }
 
+/// A shard and the snapshot of it an iteration walks.
+pub(crate) type ShardSnapshot<'g, K, V> = (&'g Shard<K, V>, &'g Tier<K, V>);
+
 /// Shard `at` of `*shards` and its snapshot (`Shard::snapshot`). If that shard was split
 /// (only the one shard of a one-shard array ever is, so `at` is 0 and nothing of it was
 /// iterated yet), `*shards` becomes the array that replaced it and the snapshot is of its
@@ -144,7 +147,7 @@ pub(crate) fn snapshot_at<'g, K: Send + 'static, V: Send + 'static>(
     shards: &mut &'g [Shard<K, V>],
     at: usize,
     guard: &'g Guard,
-) -> Option<(&'g Shard<K, V>, &'g Tier<K, V>)> {
+) -> Option<ShardSnapshot<'g, K, V>> {
     loop {
         let s = shards.get(at)?;
         match s.snapshot(guard) {

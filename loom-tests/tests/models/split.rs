@@ -89,3 +89,26 @@ fn split_vs_remove() {
         t.assert_all_dropped_once();
     });
 }
+
+#[test]
+fn split_vs_clear() {
+    check("split_vs_clear", 1, || {
+        let t = Tracker::new();
+        let map = splitting_map(&t);
+        let splitter = split_in_thread(&map);
+        // `clear` locks every shard of the array it loaded: if that is the one-shard array
+        // and the split froze its shard meanwhile, it starts over on the new shards.
+        map.clear();
+        assert_eq!(get(&map, IN_0), None, "key present after clear");
+        assert_eq!(get(&map, IN_1), None, "key present after clear");
+        let seen = splitter.join().unwrap();
+        assert!(
+            seen.is_empty() || seen == [(IN_1, 20), (IN_0, 10)],
+            "iteration across the split and the clear: {seen:?}"
+        );
+        assert_eq!(snapshot(&map), [], "cleared map not empty");
+        assert_eq!(map.len(), 0, "count after clear");
+        drop_map(map);
+        t.assert_all_dropped_once();
+    });
+}
