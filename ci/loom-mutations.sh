@@ -27,7 +27,7 @@ all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check fre
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
      no_clear_check clear_shard_by_shard filter_after_publish filter_skips_copies
-     split_no_forward split_no_residual split_relaxed_root
+     split_no_forward split_no_residual split_relaxed_root split_skips_dirty
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -52,6 +52,7 @@ declare -A models=(
   [split_no_forward]="split::"
   [split_no_residual]="split::"
   [split_relaxed_root]="split::"
+  [split_skips_dirty]="split::"
   [retire_before_publish]="read_promotion publication::promoted_tier"
   [skip_expunged_check]="remove_vs_insert_same_key"
   [free_without_defer]="removed_values_batched_while_a_reader_holds_one compare_exchange_vs_compare_remove"

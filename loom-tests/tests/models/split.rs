@@ -1,4 +1,4 @@
-//! Model 20: the split of a map built small (`RawMap::split`) racing the operations of another
+//! Model 20 (four tests): the split of a map built small (`RawMap::split`) racing the operations of another
 //! thread that may have picked the split shard before the split.
 //!
 //! The map splits at 2 live keys (`loom_split_at`) into two shards; keys `IN_0` and `IN_1` go
@@ -108,6 +108,38 @@ fn split_vs_clear() {
         );
         assert_eq!(snapshot(&map), [], "cleared map not empty");
         assert_eq!(map.len(), 0, "count after clear");
+        drop_map(map);
+        t.assert_all_dropped_once();
+    });
+}
+
+/// The split with a migration under way: the other thread's new key may arrive between the
+/// promotion (by this thread's iteration) and the split that follows it, starting the next
+/// migration; the split then takes the keys of both tiers (the read tier's beyond the
+/// migration cursor, and the dirty tier's, the new key among them). (The splitting thread is
+/// the model's main thread here, so that this interleaving needs one preemption.)
+#[test]
+fn split_mid_migration_vs_insert() {
+    check("split_mid_migration_vs_insert", 1, || {
+        let t = Tracker::new();
+        let map = splitting_map(&t);
+        let inserter = {
+            let map = map.clone();
+            let t = t.clone();
+            thread::spawn(move || {
+                assert!(map.insert(t.key(NEW), t.val(30)).is_none());
+                assert_eq!(get(&map, NEW), Some(30), "inserted key lost");
+            })
+        };
+        let seen = snapshot(&map);
+        assert!(
+            seen == [(IN_1, 20), (IN_0, 10)] || seen == [(IN_1, 20), (IN_0, 10), (NEW, 30)],
+            "iteration across the split: {seen:?}"
+        );
+        inserter.join().unwrap();
+        assert_eq!(map.shard_count(), 2, "not split");
+        assert_eq!(snapshot(&map), [(IN_1, 20), (IN_0, 10), (NEW, 30)]);
+        assert_eq!(map.len(), 3);
         drop_map(map);
         t.assert_all_dropped_once();
     });
