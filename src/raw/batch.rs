@@ -126,6 +126,7 @@ impl<V> OpenBatch<V> {
     /// `p` came from `alloc_value`, was unlinked by the caller, and is retired once. The caller
     /// is pinned (the batch it loads stays allocated while it works on it: a sealed batch is
     /// freed only after its grace period) and hands a returned batch to the graveyard.
+    #[inline]
     pub(crate) unsafe fn push(&self, p: *mut V) -> Option<Sealed<V>> {
         let mut spare: *mut Batch<V> = ptr::null_mut();
         loop {

@@ -38,18 +38,21 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         guard: &'g Guard,
         f: impl FnOnce(&Self, &mut LockedState<K, V>, &'g Guard) -> R,
     ) -> R {
-        let mut st = lock(&self.dirty);
+        let mut shard = self;
+        let mut st = lock(&shard.dirty);
+        // A loop, not a recursive call: a recursive `with_lock` is not inlined into its callers.
         #[cfg(not(tiermap_mutation = "split_no_forward"))]
-        if st.frozen {
+        while st.frozen {
             // Split since the caller picked this shard: the key's writes go to its successor,
             // which holds every key of its hashes that this shard held (the split copied them
             // under this lock) and takes those added since.
             let next = super::sharded::successor::<K, V>(st.successors, hash);
             drop(st);
-            return next.with_lock(hash, guard, f);
+            shard = next;
+            st = lock(&shard.dirty);
         }
-        let r = f(self, &mut st, guard);
-        self.unlock_and_maintain(st, guard);
+        let r = f(shard, &mut st, guard);
+        shard.unlock_and_maintain(st, guard);
         r
     }
 
@@ -251,6 +254,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// An empty map whose deleted entries keep entry blocks of more than [`ARENA_FLOOR`] bytes
     /// compacts too, however few the entries: each of them keeps its whole block (see
     /// `arena`), and the compaction frees them all, so that the blocks go back.
+    #[inline(always)]
     pub(super) fn needs_compaction(&self, read: &Tier<K, V>) -> bool {
         let live = read.gen.live();
         let deleted = read.gen.entries().saturating_sub(live);
@@ -270,9 +274,8 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     /// The work every slow operation owes: migrate, promote when due, start a compaction when
     /// the map holds too much.
     pub(super) fn maintain(&self, st: &mut LockedState<K, V>, guard: &Guard) {
-        if st.frozen {
-            return;
-        }
+        // Every path to here skips a split shard (`with_lock` forwards, the others check).
+        debug_assert!(!st.frozen, "maintenance of a split shard");
         if st.tier.is_some() {
             let read = self.read(guard);
             if st.cursor < read.table.capacity() {
