@@ -63,6 +63,33 @@ fn filled() -> SyncMap<u64, u64> {
     map
 }
 
+/// Fills a map with `filled` (keys `0..N`), removes the oldest 90 % of them and checks that the memory they
+/// held comes back (at most a quarter of the full map's stays); drops the map and returns its
+/// statistics from before the drop.
+fn drop_oldest(what: &str, filled: fn() -> SyncMap<u64, u64>) -> tiermap::MapStats {
+    let base = heap();
+    let map = filled();
+    map.reclaim();
+    let full = heap() - base;
+    for i in 0..N * 9 / 10 {
+        map.remove(&i);
+    }
+    map.reclaim();
+    let after = heap() - base;
+    let s = map.stats();
+    println!(
+        "{what} shards={} full={full} after dropping the oldest 90 %={after} {s}",
+        map.shard_count()
+    );
+    assert_eq!(map.len(), (N - N * 9 / 10) as usize);
+    assert!(
+        after <= full / 4,
+        "{what} held {after} of {full} bytes after removing the oldest 90 % of the keys: {s}"
+    );
+    drop(map);
+    s
+}
+
 /// `filled`, but with one shard that is never split: for the bounds whose argument is about
 /// one shard's compactions.
 fn filled_one_shard() -> SyncMap<u64, u64> {
@@ -174,47 +201,13 @@ fn memory_scenarios() {
     // shard: the bound on what is left below follows one shard's compactions (a map split into
     // several shards holds the deleted entries of each, up to its own compaction, and each may
     // be in the middle of one; (d2) checks that map's memory comes back too).
-    let base = heap();
-    let map = filled_one_shard();
-    map.reclaim();
-    let full = heap() - base;
-    for i in 0..N * 9 / 10 {
-        map.remove(&i);
-    }
-    map.reclaim();
-    let after = heap() - base;
-    let s = map.stats();
-    println!("(d) full={full} after dropping the oldest 90 %={after} {s}");
-    assert_eq!(map.len(), (N - N * 9 / 10) as usize);
-    assert!(
-        after <= full / 4,
-        "(d) held {after} of {full} bytes after removing the oldest 90 % of the keys: {s}"
-    );
+    let s = drop_oldest("(d)", filled_one_shard);
     // What is left of the blocks: the block shared with the removed keys and the newest
     // block's unused end, at most 64 KiB each.
     assert!(s.spare_bytes <= 128 << 10, "(d) {s}");
-    drop(map);
     settle();
-
     // (d2) the same with a map built empty, which is split into several shards as it grows.
-    let base = heap();
-    let map = filled();
-    assert!(cfg!(miri) || map.shard_count() > 1, "not split");
-    map.reclaim();
-    let full = heap() - base;
-    for i in 0..N * 9 / 10 {
-        map.remove(&i);
-    }
-    map.reclaim();
-    let after = heap() - base;
-    let s = map.stats();
-    println!("(d2) full={full} after dropping the oldest 90 %={after} {s}");
-    assert_eq!(map.len(), (N - N * 9 / 10) as usize);
-    assert!(
-        after <= full / 4,
-        "(d2) held {after} of {full} bytes after removing the oldest 90 % of the keys: {s}"
-    );
-    drop(map);
+    drop_oldest("(d2)", filled);
     settle();
 
     // (e) slots freed by a compaction are reused by the next inserts: remove every other key

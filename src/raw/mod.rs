@@ -312,6 +312,24 @@ pub(crate) struct LockedState<K, V> {
     pub(crate) slots: arena::SlotCache,
 }
 
+impl<K, V> LockedState<K, V> {
+    /// The state of a shard whose dirty tier is `tier` (none running a migration).
+    fn new(tier: TierSlot<K, V>) -> Self {
+        LockedState {
+            tier,
+            cursor: 0,
+            budget: MIN_BUDGET,
+            expunged: Vec::new(),
+            retired: false,
+            since_observed: 0,
+            compacting: false,
+            frozen: false,
+            successors: ptr::null_mut(),
+            slots: arena::SlotCache::new(),
+        }
+    }
+}
+
 /// Where a key was found under the lock. The pointers stay valid while the caller's guard is
 /// pinned: removing an entry from a tier retires it through the epoch.
 enum Place<K, V> {
@@ -480,18 +498,7 @@ impl<K, V> Shard<K, V> {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(view),
             misses: AtomicUsize::new(0),
-            dirty: OwnLine(Mutex::new(LockedState {
-                tier: dirty,
-                cursor: 0,
-                budget: MIN_BUDGET,
-                expunged: Vec::new(),
-                retired: false,
-                since_observed: 0,
-                compacting: false,
-                frozen: false,
-                successors: ptr::null_mut(),
-                slots: arena::SlotCache::new(),
-            })),
+            dirty: OwnLine(Mutex::new(LockedState::new(dirty))),
             shared: shared.clone(),
             grave: Arc::new(Graveyard::new(shared)),
             generation: AtomicU64::new(0),
@@ -514,18 +521,7 @@ impl<K, V> Shard<K, V> {
             read: AtomicPtr::new(Box::into_raw(read)),
             dirty_view: AtomicPtr::new(ptr::null_mut()),
             misses: AtomicUsize::new(0),
-            dirty: OwnLine(Mutex::new(LockedState {
-                tier: TierSlot::new(None),
-                cursor: 0,
-                budget: MIN_BUDGET,
-                expunged: Vec::new(),
-                retired: false,
-                since_observed: 0,
-                compacting: false,
-                frozen: false,
-                successors: ptr::null_mut(),
-                slots: arena::SlotCache::new(),
-            })),
+            dirty: OwnLine(Mutex::new(LockedState::new(TierSlot::new(None)))),
             shared: self.shared.clone(),
             grave: self.grave.clone(),
             // Relaxed: the split holds `self`'s lock, under which a `clear` changes it.
