@@ -931,6 +931,12 @@ impl<K, V, S> SyncMap<K, V, S> {
         &self.raw
     }
 
+    /// The engine, with exclusive access (white-box tests).
+    #[cfg(test)]
+    pub(crate) fn raw_mut(&mut self) -> &mut RawMap<K, V> {
+        &mut self.raw
+    }
+
     /// Empties a map you own exclusively and frees its entries, values and tables at once (no
     /// epoch deferral is needed with `&mut self`), leaving a fresh, empty table of `slots`
     /// slots. Used by [`MapPool`](crate::MapPool).

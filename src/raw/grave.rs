@@ -816,9 +816,10 @@ mod tests {
     }
 
     /// A map kept off the background reclaimer's list, so that only its own operations free
-    /// what it retires (these tests count the steps).
+    /// what it retires (these tests count the steps). One shard, never split: these tests
+    /// watch shard 0's graveyard.
     fn filled(n: u64, drops: &'static AtomicUsize, panic_at: Option<u64>) -> SyncMap<u64, Counted> {
-        let map = SyncMap::new();
+        let map = SyncMap::with_capacity_shards_and_hasher(0, 1, Default::default());
         map.raw().shards()[0].grave.keep_from_background();
         for i in 0..n {
             let panic = panic_at == Some(i);

@@ -204,11 +204,14 @@ fn a_map_filled_by_inserts_alone_splits_mid_migration() {
 /// after it, goes over the new shards: every key once.
 #[test]
 fn an_iteration_begun_before_the_split_sees_every_key_once() {
-    let map: SyncMap<u64, u64> = SyncMap::new();
+    // Filled with splitting off, then made splittable: a fill may split the map itself.
+    let mut map: SyncMap<u64, u64> =
+        SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
     let n = super::sharded::SPLIT_AT as u64 + 100;
     for k in 0..n {
         map.insert(k, k);
     }
+    map.raw_mut().set_split_at(super::sharded::SPLIT_AT);
     // The array as an iteration that began now would hold it.
     let raw = map.raw();
     let guard = raw.pin();
