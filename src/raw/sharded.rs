@@ -119,8 +119,8 @@ pub(crate) fn successor<'a, K, V>(array: *mut Shard<K, V>, hash: u64) -> &'a Sha
 
 /// What `RawMap::clear_from` did.
 enum Cleared {
-    /// Began the new generation and replaced every shard's tiers.
-    Yes,
+    /// Began this new generation and replaced every shard's tiers.
+    Yes(u64),
     /// Nothing: every shard was bare.
     Bare,
     /// Nothing: the shard array was split since the caller loaded it.
@@ -512,18 +512,18 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         #[cfg(not(tiermap_mutation = "split_no_residual"))]
         let _ = self.residual.set(read.gen.clone());
         let array = tag_array(shards);
-        let previous = {
-            // Release: the new shards, their tables and counts, built above, are visible to
-            // whoever loads the array (`root`).
-            #[cfg(not(tiermap_mutation = "split_relaxed_root"))]
-            let publish = Release;
-            // Deliberately too weak for the loom models; never built otherwise.
-            #[cfg(tiermap_mutation = "split_relaxed_root")]
-            let publish = Relaxed;
-            self.root.swap(array, publish)
-        };
-        // Relaxed: read only by `drop`, with exclusive access.
+        // The array being replaced, recorded before the new one is published, so that whoever
+        // sees the new one (a `clear`) sees this too. Relaxed: only splits store `root`, under
+        // the lock we hold. Relaxed store of `frozen`: ordered before the release below.
+        let previous = self.root.load(Relaxed);
         self.frozen.store(previous, Relaxed);
+        // Release: the new shards, their tables and counts, built above, are visible to
+        // whoever loads the array (`root`).
+        #[cfg(not(tiermap_mutation = "split_relaxed_root"))]
+        self.root.store(array, Release);
+        // Deliberately too weak for the loom models; never built otherwise.
+        #[cfg(tiermap_mutation = "split_relaxed_root")]
+        self.root.store(array, Relaxed);
         st.frozen = true;
         st.successors = array;
         // A frozen shard takes no new entry: its reserved slots go back to the arena.
@@ -710,7 +710,17 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         loop {
             let shards = self.shards();
             match self.clear_from(shards, 0, None, true, &mut budgets, guard) {
-                Cleared::Yes => {
+                Cleared::Yes(id) => {
+                    // A split shard's tiers are not cleared (operations that loaded it before
+                    // the split linearize before this `clear`), but an iteration still walking
+                    // them must stop, as on any shard the `clear` reached.
+                    // Relaxed: written once, before the array it replaced was unpublished.
+                    let frozen = self.frozen.load(Relaxed);
+                    if !frozen.is_null() {
+                        for s in array_slice(frozen) {
+                            s.begin_clear(id);
+                        }
+                    }
                     for (s, &budget) in shards.iter().zip(budgets.iter()) {
                         s.after_unlock(budget, false, guard);
                     }
@@ -762,9 +772,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             for s in shards.iter() {
                 s.begin_clear(id);
             }
-            Cleared::Yes
+            Cleared::Yes(id)
         };
-        if let Cleared::Yes = cleared {
+        if let Cleared::Yes(_) = cleared {
             // Seeded bug for the loom models (never built otherwise): each shard begins the
             // generation only as its tiers are replaced, so a lookup can see one shard
             // cleared and a later one not.

@@ -238,6 +238,33 @@ fn an_iteration_begun_before_the_split_sees_every_key_once() {
     assert_eq!(keys, (0..=n).collect::<Vec<_>>(), "each key once");
 }
 
+/// An iteration that is walking the split shard's tiers (its snapshot was taken before the
+/// split) stops at a `clear` after the split, as on any shard the `clear` reached.
+#[test]
+fn an_iteration_over_the_split_shard_stops_at_a_clear() {
+    let mut map: SyncMap<u64, u64> =
+        SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
+    let n = super::sharded::SPLIT_AT as u64 + 100;
+    for k in 0..n {
+        map.insert(k, k);
+    }
+    map.raw_mut().set_split_at(super::sharded::SPLIT_AT);
+    let old = &map.raw().shards()[0];
+    let pinned = map.pin();
+    // (Its snapshot may promote, and the observation that follows split.)
+    let mut it = pinned.iter();
+    assert!(it.next().is_some());
+    old.split_due.store(true, SeqCst);
+    old.observe_due.store(true, SeqCst);
+    let _ = map.insert(n, n);
+    assert!(old.dirty().frozen, "not split");
+    map.clear();
+    assert!(it.next().is_none(), "the iteration went on past the clear");
+    drop(it);
+    drop(pinned);
+    assert!(map.is_empty());
+}
+
 /// An operation that picked the split shard before the split (here: called on it directly,
 /// afterwards) still works: lookups find every key it held, lock-free writes reach the shared
 /// entries, and anything that takes its lock goes to the key's new shard. `len` stays exact
