@@ -271,13 +271,15 @@ fn an_iteration_over_the_split_shard_stops_at_a_clear() {
 #[test]
 fn operations_on_the_split_shard_reach_the_new_shards() {
     let map: SyncMap<u64, u64> = SyncMap::new();
-    let old: *const super::Shard<u64, u64> = &map.raw().shards()[0];
-    let n = fill_until_split(&map);
     let raw = map.raw();
-    // SAFETY: the split shard's array lives as long as the map (`RawMap::frozen`).
-    let old = unsafe { &*old };
-    assert!(old.dirty().frozen);
+    // As an operation that loaded the shard array before the split: pinned first, then the
+    // array loaded, and both kept across the split (the split shard's tiers are retired
+    // through the epoch, so a guard pinned after the split could not use them; Miri's
+    // race detector caught the first version of this test doing that).
     let guard = raw.pin();
+    let old = &raw.shards()[0];
+    let n = fill_until_split(&map);
+    assert!(old.dirty().frozen);
     let hash = |k: u64| RawMap::<u64, u64>::mix(map.hasher().hash_one(k));
     for k in 0..n {
         assert_eq!(old.get(hash(k), &k, &guard), Some(&(k * 10)), "key {k}");
