@@ -364,6 +364,7 @@ impl<K, V> RawMap<K, V> {
     /// it was when its one engine was inline in the `SyncMap` (tables, entries, values); a
     /// split map also keeps the array it replaced.
     fn header_bytes(&self, shards: &[Shard<K, V>]) -> usize {
+        // Relaxed: a statistic.
         let kept = usize::from(!self.frozen.load(Relaxed).is_null());
         (shards.len() - 1 + kept) * std::mem::size_of::<Shard<K, V>>()
     }
@@ -714,7 +715,8 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                     // A split shard's tiers are not cleared (operations that loaded it before
                     // the split linearize before this `clear`), but an iteration still walking
                     // them must stop, as on any shard the `clear` reached.
-                    // Relaxed: written once, before the array it replaced was unpublished.
+                    // Relaxed: the split stores it before its release store of the array whose
+                    // shards this `clear` locked (so it is visible here), and never again.
                     let frozen = self.frozen.load(Relaxed);
                     if !frozen.is_null() {
                         for s in array_slice(frozen) {
