@@ -239,7 +239,12 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         st.compacting = false;
         st.retired = true;
         self.shared.promotions.fetch_add(1, Relaxed);
-        if self.split_at > 0 && gen.live() >= self.split_at {
+        let live = gen.live();
+        // A shard past `SPLIT_MAX_FACTOR * split_at` never splits: no flag, so that its later
+        // promotions do not take the lock again for a split that would decline.
+        if self.split_at > 0
+            && (self.split_at..=super::sharded::SPLIT_MAX_FACTOR * self.split_at).contains(&live)
+        {
             // Relaxed: a hint; the split re-checks under the lock. `retired` makes the
             // observation due, which is where the map looks at this flag.
             self.split_due.store(true, Relaxed);

@@ -73,7 +73,7 @@ pub(crate) const SPLIT_AT: usize = 0;
 /// The split gives up on a shard that holds more than this many times `split_at` live keys
 /// when it gets to it (a migration kept it from splitting at an earlier promotion): a split
 /// copies every slot under the lock, and must stay a bounded step.
-const SPLIT_MAX_FACTOR: usize = 4;
+pub(crate) const SPLIT_MAX_FACTOR: usize = 4;
 
 /// How many shards a split makes: as many as a map built large gets (`shards_for`), at least
 /// two (loom models split into two).

@@ -200,11 +200,9 @@ fn a_map_filled_by_inserts_alone_splits_mid_migration() {
     assert_eq!(seen, (0..n).collect::<Vec<_>>(), "each key once");
 }
 
-/// An iteration that began on the one-shard array before the split, and reaches its shard
-/// after it, goes over the new shards: every key once.
-#[test]
-fn an_iteration_begun_before_the_split_sees_every_key_once() {
-    // Filled with splitting off, then made splittable: a fill may split the map itself.
+/// A one-shard map holding keys `0..n` (`n` past `SPLIT_AT`) that splits at its next chance:
+/// filled with splitting off (a fill may split a map by itself), then made splittable.
+fn one_shard_about_to_split() -> (SyncMap<u64, u64>, u64) {
     let mut map: SyncMap<u64, u64> =
         SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
     let n = super::sharded::SPLIT_AT as u64 + 100;
@@ -212,17 +210,29 @@ fn an_iteration_begun_before_the_split_sees_every_key_once() {
         map.insert(k, k);
     }
     map.raw_mut().set_split_at(super::sharded::SPLIT_AT);
+    (map, n)
+}
+
+/// Splits `old`, the one shard of `map`, now (as the observation after a promotion that made
+/// it due would), by inserting key `n`.
+fn split_now(map: &SyncMap<u64, u64>, old: &super::Shard<u64, u64>, n: u64) {
+    old.split_due.store(true, SeqCst);
+    old.observe_due.store(true, SeqCst);
+    let _ = map.insert(n, n);
+    assert!(old.dirty().frozen, "not split");
+}
+
+/// An iteration that began on the one-shard array before the split, and reaches its shard
+/// after it, goes over the new shards: every key once.
+#[test]
+fn an_iteration_begun_before_the_split_sees_every_key_once() {
+    let (map, n) = one_shard_about_to_split();
     // The array as an iteration that began now would hold it.
     let raw = map.raw();
     let guard = raw.pin();
     let mut shards = raw.shards();
     assert_eq!(shards.len(), 1);
-    let old = &shards[0];
-    // Split now (as the next observation of a due shard would).
-    old.split_due.store(true, SeqCst);
-    old.observe_due.store(true, SeqCst);
-    let _ = map.insert(n, n);
-    assert!(old.dirty().frozen, "not split");
+    split_now(&map, &shards[0], n);
     // The old array's shard is frozen: its snapshot sends the iteration to the new shards.
     let mut keys = Vec::new();
     let mut at = 0;
@@ -242,22 +252,13 @@ fn an_iteration_begun_before_the_split_sees_every_key_once() {
 /// split) stops at a `clear` after the split, as on any shard the `clear` reached.
 #[test]
 fn an_iteration_over_the_split_shard_stops_at_a_clear() {
-    let mut map: SyncMap<u64, u64> =
-        SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
-    let n = super::sharded::SPLIT_AT as u64 + 100;
-    for k in 0..n {
-        map.insert(k, k);
-    }
-    map.raw_mut().set_split_at(super::sharded::SPLIT_AT);
+    let (map, n) = one_shard_about_to_split();
     let old = &map.raw().shards()[0];
     let pinned = map.pin();
     // (Its snapshot may promote, and the observation that follows split.)
     let mut it = pinned.iter();
     assert!(it.next().is_some());
-    old.split_due.store(true, SeqCst);
-    old.observe_due.store(true, SeqCst);
-    let _ = map.insert(n, n);
-    assert!(old.dirty().frozen, "not split");
+    split_now(&map, old, n);
     map.clear();
     assert!(it.next().is_none(), "the iteration went on past the clear");
     drop(pinned);
