@@ -5,12 +5,11 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::iter::FusedIterator;
-use std::marker::PhantomData;
-use std::ops::Deref;
 
 use crate::alarm::{Hooks, RetentionAlarm, RetentionAlert, RetentionPolicy};
 use crate::facade::Guard;
 use crate::outcome::{CompareExchangeError, Computed, GetOrInsert, Op};
+pub use crate::raw::Ref;
 use crate::raw::{MapIter, RawMap, Replace};
 use crate::stats::{MapStats, Released};
 
@@ -35,69 +34,6 @@ pub struct SyncMap<K, V, S = RandomState> {
     hasher: S,
     /// The retention alarm and the metrics publisher, fanned out from the engine's one observer.
     hooks: Hooks,
-}
-
-/// A value reference that keeps an epoch guard, not a lock.
-///
-/// Holding a `Ref` never blocks another operation on the map and never deadlocks, even if you
-/// call [`SyncMap::insert`] on the same key while holding it; it only delays the freeing of
-/// values retired while it is alive. It is not `Send`: drop it on the thread that made it.
-///
-/// ```
-/// let map = tiermap::SyncMap::new();
-/// map.insert(1, String::from("one"));
-/// let r = map.get(&1).unwrap();
-/// map.insert(1, String::from("uno")); // no deadlock; `r` still sees the old value
-/// assert_eq!(*r, "one");
-/// assert_eq!(map.get_cloned(&1).unwrap(), "uno");
-/// ```
-pub struct Ref<'m, V> {
-    // Declared before `_guard`: the pointer is only valid while the guard is pinned.
-    value: *const V,
-    _guard: Guard,
-    _map: PhantomData<&'m V>,
-}
-
-impl<'m, V> Ref<'m, V> {
-    /// Wraps a value pointer together with the guard that protects it.
-    ///
-    /// # Safety
-    /// `value` was loaded from a map that outlives `'m` while `guard` was pinned.
-    unsafe fn new(value: *const V, guard: Guard) -> Self {
-        Ref {
-            value,
-            _guard: guard,
-            _map: PhantomData,
-        }
-    }
-}
-
-impl<V> Deref for Ref<'_, V> {
-    type Target = V;
-    fn deref(&self) -> &V {
-        // SAFETY: `value` was loaded under `_guard`, which this `Ref` keeps pinned; values are
-        // retired through the epoch, so it stays allocated while the `Ref` lives, and the map
-        // (borrowed for `'m`) cannot be dropped meanwhile.
-        unsafe { &*self.value }
-    }
-}
-
-impl<V: fmt::Debug> fmt::Debug for Ref<'_, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<V: fmt::Display> fmt::Display for Ref<'_, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&**self, f)
-    }
-}
-
-impl<V: PartialEq> PartialEq<V> for Ref<'_, V> {
-    fn eq(&self, other: &V) -> bool {
-        **self == *other
-    }
 }
 
 impl<K, V> SyncMap<K, V, RandomState> {
@@ -431,46 +367,6 @@ where
         RawMap::<K, V>::mix(self.hasher.hash_one(key))
     }
 
-    /// Runs `f` under a fresh pin and keeps the pin in the returned [`Ref`].
-    #[inline]
-    fn with_ref<'m>(
-        &'m self,
-        f: impl for<'g> FnOnce(&'g Guard) -> Option<&'g V>,
-    ) -> Option<Ref<'m, V>> {
-        let guard = self.raw.pin();
-        let value: *const V = f(&guard)?;
-        // SAFETY: `value` was loaded from this map under `guard`.
-        Some(unsafe { Ref::new(value, guard) })
-    }
-
-    /// Runs `f` under fresh pins and keeps them in the returned [`Ref`]s.
-    ///
-    /// Two guards, both pinned before `f` loads anything, so that each alone protects every
-    /// value `f` returns: `Updated` hands out two `Ref`s, dropped in any order. (With
-    /// crossbeam's global collector the second pin only bumps the thread's guard count.)
-    fn with_computed<'m>(
-        &'m self,
-        f: impl for<'g> FnOnce(&'g Guard) -> Computed<&'g V>,
-    ) -> Computed<Ref<'m, V>> {
-        let guard = self.raw.pin();
-        let spare = self.raw.pin();
-        let done = f(&guard).map(|v| v as *const V);
-        // SAFETY: every pointer in `done` was loaded from this map while `guard` and `spare`
-        // were both pinned; each `Ref` keeps one of them.
-        unsafe {
-            match done {
-                Computed::Inserted(v) => Computed::Inserted(Ref::new(v, guard)),
-                Computed::Updated { old, new } => Computed::Updated {
-                    old: Ref::new(old, spare),
-                    new: Ref::new(new, guard),
-                },
-                Computed::Removed(v) => Computed::Removed(Ref::new(v, guard)),
-                Computed::Unchanged(v) => Computed::Unchanged(Ref::new(v, guard)),
-                Computed::Absent => Computed::Absent,
-            }
-        }
-    }
-
     /// The value for `key` (Go's `Load`), as a lock-free [`Ref`].
     ///
     /// ```
@@ -486,7 +382,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.with_ref(|g| self.raw.get(hash, key, g))
+        self.raw.get_ref(hash, key)
     }
 
     /// A clone of the value for `key`.
@@ -534,7 +430,7 @@ where
     /// ```
     pub fn insert(&self, key: K, value: V) -> Option<Ref<'_, V>> {
         let hash = self.hash(&key);
-        self.with_ref(|g| self.raw.insert(hash, key, value, g))
+        self.raw.insert_ref(hash, key, value)
     }
 
     /// The value for `key`, inserting `value` if absent (Go's `LoadOrStore`). A deleted key
@@ -563,14 +459,8 @@ where
     /// assert_eq!(calls, 1);
     /// ```
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> GetOrInsert<Ref<'_, V>> {
-        let guard = self.raw.pin();
         let hash = self.hash(&key);
-        let r = self
-            .raw
-            .get_or_insert_with(hash, key, make, &guard)
-            .map(|v| v as *const V);
-        // SAFETY: the value was loaded from this map under `guard`.
-        r.map(|value| unsafe { Ref::new(value, guard) })
+        self.raw.get_or_insert_with_ref(hash, key, make)
     }
 
     /// Removes `key`, returning its value (Go's `LoadAndDelete`; `Delete` ignores the result).
@@ -587,7 +477,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.with_ref(|g| self.raw.remove(hash, key, g))
+        self.raw.remove_ref(hash, key)
     }
 
     /// Removes `key` if `pred` accepts its value, returning the removed value.
@@ -607,7 +497,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.with_ref(|g| self.raw.remove_if(hash, key, pred, g))
+        self.raw.remove_if_ref(hash, key, pred)
     }
 
     /// Removes `key` if its value equals `current` (Go's `CompareAndDelete`). A missing key
@@ -651,21 +541,8 @@ where
         Q: Hash + Eq + ?Sized,
         V: PartialEq,
     {
-        let guard = self.raw.pin();
         let hash = self.hash(key);
-        let r = self
-            .raw
-            .replace_if(hash, key, |v| v == current, new, &guard);
-        match r {
-            // SAFETY: `v` was loaded from this map under `guard`, which moves into the `Ref`.
-            Replace::Done(v) => Ok(unsafe { Ref::new(v, guard) }),
-            Replace::Absent(new) => Err(CompareExchangeError { current: None, new }),
-            Replace::Mismatch(v, new) => Err(CompareExchangeError {
-                // SAFETY: as above.
-                current: Some(unsafe { Ref::new(v, guard) }),
-                new,
-            }),
-        }
+        self.raw.compare_exchange_ref(hash, key, current, new)
     }
 
     /// Replaces the value of `key` by `f(current)`, atomically, and returns the new value; `None`
@@ -692,7 +569,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        self.with_ref(|g| self.raw.update(hash, key, f, g))
+        self.raw.update_ref(hash, key, f)
     }
 
     /// Replaces the value of `key` by `f(current)` if the key is present, else inserts
@@ -744,8 +621,7 @@ where
         make: impl FnOnce() -> V,
     ) -> Ref<'_, V> {
         let hash = self.hash(&key);
-        self.with_ref(|g| Some(self.raw.update_or_insert_with(hash, key, f, make, g)))
-            .expect("update_or_insert_with stores a value")
+        self.raw.update_or_insert_with_ref(hash, key, f, make)
     }
 
     /// Reads, decides and writes in one atomic step: `f` sees the current value (`None` if the
@@ -781,7 +657,7 @@ where
     /// ```
     pub fn compute(&self, key: K, mut f: impl FnMut(Option<&V>) -> Op<V>) -> Computed<Ref<'_, V>> {
         let hash = self.hash(&key);
-        self.with_computed(|g| self.raw.compute(hash, key, |cur, _| f(cur), g))
+        self.raw.compute_ref(hash, key, |cur, _| f(cur))
     }
 
     /// Calls `f` on every present key and value (Go's `Range` without early exit).

@@ -26,7 +26,9 @@ use std::alloc::{self, Layout};
 use std::ptr;
 
 use super::arena::{Arena, SlotCache};
-use crate::facade::{AtomicPtr, Witness};
+use crate::facade::AtomicPtr;
+
+use super::witness::Witness;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
 /// The address used as the `expunged` marker. It is never dereferenced; a static's address is
@@ -61,7 +63,7 @@ pub(crate) struct Entry<K, V> {
     // that no other entry holds.
     value: AtomicPtr<V>,
     /// Loom builds: lets the models see a read of the key or of the inline value through a
-    /// slot published without release (see `facade::Witness`).
+    /// slot published without release (see `raw::witness::Witness`).
     witness: Witness,
 }
 

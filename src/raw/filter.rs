@@ -39,7 +39,9 @@
 use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::facade::{zeroed_slice, AtomicUsize};
+use crate::facade::AtomicUsize;
+
+use super::zeroed::zeroed_slice;
 
 /// Slots per filter word (4 bits per slot).
 const SLOTS_PER_WORD: usize = usize::BITS as usize / 4;

@@ -37,6 +37,7 @@ pub(crate) mod batch;
 pub(crate) mod entry;
 mod filter;
 pub(crate) mod grave;
+mod guarded;
 mod maintain;
 #[cfg(feature = "rayon")]
 pub(crate) mod par;
@@ -46,6 +47,8 @@ mod sharded;
 pub(crate) mod table;
 #[cfg(all(test, not(tiermap_loom)))]
 mod tests;
+mod witness;
+mod zeroed;
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
@@ -54,8 +57,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use crate::facade::{
-    lock, zeroed_slice, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex,
-    Reclaimer, Witness,
+    lock, AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Guard, Mutex, Reclaimer,
 };
 use crate::outcome::GetOrInsert;
 use crate::stats::MapStats;
@@ -63,7 +65,10 @@ use entry::{alloc_value, entry_bytes, free_value, take_value, Entry, State};
 use grave::{empty_tier, free_tier, Graveyard};
 use sample::{sample_absent_miss, sample_found_miss};
 use table::Table;
+use witness::Witness;
+use zeroed::zeroed_slice;
 
+pub use guarded::Ref;
 pub(crate) use sharded::{MapIter, RawMap};
 
 /// Least migration work (in slots) that each slow-path operation does while a dirty tier is
@@ -150,7 +155,7 @@ pub(crate) struct Tier<K, V> {
     /// load from `Gen` (whose counters every write updates).
     pub(crate) id: u64,
     /// Loom builds: lets the models see a read of the table's plain fields through a tier
-    /// pointer published without release (see `facade::Witness`).
+    /// pointer published without release (see `raw::witness::Witness`).
     witness: Witness,
 }
 

@@ -41,7 +41,9 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::entry::{entry_bytes, Entry};
 use super::filter::KeyFilter;
-use crate::facade::{zeroed_slice, AtomicPtr, AtomicUsize, GROUP_SLOTS};
+use crate::facade::{AtomicPtr, AtomicUsize, GROUP_SLOTS};
+
+use super::zeroed::zeroed_slice;
 
 /// Tag bit on a slot's entry pointer: this table is the last one to hold the entry (a migration
 /// expunged it here), so the table's destructor frees it.

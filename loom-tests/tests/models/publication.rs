@@ -20,7 +20,7 @@
 //!    does see, so it also runs the whole writer before the lookup. The flag orders nothing.
 //!
 //! What the reader then touches is checked by loom: the entry and the tier carry a
-//! `facade::Witness` (a loom `UnsafeCell` created with them and read on every lock-free path
+//! `raw::witness::Witness` (a loom `UnsafeCell` created with them and read on every lock-free path
 //! that reaches them), and each value is a `Val` whose cell is read by `Val::get`. Reading any
 //! of them through a pointer that was not published with release is a "Causality violation".
 //!
