@@ -119,6 +119,27 @@ impl KeyFilter {
         word.store(word.load(Relaxed) | mask, Relaxed);
     }
 
+    /// Adds the bits `src` recorded for home slots `from..to` (a migration that copies slots to
+    /// the same index: `Table::clone_from`). Only the dirty lock's holder calls this, before it
+    /// publishes the copied slots; `Relaxed` as in [`KeyFilter::insert`]. `src` is the filter of
+    /// a table of the same capacity (so the same words), and `to` at most that capacity.
+    pub(crate) fn or_from(&self, src: &KeyFilter, from: usize, to: usize) {
+        debug_assert_eq!(self.len, src.len, "filters of tables of one capacity");
+        if self.len == 0 || from >= to {
+            return;
+        }
+        let last = ((to - 1) / SLOTS_PER_WORD).min(self.len - 1);
+        for w in from / SLOTS_PER_WORD..=last {
+            // SAFETY: `w < len` for both filters (`last` is clamped, and both have `len`
+            // words), which point to `len` initialized words alive as long as the filters.
+            let (dst, bits) = unsafe { (&*self.words.add(w), (*src.words.add(w)).load(Relaxed)) };
+            if bits != 0 {
+                // A load and a store: the lock holder is the only writer (as in `insert`).
+                dst.store(dst.load(Relaxed) | bits, Relaxed);
+            }
+        }
+    }
+
     /// Clears the bits of `hash`: the loom mutation `filter_skips_copies` only.
     #[cfg(tiermap_mutation = "filter_skips_copies")]
     pub(crate) fn forget(&self, home: usize, hash: u64) {

@@ -123,8 +123,33 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // the occupied slots, so that deleted entries the migration drops take no room.
         let ops = work.div_ceil(budget) + 1;
         let live = read.gen.live().min(t.len());
-        let slots = (2 * (live + ops)).max((t.len() + ops) * 4 / 3 + 4);
+        let room = (t.len() + ops) * 4 / 3 + 4;
+        let grown = 2 * (live + ops);
+        // A copy to the same index (`Table::clone_from`: no entry is read, so no cache miss
+        // per entry) when the read table already has the room I5 asks for (the hard term,
+        // and growth room of half the live entries), is not oversized, and holds few deleted
+        // entries (a clone keeps them, as deleted entries of the dirty tier; a migration that
+        // rehashes drops them). Never to compact, which exists to drop them.
+        let cloning = !compacting
+            && t.len() - live <= live / 8
+            && t.capacity() >= room.max(3 * (live + ops) / 2)
+            && t.capacity() <= 2 * grown;
+        let slots = if cloning {
+            t.capacity()
+        } else {
+            grown.max(room)
+        };
         self.set_dirty(st, Some(Tier::boxed(slots, read.gen.clone())));
+        debug_assert!(
+            !cloning
+                || st
+                    .tier
+                    .as_deref()
+                    .is_some_and(|d| d.table.capacity() == t.capacity()),
+            "a cloning migration's dirty table has the read table's capacity"
+        );
+        st.cloning = cloning;
+        st.wrap_run = true;
         st.cursor = 0;
         st.budget = budget;
         st.expunged.clear();
@@ -156,6 +181,12 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     pub(super) fn migrate(&self, st: &mut LockedState<K, V>, budget: usize, guard: &Guard) {
         let read = self.read(guard);
         let Some(d) = st.tier.as_deref() else { return };
+        if st.cloning {
+            st.cursor = d
+                .table
+                .clone_from(&read.table, st.cursor, budget, &mut st.wrap_run);
+            return;
+        }
         let expunged = &mut st.expunged;
         st.cursor = read.table.scan(st.cursor, budget, |i, e| {
             // SAFETY: entries reachable from the read tier are alive while we hold the lock and
@@ -237,6 +268,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         self.misses.store(0, Relaxed);
         st.expunged.clear();
         st.compacting = false;
+        st.cloning = false;
         st.retired = true;
         self.shared.promotions.fetch_add(1, Relaxed);
         let live = gen.live();
@@ -425,6 +457,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         // The read tier's expunged entries are tagged in its slots, which its corpse scans.
         st.expunged.clear();
         st.compacting = false;
+        st.cloning = false;
         st.retired = true;
         self.end_locked(st, guard)
     }

@@ -304,6 +304,12 @@ pub(crate) struct LockedState<K, V> {
     since_observed: u32,
     /// The running migration was started to compact: promote as soon as it completes.
     pub(crate) compacting: bool,
+    /// The running migration copies slots to the same index of a dirty table of the read
+    /// table's capacity (`Table::clone_from`) instead of rehashing each entry.
+    pub(crate) cloning: bool,
+    /// While `cloning`: the copy has not yet met an empty slot of the read table, so an entry
+    /// may sit in a probe sequence that wrapped around the table's end (`Table::clone_from`).
+    wrap_run: bool,
     /// The shard was split (`RawMap::split`): its keys live in the shards of `successors`,
     /// and it only serves the lock-free lookups and writes of operations that loaded the map's
     /// shards before the split (its read tier is the full table the split copied, retired
@@ -328,6 +334,8 @@ impl<K, V> LockedState<K, V> {
             retired: false,
             since_observed: 0,
             compacting: false,
+            cloning: false,
+            wrap_run: false,
             frozen: false,
             successors: ptr::null_mut(),
             slots: arena::SlotCache::new(),
@@ -687,6 +695,7 @@ impl<K, V> Shard<K, V> {
         self.misses.store(0, Relaxed);
         st.expunged.clear();
         st.compacting = false;
+        st.cloning = false;
     }
     /// Unlinks both tiers, leaving an empty read tier and no dirty tier.
     fn take_tiers(&mut self) -> (*mut Tier<K, V>, *mut Tier<K, V>, usize) {

@@ -301,6 +301,93 @@ impl<K, V> Table<K, V> {
         }
     }
 
+    /// Copies the entries of slots `start..` of `src` (the read table, of the same capacity as
+    /// this dirty table) into this table **at the same index**, without reading them, up to
+    /// `budget` work units (as [`Table::scan`]: an occupied slot costs a quarter of a scan's,
+    /// an empty one the same; a step ends at the end of a group of slots). Returns the index
+    /// to continue from. Under the lock.
+    ///
+    /// Why the same index is where `insert_unique` would put the entry: with equal capacities
+    /// an entry has the same home slot in both tables, and every slot between its home and its
+    /// index in `src` is occupied there, so it was visited before it (the copy goes in index
+    /// order) and is occupied here too (by its own entry, or by a fresh key, which then moved
+    /// that entry further on; slots are never emptied). If the slot here is taken, the entry
+    /// goes through `insert_unique`. Two cases break the "visited before": an entry whose probe
+    /// wrapped from the end of the table to its start, and the slots this table's fresh keys
+    /// took out of order. The first is why `*wrap_run` (true at the start of the copy) sends
+    /// every entry through `insert_unique` until the copy has met an empty slot of `src` (no
+    /// probe sequence runs across an empty slot, so none after it wraps); the second is the
+    /// "slot taken" case above.
+    ///
+    /// The key filter's words for the visited home slots are merged before any slot of the
+    /// group is published, so a reader that sees a slot sees its key's bits (as in
+    /// `insert_unique`).
+    pub(crate) fn clone_from(
+        &self,
+        src: &Table<K, V>,
+        start: usize,
+        budget: usize,
+        wrap_run: &mut bool,
+    ) -> usize {
+        debug_assert_eq!(self.capacity(), src.capacity(), "clone of another capacity");
+        let mut work = 0usize;
+        let budget = budget.saturating_mul(16);
+        let cap = src.capacity();
+        let mut i = start;
+        // Whole groups (the last one may overrun the budget by one group): the counters are
+        // updated once per group, and the loop over a group's slots does nothing else.
+        while i < cap && work < budget {
+            let c = i >> src.group_shift;
+            let end = ((c + 1) << src.group_shift).min(cap);
+            let occupied = src.used[c].load(Relaxed);
+            if occupied == 0 {
+                *wrap_run = false;
+                i = end;
+                work += 16;
+                continue;
+            }
+            work += 4 * occupied + (end - i).saturating_sub(occupied);
+            self.filter.or_from(&src.filter, i, end);
+            let mut placed = 0;
+            for j in i..end {
+                let e = src.slot(j).load(Relaxed);
+                if e.is_null() {
+                    *wrap_run = false;
+                    continue;
+                }
+                if !*wrap_run {
+                    let slot = self.slot(j);
+                    if slot.load(Relaxed).is_null() {
+                        let tagged = e.map_addr(|a| a & !OWNED);
+                        // Release publishes the entry to lock-free readers (as in
+                        // `insert_unique`).
+                        #[cfg(not(tiermap_mutation = "relaxed_slot_publish"))]
+                        slot.store(tagged, Release);
+                        // Deliberately too weak for the loom models; never built otherwise.
+                        #[cfg(tiermap_mutation = "relaxed_slot_publish")]
+                        slot.store(tagged, Relaxed);
+                        placed += 1;
+                        continue;
+                    }
+                }
+                self.insert_unique(untag(e));
+            }
+            if placed > 0 {
+                // Load and store, as in `insert_unique` (only the lock holder writes these).
+                let used = &self.used[c];
+                let n = used.load(Relaxed);
+                used.store(n + placed, Relaxed);
+                if n == 0 {
+                    self.groups_used
+                        .store(self.groups_used.load(Relaxed) + 1, Relaxed);
+                }
+                self.len.store(self.len.load(Relaxed) + placed, Relaxed);
+            }
+            i = end;
+        }
+        i
+    }
+
     /// Clears the key filter's bits of `entry` (and of whatever shares them): the loom
     /// mutation `filter_skips_copies` only.
     #[cfg(tiermap_mutation = "filter_skips_copies")]

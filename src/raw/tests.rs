@@ -350,3 +350,110 @@ fn concurrent_writers_through_the_split() {
     }
     assert_eq!(map.len() as u64, 2 * PER);
 }
+
+/// A hash (as the tables use it) whose home slot in a table of `cap` slots is `home`, with
+/// `salt` in the bits that the slot tag and the key filter take (16 and up), so that entries
+/// of one home differ in tag.
+fn hash_at(home: usize, cap: usize, salt: u64) -> u64 {
+    let base = ((home as u128) << 64).div_ceil(cap as u128) as u64;
+    let h = base + (salt << 16);
+    assert_eq!(((h as u128 * cap as u128) >> 64) as usize, home);
+    h
+}
+
+/// `Table::clone_from` leaves every entry where a lookup finds it: probe sequences that wrap
+/// from the table's end to its start, fresh keys that took a slot before the copy reached it,
+/// a copy in steps of one work unit, and (at 8,192 slots) the key filter's bits. Breaking any
+/// of the cases `clone_from` handles (the wrap run, the taken slot, the filter merge) makes
+/// a lookup below miss.
+#[test]
+fn a_clone_keeps_every_entry_findable() {
+    use super::arena::SlotCache;
+    use super::entry::Entry;
+    use super::table::Table;
+
+    for cap in [512usize, 8192] {
+        let arena = Entry::<u64, u64>::arena();
+        let mut cache = SlotCache::new();
+        let mut made = Vec::new();
+        let mut entry = |hash: u64, key: u64| {
+            let e = Entry::create(hash, key, key, &arena, &mut cache);
+            made.push(e);
+            (e, hash, key)
+        };
+        let src = Table::<u64, u64>::new(cap);
+        assert_eq!(src.capacity(), cap);
+        let mut in_src = Vec::new();
+        // Runs that wrap: five keys homed at the last two slots fill them and slots 0..3.
+        for (n, home) in [cap - 2, cap - 2, cap - 1, cap - 1, cap - 1]
+            .into_iter()
+            .enumerate()
+        {
+            in_src.push(entry(hash_at(home, cap, n as u64 + 1), n as u64));
+        }
+        // A cluster in the middle and a spread of single keys, to about half full.
+        for n in 0..8u64 {
+            in_src.push(entry(hash_at(100, cap, n + 1), 100 + n));
+        }
+        for n in 0..(cap as u64 / 2 - 20) {
+            let home = (n as usize * 7919 + 200) % (cap - 200) + 150;
+            in_src.push(entry(hash_at(home, cap, n + 20), 1_000 + n));
+        }
+        for &(e, _, _) in &in_src {
+            src.insert_unique(e);
+        }
+        // The dirty table, with fresh keys already in it at homes of the cluster and of single
+        // keys, so that copies find their slot taken.
+        let dst = Table::<u64, u64>::new(cap);
+        let mut fresh = Vec::new();
+        for (n, home) in [100, 104, 151, 300].into_iter().enumerate() {
+            fresh.push(entry(
+                hash_at(home, cap, 1_000_000 + n as u64),
+                1_000_000 + n as u64,
+            ));
+        }
+        for &(e, _, _) in &fresh {
+            dst.insert_unique(e);
+        }
+        // Where each entry sits in `src`: copied once the cursor is past it.
+        let at: Vec<usize> = in_src
+            .iter()
+            .map(|&(_, hash, key)| src.find(hash, |k| *k == key).expect("in src").1)
+            .collect();
+        let mut wrap_run = true;
+        let mut cursor = 0;
+        let mut steps = 0;
+        while cursor < cap {
+            cursor = dst.clone_from(&src, cursor, 1, &mut wrap_run);
+            steps += 1;
+            // Mid-copy too (lock-free readers use the dirty table while it fills): every fresh
+            // key, and every entry the copy went past, is found.
+            if cap <= 512 || steps % 64 == 0 {
+                let copied = in_src.iter().zip(&at).filter(|(_, &i)| i < cursor);
+                for (&(e, hash, key), _) in copied.chain(fresh.iter().map(|f| (f, &0))) {
+                    let found = dst.find(hash, |k| *k == key);
+                    assert!(
+                        found.is_some_and(|(f, _)| std::ptr::eq(f, e)),
+                        "key {key} not found with the clone of {cap} slots at {cursor}"
+                    );
+                }
+            }
+        }
+        assert!(!wrap_run, "the copy met an empty slot");
+        assert_eq!(dst.len(), in_src.len() + fresh.len());
+        for &(e, hash, key) in in_src.iter().chain(&fresh) {
+            let found = dst.find(hash, |k| *k == key);
+            assert!(
+                found.is_some_and(|(f, _)| std::ptr::eq(f, e)),
+                "key {key} (hash {hash:#x}) not found after the clone of {cap} slots"
+            );
+        }
+        drop((src, dst));
+        for e in made {
+            // SAFETY: the entries were made from `arena`, hold `u64`s (no drop), and the tables
+            // that held them are gone.
+            unsafe { arena.free(e.cast()) };
+        }
+        arena.unreserve(&mut cache);
+    }
+}
