@@ -27,7 +27,7 @@ all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check fre
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
      no_clear_check clear_shard_by_shard filter_after_publish filter_skips_copies
-     split_no_forward split_no_residual split_relaxed_root split_skips_dirty
+     split_no_forward split_no_residual split_relaxed_root split_skips_dirty clone_drops_entry
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -60,6 +60,7 @@ declare -A models=(
   [relaxed_dirty_view]="dirty_promotion publication::"
   [clear_view_before_swap]="dirty_promotion"
   [relaxed_slot_publish]="publication::fresh_slot second_fresh_key_read_from_dirty_tier"
+  [clone_drops_entry]="clone::"
   [relaxed_value_store]="publication::replaced_value"
   [relaxed_revive]="publication::revived_value"
   [relaxed_cas_publish]="publication::swapped_value"

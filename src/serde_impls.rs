@@ -120,7 +120,7 @@ where
 
 /// Serializes the snapshot as a struct of its public fields (`len`, `deleted`, `read_capacity`,
 /// `dirty_capacity`, `migrating`, `misses`, `held_bytes`, `retired_bytes`, `promotions`,
-/// `migrations`, `compactions`).
+/// `migrations`, `compactions`, `clones`; and `spare_bytes`).
 ///
 /// ```
 /// let map: tiermap::SyncMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
@@ -145,8 +145,9 @@ impl Serialize for MapStats {
             promotions,
             migrations,
             compactions,
+            clones,
         } = *self;
-        let mut s = serializer.serialize_struct("MapStats", 12)?;
+        let mut s = serializer.serialize_struct("MapStats", 13)?;
         s.serialize_field("len", &len)?;
         s.serialize_field("deleted", &deleted)?;
         s.serialize_field("read_capacity", &read_capacity)?;
@@ -159,6 +160,7 @@ impl Serialize for MapStats {
         s.serialize_field("promotions", &promotions)?;
         s.serialize_field("migrations", &migrations)?;
         s.serialize_field("compactions", &compactions)?;
+        s.serialize_field("clones", &clones)?;
         s.end()
     }
 }
@@ -270,8 +272,9 @@ mod tests {
         let map: SyncMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
         let value = serde_json::to_value(map.stats()).unwrap();
         let object = value.as_object().unwrap();
-        assert_eq!(object.len(), 12);
+        assert_eq!(object.len(), 13);
         assert_eq!(value["spare_bytes"], map.stats().spare_bytes);
+        assert_eq!(value["clones"], map.stats().clones);
         assert_eq!(value["len"], 10);
         let released = serde_json::to_value(Released::default()).unwrap();
         assert_eq!(

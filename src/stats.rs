@@ -59,6 +59,10 @@ pub struct MapStats {
     pub migrations: u64,
     /// Migrations started to drop deleted entries or shrink the tables.
     pub compactions: u64,
+    /// Migrations that copied the read table's slots to the same index of an equally large
+    /// table (possible when the read table has room and few deleted entries; they read no
+    /// entry), out of [`MapStats::migrations`].
+    pub clones: u64,
 }
 
 impl MapStats {
@@ -99,7 +103,7 @@ impl fmt::Display for MapStats {
         write!(
             f,
             "len={} deleted={} held={} spare={} retired={} read_cap={} dirty_cap={}{} \
-             promotions={} migrations={} compactions={}",
+             promotions={} migrations={} compactions={} clones={}",
             self.len,
             self.deleted,
             Bytes(self.held_bytes),
@@ -111,6 +115,7 @@ impl fmt::Display for MapStats {
             self.promotions,
             self.migrations,
             self.compactions,
+            self.clones,
         )
     }
 }

@@ -127,13 +127,14 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         let grown = 2 * (live + ops);
         // A copy to the same index (`Table::clone_from`: no entry is read, so no cache miss
         // per entry) when the read table already has the room I5 asks for (the hard term,
-        // and growth room of half the live entries), is not oversized, and holds few deleted
-        // entries (a clone keeps them, as deleted entries of the dirty tier; a migration that
-        // rehashes drops them). Never to compact, which exists to drop them.
+        // and growth room of half the live entries), is at most a quarter larger than the
+        // table a rehash would make (so a clone never holds much more memory), and holds few
+        // deleted entries (a clone keeps them, as deleted entries of the dirty tier; a
+        // migration that rehashes drops them). Never to compact, which exists to drop them.
         let cloning = !compacting
             && t.len() - live <= live / 8
             && t.capacity() >= room.max(3 * (live + ops) / 2)
-            && t.capacity() <= 2 * grown;
+            && t.capacity() <= grown + grown / 4;
         let slots = if cloning {
             t.capacity()
         } else {
@@ -155,6 +156,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         st.expunged.clear();
         st.compacting = compacting;
         self.shared.migrations.fetch_add(1, Relaxed);
+        if cloning {
+            self.shared.clones.fetch_add(1, Relaxed);
+        }
         if compacting {
             self.shared.compactions.fetch_add(1, Relaxed);
             // The map shrinks: its reserved slots must not keep a block that the compaction

@@ -15,12 +15,15 @@
 //!   A retired tier frees exactly the entries it owns.
 //! * **I4 (migration).** While a dirty tier exists, `cursor` slots of the read tier have been
 //!   decided: each live entry there is also in the dirty tier, each deleted one is expunged and
-//!   tagged. A dirty tier is promoted only when `cursor == read.capacity()`, so it then holds
+//!   tagged (a migration that clones, `Table::clone_from`, copies it as a deleted entry
+//!   instead). A dirty tier is promoted only when `cursor == read.capacity()`, so it then holds
 //!   every key that is present.
 //! * **I5 (capacity).** A dirty tier is created with room, at load factor 3/4, for every entry
 //!   the read tier holds (live or deleted: a deleted one may be revived and copied) plus one
 //!   fresh key per slow operation until the migration ends, so it cannot fill up before it can
-//!   be promoted; and with twice the slots that the live entries and those fresh keys need.
+//!   be promoted; and with twice the slots that the live entries and those fresh keys need
+//!   (a migration that clones keeps the read table's capacity: at least the first bound, one
+//!   and a half times the second's entries, and at most a quarter more than the second).
 //! * **I6 (generations across shards).** A tier carries the generation it was created in, never
 //!   newer than its shard's; `clear` bumps every shard's generation, holding every shard's lock,
 //!   before it replaces any shard's tiers; a lookup in a map of several shards answers only from
@@ -249,6 +252,7 @@ pub(crate) struct Shared {
     pub(crate) promotions: std::sync::atomic::AtomicU64,
     pub(crate) migrations: std::sync::atomic::AtomicU64,
     pub(crate) compactions: std::sync::atomic::AtomicU64,
+    pub(crate) clones: std::sync::atomic::AtomicU64,
 }
 
 /// The dirty tier's owning pointer (null when there is none).
@@ -607,6 +611,7 @@ impl<K, V> Shard<K, V> {
             promotions: self.shared.promotions.load(Relaxed),
             migrations: self.shared.migrations.load(Relaxed),
             compactions: self.shared.compactions.load(Relaxed),
+            clones: self.shared.clones.load(Relaxed),
         }
     }
     /// Locks the dirty state (for statistics).

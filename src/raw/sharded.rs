@@ -345,6 +345,7 @@ impl<K, V> RawMap<K, V> {
                 total.promotions += st.promotions;
                 total.migrations += st.migrations;
                 total.compactions += st.compactions;
+                total.clones += st.clones;
             }
         }
         if let Some(r) = self.residual(shards, guard) {

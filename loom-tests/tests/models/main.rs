@@ -11,6 +11,7 @@
 mod batch;
 mod cas;
 mod clear;
+mod clone;
 mod compact;
 mod dirty_promotion;
 mod drop_burial;
