@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::entry::Entry;
 use super::{background, Gen, Observer, RawIter, Replace, Shard, Tier};
-use crate::facade::{AtomicPtr, Guard, Reclaimer};
+use crate::facade::{lock, AtomicPtr, Guard, Reclaimer};
 use crate::outcome::{Computed, GetOrInsert, Op};
 use crate::stats::MapStats;
 
@@ -881,6 +881,31 @@ impl<K, V> Drop for RawMap<K, V> {
         // Relaxed: `&mut self` (as in `shards_mut`).
         let root = self.root.load(Relaxed);
         let frozen = *self.frozen.get_mut();
+        // The shards of a split share one entry arena, so each walks its entries on drop
+        // (another shard's entries share its blocks). When the whole map goes and its entries
+        // own nothing outside their slots (no drop glue, no value cell in any shard), no shard
+        // needs to: they are dropped here one after the other, and the path of a shard that
+        // does not share frees its tables without reading an entry and gives the arena's
+        // blocks back whole (the first shard gives them all, the others find none; the first
+        // one's `close` of the shared graveyard frees every retired item before that). Dropping
+        // 1M `u64 -> u64` of a map built empty took 47-67 ms with the walks, 5-9 ms without.
+        if !root.is_null() {
+            let shards = self.shards_mut();
+            if shards[0].shares_arena
+                && !super::entry::entries_need_drop::<K, V>()
+                && shards.iter_mut().all(|s| !*s.cells.get_mut())
+            {
+                for s in shards {
+                    // Each shard's reserved slots go back while the blocks are still there
+                    // (a later shard's drop would give them back after the first one
+                    // released every block).
+                    let mut st = lock(&s.dirty);
+                    s.grave.arena.unreserve(&mut st.slots);
+                    drop(st);
+                    s.shares_arena = false;
+                }
+            }
+        }
         for array in [root, frozen] {
             if array.is_null() {
                 continue;

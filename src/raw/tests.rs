@@ -460,3 +460,25 @@ fn a_clone_keeps_every_entry_findable() {
         arena.unreserve(&mut cache);
     }
 }
+
+/// Dropping a split map: without a walk when no shard holds a value cell (its blocks go back
+/// whole), and with every shard walking its entries when one does (a later value of a key has
+/// its own cell, which must be freed, and no shard may give the shared blocks back while
+/// another still reads its entries). Under Miri (CI runs it there) a walk over released blocks
+/// is a use after free: with `RawMap::drop`'s check of every shard's cells reduced to the
+/// dropped shard's own, Miri reports one here.
+#[test]
+fn a_split_map_is_dropped_with_or_without_value_cells() {
+    for overwrite in [false, true] {
+        let map: SyncMap<u64, u64> = SyncMap::new();
+        let n = fill_until_split(&map);
+        assert!(map.shard_count() > 1);
+        if overwrite {
+            // One key: one shard holds a cell, the others none (every shard must walk).
+            assert_eq!(map.insert(7, 8).as_deref(), Some(&70));
+        }
+        assert_eq!(map.len() as u64, n);
+        assert_eq!(map.get_cloned(&7), Some(if overwrite { 8 } else { 70 }));
+        drop(map);
+    }
+}

@@ -42,9 +42,28 @@ fn map_about_to_clone(t: &std::sync::Arc<Tracker>) -> Arc<Map> {
     Arc::new(map)
 }
 
-/// Every key of `map` with its value, by an iteration (which promotes the cloned table).
-fn contents(map: &Map) -> Vec<(u32, u64)> {
-    snapshot(map)
+/// A thread that inserts `NEW_A` (whose migration may be the clone), then runs `then`.
+fn insert_new_a(
+    map: &Arc<Map>,
+    t: &std::sync::Arc<Tracker>,
+    then: impl FnOnce(&Map) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let (map, t) = (map.clone(), t.clone());
+    thread::spawn(move || {
+        assert!(map.insert(t.key(NEW_A), t.val(100)).is_none());
+        then(&map);
+    })
+}
+
+/// After the race: the iteration (which promotes the cloned table) sees exactly `want`, and
+/// `len` agrees.
+fn assert_contents(map: &Map, want: &[(u32, u64)]) {
+    assert_eq!(
+        snapshot(map),
+        want,
+        "contents after the cloned table was promoted"
+    );
+    assert_eq!(map.len(), want.len());
 }
 
 #[test]
@@ -52,12 +71,7 @@ fn clone_vs_remove_and_reads() {
     check("clone_vs_remove_and_reads", 1, || {
         let t = Tracker::new();
         let map = map_about_to_clone(&t);
-        let inserter = {
-            let (map, t) = (map.clone(), t.clone());
-            thread::spawn(move || {
-                assert!(map.insert(t.key(NEW_A), t.val(100)).is_none());
-            })
-        };
+        let inserter = insert_new_a(&map, &t, |_| ());
         assert_eq!(map.remove(&3).map(|v| v.get()), Some(3));
         assert_eq!(get(&map, 5), Some(5), "key lost during the clone");
         assert_eq!(get(&map, 3), None, "removed key still there");
@@ -74,10 +88,7 @@ fn clone_vs_remove_and_reads() {
             .map(|k| (k, u64::from(k)))
             .chain([(NEW_A, 100)])
             .collect();
-        let mut got = contents(&map);
-        got.sort();
-        assert_eq!(got, want, "contents after the cloned table was promoted");
-        assert_eq!(map.len(), want.len());
+        assert_contents(&map, &want);
         drop_map(map);
         t.assert_all_dropped_once();
     });
@@ -92,13 +103,9 @@ fn clone_vs_new_key() {
     check("clone_vs_new_key", 1, || {
         let t = Tracker::new();
         let map = map_about_to_clone(&t);
-        let inserter = {
-            let (map, t) = (map.clone(), t.clone());
-            thread::spawn(move || {
-                assert!(map.insert(t.key(NEW_A), t.val(100)).is_none());
-                assert_eq!(get(&map, 2), Some(2), "key lost during the clone");
-            })
-        };
+        let inserter = insert_new_a(&map, &t, |map| {
+            assert_eq!(get(map, 2), Some(2), "key lost during the clone");
+        });
         assert!(map.insert(t.key(NEW_B), t.val(101)).is_none());
         assert_eq!(get(&map, NEW_B), Some(101), "inserted key lost");
         inserter.join().unwrap();
@@ -111,10 +118,7 @@ fn clone_vs_new_key() {
             .map(|k| (k, u64::from(k)))
             .chain([(NEW_A, 100), (NEW_B, 101)])
             .collect();
-        let mut got = contents(&map);
-        got.sort();
-        assert_eq!(got, want, "contents after the cloned table was promoted");
-        assert_eq!(map.len(), want.len());
+        assert_contents(&map, &want);
         drop_map(map);
         t.assert_all_dropped_once();
     });
