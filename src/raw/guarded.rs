@@ -207,11 +207,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             Replace::Absent(new) => return Err(CompareExchangeError { current: None, new }),
             Replace::Mismatch(v, new) => Err((v as *const V, new)),
         };
-        // SAFETY (both arms): the pointer was loaded from `self` under `guard`, which moves
-        // into the `Ref`.
         match r {
+            // SAFETY: the pointer was loaded from `self` under `guard`, which moves into the
+            // `Ref`.
             Ok(v) => Ok(unsafe { Ref::new(&*v, guard) }),
             Err((v, new)) => Err(CompareExchangeError {
+                // SAFETY: as above.
                 current: Some(unsafe { Ref::new(&*v, guard) }),
                 new,
             }),
