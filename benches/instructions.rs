@@ -420,7 +420,6 @@ fn run<M: FixedNew>(workload: &str, n: usize, m: usize) -> (usize, u64) {
             "{} {workload}: results differ from bustle's",
             M::NAME
         );
-        print_stats(&map);
         black_box(&map);
         return (ops.len(), got);
     }
@@ -460,19 +459,8 @@ fn run<M: FixedNew>(workload: &str, n: usize, m: usize) -> (usize, u64) {
         other => panic!("unknown workload {other:?}; one of {WORKLOADS:?}"),
     };
     assert_eq!(got, expect, "{} {workload}: wrong result count", M::NAME);
-    print_stats(&map);
     black_box(&map);
     (m, got)
-}
-
-/// With `INSTR_STATS` set: the map's own statistics after the measured loop (outside it, so
-/// callgrind does not count them).
-fn print_stats<M: BenchMap>(map: &M) {
-    if std::env::var_os("INSTR_STATS").is_some() {
-        if let Some(line) = map.stats_line() {
-            println!("stats {}: {line}", M::NAME);
-        }
-    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -58,10 +58,6 @@ pub trait BenchMap: Send + Sync + 'static {
     }
     /// Flush deferred frees, if the map defers them (epoch / hazard schemes).
     fn reclaim(&self) {}
-    /// The map's own statistics, if it keeps any (`INSTR_STATS=1` prints them after a run).
-    fn stats_line(&self) -> Option<String> {
-        None
-    }
 }
 
 // --------------------------------------------------------------------------------------------
@@ -141,9 +137,6 @@ impl BenchMap for Tier {
     }
     fn reclaim(&self) {
         let _ = tiermap::SyncMap::reclaim(self);
-    }
-    fn stats_line(&self) -> Option<String> {
-        Some(self.stats().to_string())
     }
 }
 
