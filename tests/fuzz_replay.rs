@@ -225,6 +225,44 @@ fn concurrent_owned_and_shared_keys() {
 
 // ---- regression tests, one per bug the fuzzers found ----------------------------------------
 
+/// Found by `differential` in CI (2026-12-03; a bug of the fuzz target's checks, not of the
+/// map): in strict mode (a fuzz target, "no other thread pins") the target asserted that
+/// `shrink_to_fit`, `reclaim` and `clear_and_release` leave nothing retired once no guard of
+/// the run is alive. But the background reclaimer's thread pins the epoch for its tick, and one
+/// descheduled while pinned (three fuzz targets side by side on two cores) outlasts the 1.5 ms
+/// that `reclaim` gives other threads' pins: here `shrink_to_fit` of the empty map retired its
+/// first table (120 bytes) and found it still pending. The checks now wait for reclamation for
+/// up to the run's `patience`. A thread that holds a pin for 100 ms stands in for the reclaimer
+/// (before the fix this test failed with "retired after shrink_to_fit").
+#[test]
+fn strict_checks_wait_for_a_pin_held_by_another_thread() {
+    use Op::*;
+    use SimpleOp::*;
+    let prog = Program {
+        hasher: HasherKind::Zero,
+        keys: differential::KeySpace::Large,
+        capacity: None,
+        into_iter: true,
+        ops: vec![
+            Simple(ShrinkToFit),
+            Simple(Insert { k: 0, v: 0 }),
+            Simple(Reclaim),
+            Simple(ClearAndRelease),
+        ],
+    };
+    let (pinned, wait) = std::sync::mpsc::channel();
+    let pinner = std::thread::spawn(move || {
+        let guard = crossbeam_epoch::pin();
+        pinned.send(()).expect("the test waits");
+        // Under Miri (whose clock is virtual) a shorter pin does as well.
+        std::thread::sleep(Duration::from_millis(if cfg!(miri) { 10 } else { 100 }));
+        drop(guard);
+    });
+    wait.recv().expect("the pinner pinned");
+    differential::run(&prog, Config::strict());
+    pinner.join().expect("the pinner ran");
+}
+
 /// Found by `differential` (minimized; fixed meanwhile in 027d330, where the core's own
 /// differential test found it too): a `remove_if` whose entry was orphaned by a `clear`
 /// (here the predicate clears; in general a concurrent `clear` between the lookup and the CAS)

@@ -163,8 +163,10 @@ fn skipped_from_env() -> u32 {
 /// How strictly a run checks what depends on the rest of the process.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// No other thread of the process pins crossbeam-epoch (a fuzz target): reclamation must be
-    /// complete as soon as no guard of this run is alive.
+    /// No other thread of the process pins crossbeam-epoch but the background reclaimer (a fuzz
+    /// target), whose pins last one tick's work: once no guard of this run is alive, reclamation
+    /// must complete within `patience` (`reclaim` itself gives other threads' pins about 1.5
+    /// ms, and a reclaimer thread descheduled while pinned can hold the epoch longer).
     pub strict: bool,
     /// How long to wait for other threads' pins when draining the epoch at the end.
     pub patience: Duration,
@@ -323,6 +325,19 @@ impl<'m> Runner<'m> {
 
     fn idle(&self) -> bool {
         self.cfg.strict && self.pins == 0 && self.held.is_empty()
+    }
+
+    /// With no guard of this run alive: calls `reclaim` until nothing retired is left, for at
+    /// most `patience`; returns what is left then (0 unless something is never freed).
+    fn settle(&self) -> usize {
+        let deadline = std::time::Instant::now() + self.cfg.patience;
+        loop {
+            let pending = self.map.reclaim();
+            if pending == 0 || std::time::Instant::now() >= deadline {
+                return pending;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn op(&mut self, op: &Op) {
@@ -961,9 +976,9 @@ impl<'m> Runner<'m> {
                     s.held_bytes,
                     self.empty_bytes
                 );
-                if self.idle() {
-                    assert_eq!(released.pending_bytes, 0, "pending after clear_and_release");
-                    assert_eq!(s.retired_bytes, 0, "retired after clear_and_release: {s}");
+                if self.idle() && (released.pending_bytes != 0 || s.retired_bytes != 0) {
+                    // Only another thread's pin (the background reclaimer's) can keep anything.
+                    assert_eq!(self.settle(), 0, "pending after clear_and_release: {s}");
                 }
             }
             SimpleOp::Retain { m, r } => {
@@ -987,14 +1002,16 @@ impl<'m> Runner<'m> {
                     s.read_capacity <= 8 * len + 64 * shards,
                     "shrink_to_fit left a large table ({shards} shards): {s}"
                 );
-                if self.idle() {
-                    assert_eq!(s.retired_bytes, 0, "retired after shrink_to_fit: {s}");
+                if self.idle() && s.retired_bytes != 0 {
+                    // As for `clear_and_release`.
+                    assert_eq!(self.settle(), 0, "retired after shrink_to_fit: {s}");
                 }
             }
             SimpleOp::Reclaim => {
                 let pending = map.reclaim();
-                if self.idle() {
-                    assert_eq!(pending, 0, "reclaim with no guard alive");
+                if self.idle() && pending != 0 {
+                    // As for `clear_and_release`.
+                    assert_eq!(self.settle(), 0, "reclaim with no guard alive");
                 }
             }
             SimpleOp::Iter => {
