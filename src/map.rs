@@ -699,7 +699,9 @@ where
     /// later write): removed values, superseded and cleared tables. Gives the memory back to
     /// the operating system if that is 1 MiB or more (see [`crate::memory`]). Returns this
     /// map's retired bytes still waiting (because a guard pinned before they were retired is
-    /// alive, on some thread).
+    /// alive, on some thread). It retries for about 1.5 ms while other threads' guards hold
+    /// memory back, and waits (at most 50 ms) for a tick of the background reclaimer in
+    /// progress, whose brief pin would otherwise do the same.
     ///
     /// ```
     /// let map: tiermap::SyncMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();

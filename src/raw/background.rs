@@ -131,6 +131,36 @@ static RUNNING: AtomicUsize = AtomicUsize::new(0);
 /// [`TRIM_BYTES`], so that memory freed by maps' own operations comes back to the OS too).
 static SINCE_TRIM: AtomicUsize = AtomicUsize::new(0);
 
+/// Ticks in progress (0 or 1 but for tests, which mark their own): while one runs, this thread
+/// may be pinned or freeing a popped item, and `reclaim` waits for it a little longer than for
+/// other threads' guards (see `RawMap::reclaim`).
+static TICKING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks a tick in progress for as long as it lives (see [`TICKING`]).
+pub(crate) struct TickMark(());
+
+impl TickMark {
+    pub(crate) fn enter() -> Self {
+        // Relaxed: a hint for `reclaim`'s patience; nothing is published through it.
+        TICKING.fetch_add(1, Relaxed);
+        TickMark(())
+    }
+}
+
+impl Drop for TickMark {
+    fn drop(&mut self) {
+        // Relaxed: as in `enter`.
+        TICKING.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Whether the background reclaimer is in the middle of a tick (pinned, or freeing what it
+/// popped): what it holds back from `reclaim` is about to be released.
+pub(crate) fn ticking() -> bool {
+    // Relaxed: as in `TickMark::enter`.
+    TICKING.load(Relaxed) != 0
+}
+
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     // The registry is consistent at every point where this module could panic.
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
@@ -261,6 +291,7 @@ fn run() {
 /// One round over the listed graveyards; the bytes freed. A panicking `Drop` of a key or value
 /// is caught (the rest is still freed, and the thread keeps running).
 fn tick(maps: &[Arc<dyn Reclaim>]) -> usize {
+    let _mark = TickMark::enter();
     let guard = crossbeam_epoch::pin();
     for m in maps {
         let m = m.clone();

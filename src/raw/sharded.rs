@@ -823,9 +823,12 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
 
     /// Frees what the map retired and is past its grace period, now: seals every shard's batch
     /// of removed values, starts the grace period of everything retired, and runs collections
-    /// until every shard's retired memory is freed or a guard pinned before it holds it (at most
-    /// 64 rounds). Returns the retired bytes still waiting.
+    /// until every shard's retired memory is freed or a guard pinned before it holds it (64
+    /// rounds, more while the background reclaimer is in a tick: see `TICK_PATIENCE`). Returns
+    /// the retired bytes still waiting.
     pub(crate) fn reclaim(&self) -> usize {
+        /// How long `reclaim` waits for a tick of the background reclaimer in progress.
+        const TICK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
         // The graveyards: one per shard, or one for all the shards a split made.
         let shards = self.shards();
         let yards = if shards[0].shares_arena {
@@ -847,8 +850,21 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                 .sum()
         };
         let mut freed = 0;
-        for round in 0..64 {
+        let start = std::time::Instant::now();
+        // After 64 rounds (about 1.5 ms) a user's guard may be what holds the rest back: give
+        // up. Unless the background reclaimer is in a tick, whose pin or popped item is about
+        // to go (it can be descheduled meanwhile): then go on until 16 rounds after the tick
+        // ended (the epoch must advance past its pin), up to `TICK_PATIENCE`, so that a map
+        // nobody else pins comes back whole.
+        let mut last_round = 64;
+        for round in 0.. {
             if round >= 3 && pending() == 0 {
+                break;
+            }
+            if !cfg!(tiermap_loom) && background::ticking() && start.elapsed() <= TICK_PATIENCE {
+                last_round = last_round.max(round + 16);
+            }
+            if round >= last_round {
                 break;
             }
             self.reclaimer.collect(1);

@@ -482,3 +482,28 @@ fn a_split_map_is_dropped_with_or_without_value_cells() {
         drop(map);
     }
 }
+
+/// `reclaim` with no guard of the caller's alive waits for a tick of the background reclaimer
+/// in progress, which may be pinned (and descheduled) when `reclaim` looks: the `differential`
+/// fuzz target's `shrink_to_fit` once found 120 bytes still retired that way. A thread that
+/// marks a tick and holds a pin for 15 ms stands in for the reclaimer; without the wait,
+/// `reclaim` gives up after its 64 rounds (about 1.5 ms in a release build, 7 in a debug one)
+/// and this test sees the cleared tables still pending.
+#[test]
+fn reclaim_waits_for_a_tick_in_progress() {
+    // Large enough that `clear` retires its tables through the graveyard.
+    let n = if cfg!(miri) { 2_000 } else { 50_000 };
+    let map: SyncMap<u64, u64> = (0..n).map(|i| (i, i)).collect();
+    let (pinned, wait) = std::sync::mpsc::channel();
+    let ticker = std::thread::spawn(move || {
+        let _tick = super::background::TickMark::enter();
+        let guard = crossbeam_epoch::pin();
+        pinned.send(()).expect("the test waits");
+        std::thread::sleep(Duration::from_millis(15));
+        drop(guard);
+    });
+    wait.recv().expect("the ticker pinned");
+    map.clear();
+    assert_eq!(map.reclaim(), 0, "{}", map.stats());
+    ticker.join().expect("the ticker ran");
+}
