@@ -259,25 +259,20 @@ fn memory_scenarios() {
         assert!(map.stats().migrating, "(f) {}", map.stats());
         map
     }
+    /// Drops `map`, built since the heap held `base` bytes, and checks that it gave back all
+    /// but `SMALL` of them.
+    fn dropped_whole<V>(what: &str, base: isize, map: SyncMap<u64, V>) {
+        let s = map.stats();
+        drop(map);
+        settle();
+        let after = heap() - base;
+        println!("{what}: {after} bytes after drop of {s}");
+        assert!(after <= SMALL, "{what}: {after} bytes after drop");
+    }
     let base = heap();
-    let map = busy(|i| i);
-    let s = map.stats();
-    drop(map);
-    settle();
-    let after = heap() - base;
-    println!("(f) u64 -> u64: {after} bytes after drop of {s}");
-    assert!(after <= SMALL, "(f) u64 -> u64: {after} bytes after drop");
+    dropped_whole("(f) u64 -> u64", base, busy(|i| i));
     let base = heap();
-    let map = busy(|i| i.to_string());
-    let s = map.stats();
-    drop(map);
-    settle();
-    let after = heap() - base;
-    println!("(f) u64 -> String: {after} bytes after drop of {s}");
-    assert!(
-        after <= SMALL,
-        "(f) u64 -> String: {after} bytes after drop"
-    );
+    dropped_whole("(f) u64 -> String", base, busy(|i| i.to_string()));
 
     // (g) the same for a map that was split (built empty, grown past the split), whose shards
     // share their entry blocks: without a value cell anywhere its blocks go back whole; with
@@ -300,14 +295,10 @@ fn memory_scenarios() {
                 map.insert(i, i + 1);
             }
         }
-        let s = map.stats();
-        drop(map);
-        settle();
-        let after = heap() - base;
-        println!("(g) split map, replaced values {replace}: {after} bytes after drop of {s}");
-        assert!(
-            after <= SMALL,
-            "(g) split map, replaced values {replace}: {after} bytes after drop"
+        dropped_whole(
+            &format!("(g) split map, replaced values {replace}"),
+            base,
+            map,
         );
     }
 }

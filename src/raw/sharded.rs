@@ -874,7 +874,8 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             if round >= 8 && !cfg!(tiermap_loom) {
                 // Still pending: some thread is pinned (a user's guard, or another thread in
                 // the middle of an operation, the background reclaimer's tick included, perhaps
-                // descheduled). Let it run before the next try; at most about 1.5 ms in all.
+                // descheduled). Let it run before the next try; about 1.5 ms in all, or up to
+                // `TICK_PATIENCE` while a tick runs.
                 std::thread::sleep(std::time::Duration::from_micros(25));
             }
         }
