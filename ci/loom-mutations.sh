@@ -27,7 +27,7 @@ all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check fre
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
      no_clear_check clear_shard_by_shard filter_after_publish filter_skips_copies
-     split_no_forward split_no_residual split_relaxed_root split_skips_dirty clone_drops_entry
+     split_no_forward split_no_residual split_relaxed_root split_skips_dirty clone_drops_entry idle_skips_migration
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -58,7 +58,7 @@ declare -A models=(
   [free_without_defer]="removed_values_batched_while_a_reader_holds_one compare_exchange_vs_compare_remove"
   [bury_without_grace]="removed_values_batched_while_a_reader_holds_one clear_and_release_vs_pinned_reader compaction_vs_read"
   [relaxed_dirty_view]="dirty_promotion publication::"
-  [clear_view_before_swap]="dirty_promotion"
+  [clear_view_before_swap]="dirty_promotion idle::"
   [relaxed_slot_publish]="publication::fresh_slot second_fresh_key_read_from_dirty_tier"
   [clone_drops_entry]="clone::"
   [relaxed_value_store]="publication::replaced_value"
@@ -76,7 +76,8 @@ declare -A models=(
   [pool_spill_trusts_hint]="pool"
 )
 # Mutations caught by a unit test (name:test filter), run in a normal build.
-declare -A unit=([expire_all]="expiry_frees_only_what_was_retired_before_the_deferral")
+declare -A unit=([expire_all]="expiry_frees_only_what_was_retired_before_the_deferral"
+                 [idle_skips_migration]="idle_watch_finishes_the_migration_and_promotes")
 survivors=0
 summary=()
 for m in "${mutations[@]}"; do

@@ -853,6 +853,26 @@ impl<K, V, S> SyncMap<K, V, S> {
     pub fn loom_split_at(&mut self, at: usize) {
         self.raw.set_split_at(at);
     }
+
+    /// Loom builds only (`--cfg tiermap_loom`): what the background reclaimer's idle watch does
+    /// to a map left quiet (loom builds never start the reclaimer): each shard's migration
+    /// finished and its dirty tier promoted, under a `try_lock` (a shard whose lock is busy is
+    /// left as it is).
+    ///
+    /// ```text
+    /// // loom-tests/tests/models/idle.rs
+    /// thread::spawn(move || map.loom_idle_steps());
+    /// ```
+    #[cfg(tiermap_loom)]
+    #[doc(hidden)]
+    pub fn loom_idle_steps(&self)
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        let guard = self.raw.pin();
+        self.raw.idle_steps(&guard);
+    }
 }
 
 impl<K, V> Default for SyncMap<K, V, RandomState> {

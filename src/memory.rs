@@ -13,6 +13,12 @@
 //! allocator to give free pages back to the operating system, so that the process's resident
 //! memory falls, not only the allocator's books.
 //!
+//! **A map left alone.** The same thread promotes the dirty tier of a map that no operation has
+//! written to for a second (Go's `sync.Map` waits for as many misses as the dirty map has keys,
+//! which a map nobody reads never makes), so that a map filled and then left idle gives back its
+//! older table: about 16% of a 1M-entry `u64 -> u64` map (54.7 to 45.9 bytes per entry held,
+//! RSS growth 52.9 to 43.9 MiB). Maps whose tables are under 64 KiB are left as they are.
+//!
 //! **Allocators.** The return to the OS calls glibc's `malloc_trim(0)`, which releases every
 //! free page of every arena (not only the top of the heap, which is all glibc gives back by
 //! itself). With another C library, or on another OS, it does nothing. With jemalloc or
@@ -28,7 +34,8 @@
 //!
 //! **Opting out.** A program that must not start threads sets `TIERMAP_BACKGROUND_RECLAIM=0` in
 //! its environment, or calls [`set_background_reclaim`]`(false)` before its first map retires
-//! anything. Maps then start the grace period of what they retire from their own operations
+//! anything (an idle map then keeps its two tables until misses promote it, as in Go). Maps
+//! then start the grace period of what they retire from their own operations
 //! and free it a bounded step per later write of the map (and at once with
 //! [`SyncMap::reclaim`](crate::SyncMap::reclaim), `clear_and_release` and drop).
 //! `TIERMAP_RETURN_TO_OS=0` or [`set_return_to_os`]`(false)` turns `malloc_trim` off.

@@ -26,6 +26,9 @@ const N: u64 = 1_000_000;
 const RETURNED: f64 = 0.90;
 /// How long the background reclaimer may take to give the memory of removed keys back.
 const DEADLINE: Duration = Duration::from_secs(1);
+/// How long a map left idle after its fill may keep its dirty tier (the idle watch's second
+/// of quiet, and its steps; `raw::idle`).
+const IDLE_DEADLINE: Duration = Duration::from_secs(5);
 /// RSS poll interval while waiting for the background reclaimer.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -122,7 +125,10 @@ fn filled() -> SyncMap<u64, u64> {
 /// * A: right after `clear_and_release()` returns;
 /// * B: right after the map is dropped;
 /// * C: after removing every key, with no further call on the map, within 1 s (the background
-///   reclaimer's work), and the map then has no retired bytes left.
+///   reclaimer's work), and the map then has no retired bytes left;
+///
+/// and E: a fill left idle, with no call at all, has every shard's dirty tier promoted within
+/// 5 s (the idle watch), and at least 90% of the bytes the map stopped holding leave the RSS.
 ///
 /// `std::collections::HashMap` and `dashmap::DashMap` fills are dropped first, for comparison
 /// (printed only, no assertion). Run with `--nocapture` for the table.
@@ -255,6 +261,59 @@ fn run() {
     );
     let reclaimer = tiermap::memory::background_reclaim_status();
     println!("reclaimer: {reclaimer:?}");
+    drop(map);
+
+    // Phase E: a fill left idle, no calls at all. The background reclaimer's idle watch
+    // promotes each shard's dirty tier once its lock has been left alone for a second, and the
+    // read tables it retires go back to the operating system.
+    let base = baseline();
+    let map = filled();
+    let full = map.stats();
+    let peak = rss();
+    let filled_at = Instant::now();
+    let mut idle = full;
+    while filled_at.elapsed() < IDLE_DEADLINE {
+        std::thread::sleep(POLL);
+        idle = map.stats();
+        if idle.dirty_capacity == 0 && idle.retired_bytes == 0 {
+            break;
+        }
+    }
+    let promoted = filled_at.elapsed();
+    // The trim follows the free at the reclaimer's next tick.
+    std::thread::sleep(Duration::from_millis(100));
+    let after = rss();
+    rows.push(Row {
+        name: "E SyncMap: fill, then idle (not a release)",
+        baseline: base,
+        peak,
+        after,
+        took: Some(promoted),
+    });
+    println!(
+        "E: held {:.1} -> {:.1} MiB after {promoted:.2?} ({:.1} -> {:.1} B/entry); RSS growth \
+         {:.1} -> {:.1} MiB; full {full}; idle {idle}",
+        mib(full.held_bytes as i64),
+        mib(idle.held_bytes as i64),
+        full.held_bytes as f64 / N as f64,
+        idle.held_bytes as f64 / N as f64,
+        mib(peak - base),
+        mib(after - base),
+    );
+    assert_eq!(
+        idle.dirty_capacity, 0,
+        "E: a shard still has its dirty tier {IDLE_DEADLINE:?} after the fill: {idle}"
+    );
+    // What the promotions retired (the older read tables) comes back to the operating system,
+    // not only to the allocator's free lists.
+    let idle_freed = full.held_bytes as i64 - idle.held_bytes as i64;
+    assert!(
+        idle_freed > 0 && (peak - after) as f64 >= RETURNED * idle_freed as f64,
+        "E: the idle promotions freed {:.1} MiB, RSS fell {:.1} MiB (want >= {:.0}% of it)",
+        mib(idle_freed),
+        mib(peak - after),
+        100.0 * RETURNED
+    );
     drop(map);
 
     // Phase D (printed, not asserted; see the module docs): C on a worker thread.

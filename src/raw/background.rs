@@ -14,6 +14,11 @@
 //!   thread (user threads never pay for a whole table); then drop the graveyards that have
 //!   nothing left from the list. Memory retired at time `t` is freed by about `t + 2 TICK` once
 //!   every guard pinned at `t` is gone.
+//! * **The idle watch.** Maps whose shards hold a dirty tier list their idle watch too
+//!   (`raw::idle`): each tick looks at their shards, and one whose lock no operation took for a
+//!   second has its migration finished and its dirty tier promoted, so that a map left alone
+//!   after its writes gives its older table back. While only watches are listed, the thread
+//!   wakes every [`IDLE_TICK`].
 //! * **Giving memory back.** Freed memory stays in the allocator's free lists; glibc's malloc
 //!   returns it to the operating system only from the top of the heap. Once at least
 //!   [`TRIM_BYTES`] were freed and a map whose garbage is now all freed has shrunk to half of
@@ -56,12 +61,23 @@ pub(crate) trait Reclaim: Send + Sync {
     fn free_ready(&self) -> usize;
     /// Takes the graveyard off the list if it has nothing left; whether to drop its entry.
     fn unregister(&self) -> bool;
-    /// Whether the map has shrunk to at most half of its most live entries since the last trim
-    /// (a release: what it freed will not be reused by it).
+    /// Whether the map has shrunk to at most half of its most live entries since the last trim,
+    /// or its idle watch promoted a shard since (a release: what it freed will not be reused by
+    /// it).
     fn shrank(&self) -> bool;
     /// Starts a new peak from what the map holds now (after a trim).
     fn reset_peak(&self);
 }
+
+/// What the background reclaimer needs of a map's idle watch (`raw::idle`; type-erased).
+pub(crate) trait Idle: Send + Sync {
+    /// Looks at every shard once, promoting those that have been quiet long enough; whether to
+    /// keep the watch on the list (some shard still has a dirty tier).
+    fn step(&self, guard: &Guard) -> bool;
+}
+
+/// Time between two ticks while the only listed work is idle watches (no garbage waits).
+pub(crate) const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// A setting read from the environment on first use unless set before.
 struct Setting {
@@ -110,18 +126,25 @@ static TRIM: Setting = Setting::new("TIERMAP_RETURN_TO_OS");
 /// The list of graveyards with work, and the thread's state.
 struct Registry {
     maps: Vec<Weak<dyn Reclaim>>,
+    /// Maps whose shards may hold a dirty tier to promote once they are quiet (`raw::idle`).
+    watched: Vec<Weak<dyn Idle>>,
     /// The thread exists (started and not exited).
     running: bool,
     /// The thread waits on `WAKE` with nothing to do.
     parked: bool,
+    /// The thread waits on `WAKE` for at most [`IDLE_TICK`], with only idle watches listed: a
+    /// graveyard that registers wakes it, so that its work waits no longer than a [`TICK`].
+    napping: bool,
     /// Threads ever started (for tests and `memory::background_reclaim_starts`).
     starts: usize,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     maps: Vec::new(),
+    watched: Vec::new(),
     running: false,
     parked: false,
+    napping: false,
     starts: 0,
 });
 static WAKE: Condvar = Condvar::new();
@@ -185,6 +208,18 @@ pub(crate) fn running() -> bool {
 pub(crate) fn register(map: Weak<dyn Reclaim>) {
     let mut reg = registry();
     reg.maps.push(map);
+    start_or_wake(reg);
+}
+
+/// Puts a map's idle watch on the list, starting or waking the thread.
+pub(crate) fn watch(map: Weak<dyn Idle>) {
+    let mut reg = registry();
+    reg.watched.push(map);
+    start_or_wake(reg);
+}
+
+/// Starts the thread if it is not running, or wakes it if it is parked (after a listing).
+fn start_or_wake(mut reg: std::sync::MutexGuard<'_, Registry>) {
     if !reg.running {
         let spawned = std::thread::Builder::new()
             .name("tiermap-reclaim".into())
@@ -196,10 +231,14 @@ pub(crate) fn register(map: Weak<dyn Reclaim>) {
                 RUNNING.store(1, Relaxed);
             }
             // No thread (a process limit, say): the maps still free their garbage from their
-            // own operations and `reclaim`; the list is retried at the next registration.
-            Err(_) => reg.maps.clear(),
+            // own operations and `reclaim`, and keep their tiers until misses promote them;
+            // the list is retried at the next registration.
+            Err(_) => {
+                reg.maps.clear();
+                reg.watched.clear();
+            }
         }
-    } else if reg.parked {
+    } else if reg.parked || reg.napping {
         WAKE.notify_one();
     }
 }
@@ -226,28 +265,58 @@ pub(crate) fn status() -> (bool, usize, bool) {
     (reg.running, reg.starts, reg.parked)
 }
 
+/// What one loop of the thread works on: the listed graveyards and idle watches still alive.
+type Listed = (Vec<Arc<dyn Reclaim>>, Vec<Arc<dyn Idle>>);
+
 /// The thread's loop.
 fn run() {
     loop {
-        let maps: Vec<Arc<dyn Reclaim>> = {
+        let (maps, watched): Listed = {
             let mut reg = registry();
             loop {
                 reg.maps.retain(|w| w.strong_count() > 0);
+                reg.watched.retain(|w| w.strong_count() > 0);
                 if !enabled() {
                     reg.running = false;
                     reg.parked = false;
                     RUNNING.store(0, Relaxed);
                     return;
                 }
-                if !reg.maps.is_empty() {
+                if !reg.maps.is_empty() || !reg.watched.is_empty() {
                     break;
                 }
                 reg.parked = true;
                 reg = WAKE.wait(reg).unwrap_or_else(|p| p.into_inner());
                 reg.parked = false;
             }
-            reg.maps.iter().filter_map(Weak::upgrade).collect()
+            (
+                reg.maps.iter().filter_map(Weak::upgrade).collect(),
+                reg.watched.iter().filter_map(Weak::upgrade).collect(),
+            )
         };
+        let unwatched = look_at_idle(&watched);
+        drop(watched);
+        if !unwatched.is_empty() {
+            let mut reg = registry();
+            for d in &unwatched {
+                if let Some(i) = reg.watched.iter().position(|w| Weak::ptr_eq(w, d)) {
+                    reg.watched.swap_remove(i);
+                }
+            }
+        }
+        if maps.is_empty() {
+            // Only idle watches: look again in `IDLE_TICK`, or as soon as a graveyard registers.
+            let mut reg = registry();
+            if reg.maps.is_empty() {
+                reg.napping = true;
+                reg = WAKE
+                    .wait_timeout(reg, IDLE_TICK)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                reg.napping = false;
+            }
+            continue;
+        }
         note_freed(tick(&maps));
         let mut released = false;
         let done: Vec<Weak<dyn Reclaim>> = maps
@@ -286,6 +355,26 @@ fn run() {
         }
         std::thread::sleep(TICK);
     }
+}
+
+/// One look of each listed idle watch (`Idle::step`); the watches to take off the list. A
+/// panicking `Drop` of a key or value (run by a promotion's graveyard service) is caught: the
+/// watch stays listed and looks again at the next tick.
+fn look_at_idle(watched: &[Arc<dyn Idle>]) -> Vec<Weak<dyn Idle>> {
+    if watched.is_empty() {
+        return Vec::new();
+    }
+    let _mark = TickMark::enter();
+    let guard = crossbeam_epoch::pin();
+    let mut done = Vec::new();
+    for w in watched {
+        let keep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.step(&guard)));
+        if let Ok(false) = keep {
+            done.push(Arc::downgrade(w));
+        }
+    }
+    guard.flush();
+    done
 }
 
 /// One round over the listed graveyards; the bytes freed. A panicking `Drop` of a key or value

@@ -737,7 +737,9 @@ impl<K: Send + 'static, V: Send + 'static> Reclaim for Graveyard<K, V> {
         // Relaxed: hints (see `Shared::live_hint`).
         let live = self.shared.live_hint.load(Relaxed);
         let peak = self.shared.peak_live.load(Relaxed);
-        peak > 0 && 2 * live <= peak
+        // Relaxed: a hint, as above.
+        let idle = self.shared.idle_release.swap(false, Relaxed);
+        (peak > 0 && 2 * live <= peak) || idle
     }
 
     fn reset_peak(&self) {

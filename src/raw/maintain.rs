@@ -82,6 +82,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         }
         let retired = std::mem::take(&mut st.retired);
         let budget = st.budget;
+        st.locked_ops = st.locked_ops.wrapping_add(1);
         st.since_observed += 1;
         let observe = retired || st.since_observed >= OBSERVE_EVERY;
         if observe {
@@ -155,6 +156,10 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         st.budget = budget;
         st.expunged.clear();
         st.compacting = compacting;
+        // The map observes the shard when this operation returns, and so lists its idle
+        // watch (`raw::idle`), which promotes the new tier if the shard goes quiet.
+        // Relaxed: a hint (see `Shard::observe_due`).
+        self.observe_due.store(true, Relaxed);
         self.shared.migrations.fetch_add(1, Relaxed);
         if cloning {
             self.shared.clones.fetch_add(1, Relaxed);

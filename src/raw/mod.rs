@@ -41,6 +41,7 @@ pub(crate) mod entry;
 mod filter;
 pub(crate) mod grave;
 mod guarded;
+pub(crate) mod idle;
 mod maintain;
 #[cfg(feature = "rayon")]
 pub(crate) mod par;
@@ -249,6 +250,10 @@ pub(crate) struct Shared {
     pub(crate) live_hint: std::sync::atomic::AtomicUsize,
     /// The most `live_hint` was since the background reclaimer last trimmed.
     pub(crate) peak_live: std::sync::atomic::AtomicUsize,
+    /// The idle watch promoted a shard (`Shard::idle_step`): the table it retired is memory
+    /// the map gave back, which the background reclaimer returns to the operating system once
+    /// it is freed (`Reclaim::shrank`).
+    pub(crate) idle_release: std::sync::atomic::AtomicBool,
     pub(crate) promotions: std::sync::atomic::AtomicU64,
     pub(crate) migrations: std::sync::atomic::AtomicU64,
     pub(crate) compactions: std::sync::atomic::AtomicU64,
@@ -325,6 +330,12 @@ pub(crate) struct LockedState<K, V> {
     /// Entry slots reserved from the arena for the next new keys (see `arena::SlotCache`):
     /// given back when a compaction starts, in `clear`, and when the tiers are taken away.
     pub(crate) slots: arena::SlotCache,
+    /// Locked operations of the map's own that ended here (`end_locked`), wrapping: the idle
+    /// watch (`Shard::idle_step`) compares it between two looks to tell a quiet shard.
+    locked_ops: u32,
+    /// The idle watch's last look: `locked_ops` then, and when it first saw that value.
+    idle_mark: u32,
+    idle_since: Option<std::time::Instant>,
 }
 
 impl<K, V> LockedState<K, V> {
@@ -343,6 +354,9 @@ impl<K, V> LockedState<K, V> {
             frozen: false,
             successors: ptr::null_mut(),
             slots: arena::SlotCache::new(),
+            locked_ops: 0,
+            idle_mark: 0,
+            idle_since: None,
         }
     }
 }

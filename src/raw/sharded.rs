@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 
 use super::entry::Entry;
+use super::idle::IdleWatch;
 use super::{background, Gen, Observer, RawIter, Replace, Shard, Tier};
 use crate::facade::{lock, AtomicPtr, Guard, Reclaimer};
 use crate::outcome::{Computed, GetOrInsert, Op};
@@ -129,7 +130,7 @@ enum Cleared {
 
 /// The shards of a tagged shard array (a split shard's successors), with the same unbounded
 /// lifetime as [`successor`] (every array a map published lives until the map is dropped).
-fn array_slice<'a, K, V>(array: *mut Shard<K, V>) -> &'a [Shard<K, V>] {
+pub(crate) fn array_slice<'a, K, V>(array: *mut Shard<K, V>) -> &'a [Shard<K, V>] {
     let (first, mask) = untag_array(array);
     // SAFETY: `array` is a published shard array of the caller's map, alive while the map is;
     // it holds `mask + 1` shards (`tag_array`).
@@ -184,6 +185,10 @@ pub(crate) struct RawMap<K, V> {
     /// table), outside every lock, when the operation returns (the retention alarm and the
     /// metrics publisher hook in here). Read hits look only at their shard's flag.
     observer: arc_swap::ArcSwapOption<Observer>,
+    /// The map's handle for the background reclaimer's idle watch (`raw::idle`): listed when
+    /// an operation observes a shard with a dirty tier; detached before any exclusive use of
+    /// the shards.
+    idle: Arc<IdleWatch<K, V>>,
     /// Owns the shard arrays (`root`, `frozen`).
     _owns: PhantomData<Box<[Shard<K, V>]>>,
 }
@@ -215,8 +220,10 @@ impl<K, V> RawMap<K, V> {
         let shards: Box<[Shard<K, V>]> = (0..n)
             .map(|_| Shard::new(capacity.div_ceil(n), first.sibling(), n > 1))
             .collect();
+        let root = tag_array(shards);
         RawMap {
-            root: AtomicPtr::new(tag_array(shards)),
+            root: AtomicPtr::new(root),
+            idle: IdleWatch::new(root),
             fixed: true,
             frozen: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             residual: std::sync::OnceLock::new(),
@@ -234,6 +241,31 @@ impl<K, V> RawMap<K, V> {
             shards[0].split_at = at;
             self.fixed = at == 0;
         }
+        self.reattach_idle();
+    }
+
+    /// Loom builds: what the background reclaimer's idle watch does to a quiet map (which loom
+    /// builds never start): every shard looked at twice with no wait (the first look starts the
+    /// quiet period, the second finishes the migration and promotes), whatever the read tier's
+    /// size. Shards whose lock is busy are skipped.
+    #[cfg(tiermap_loom)]
+    pub(crate) fn idle_steps(&self, guard: &Guard)
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        let rule = super::idle::Rule {
+            quiet: std::time::Duration::ZERO,
+            min_bytes: 0,
+        };
+        for _ in 0..2 {
+            for s in self.shards() {
+                let now = std::time::Instant::now();
+                // Loom's maps finish a migration in the operation that starts it: the look
+                // promotes without a migration step to time.
+                let _ = s.idle_step(guard, rule, now, now);
+            }
+        }
     }
 
     /// Loom builds: makes every shard use `other`'s epoch collector (see
@@ -244,6 +276,7 @@ impl<K, V> RawMap<K, V> {
         for s in self.shards_mut() {
             s.share_collector(first);
         }
+        self.reattach_idle();
         self.reclaimer = other.reclaimer.sibling();
     }
 
@@ -274,8 +307,11 @@ impl<K, V> RawMap<K, V> {
         unsafe { std::slice::from_raw_parts(first, mask + 1) }
     }
 
-    /// The shards, with exclusive access.
+    /// The shards, with exclusive access. Detaches the idle watch first (the background
+    /// reclaimer's thread may be working on a shard: this waits for its step to end); callers
+    /// that keep the map give it back with `reattach_idle`.
     fn shards_mut(&mut self) -> &mut [Shard<K, V>] {
+        self.idle.detach();
         // Relaxed: `&mut self` (whatever gave us exclusive access ordered every store before).
         let (first, mask) = untag_array(self.root.load(Relaxed));
         // SAFETY: as in `shards`; `&mut self`: no other reference to the array exists.
@@ -403,6 +439,7 @@ impl<K, V> RawMap<K, V> {
         for s in self.shards_mut() {
             s.drain_into(out);
         }
+        self.reattach_idle();
     }
 
     /// Empties a map the caller owns exclusively, freeing everything now, and gives it empty
@@ -413,6 +450,14 @@ impl<K, V> RawMap<K, V> {
         for s in shards {
             s.reset_exclusive(per_shard);
         }
+        self.reattach_idle();
+    }
+
+    /// Gives the idle watch the shard array again after an exclusive use (`shards_mut`
+    /// detached it).
+    fn reattach_idle(&mut self) {
+        // Relaxed: `&mut self` (as in `shards_mut`).
+        self.idle.attach(self.root.load(Relaxed));
     }
 }
 
@@ -554,6 +599,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
     #[inline(never)]
     fn observe_now(&self, shard: &Shard<K, V>, guard: &Guard) {
         shard.observe_due.store(false, Relaxed);
+        if shard.worth_watching(guard) {
+            self.idle.arm();
+        }
         // Relaxed: a hint (see `Shard::split_due`); `split` re-checks under the lock.
         if shard.split_due.load(Relaxed) {
             shard.split_due.store(false, Relaxed);
@@ -896,6 +944,10 @@ impl<K, V> Drop for RawMap<K, V> {
         // go closes the graveyard they share (which frees the split shard's retired read
         // tier). Then the array a split replaced, whose frozen shard owns nothing.
         // Relaxed: `&mut self` (as in `shards_mut`).
+        // The idle watch first: when `detach` returns, the reclaimer's thread is not working
+        // on a shard, and it will not again (its `Weak` may outlive the map; the pointer is
+        // null).
+        self.idle.detach();
         let root = self.root.load(Relaxed);
         let frozen = *self.frozen.get_mut();
         // The shards of a split share one entry arena, so each walks its entries on drop

@@ -507,3 +507,124 @@ fn reclaim_waits_for_a_tick_in_progress() {
     assert_eq!(map.reclaim(), 0, "{}", map.stats());
     ticker.join().expect("the ticker ran");
 }
+
+/// A one-shard map of `n` keys (value = key) whose shard is in the middle of a migration (a
+/// dirty tier, the cursor short of the read table's end).
+fn one_shard_migrating(n: u64) -> SyncMap<u64, u64> {
+    let map: SyncMap<u64, u64> =
+        SyncMap::with_capacity_shards_and_hasher(0, 1, std::hash::RandomState::new());
+    let mut k = 0;
+    while k < n || !map.stats().migrating {
+        map.insert(k, k);
+        k += 1;
+        assert!(k < 50 * n, "no migration in progress after {k} inserts");
+    }
+    map
+}
+
+/// Looks at every shard of `map` with the idle watch's `rule` at `now` until one look settles
+/// them all (at most `looks` rounds); how many rounds that took.
+fn idle_looks(
+    map: &SyncMap<u64, u64>,
+    rule: super::idle::Rule,
+    now: Instant,
+    looks: usize,
+) -> Option<usize> {
+    let guard = map.raw().pin();
+    for round in 1..=looks {
+        let mut settled = true;
+        for s in map.raw().shards() {
+            let until = Instant::now() + Duration::from_millis(2);
+            if !matches!(
+                s.idle_step(&guard, rule, now, until),
+                super::idle::Look::Settled
+            ) {
+                settled = false;
+            }
+        }
+        if settled {
+            return Some(round);
+        }
+    }
+    None
+}
+
+/// The idle watch finishes a quiet shard's migration and promotes its dirty tier, and every
+/// key is then in the promoted read tier with its value. The migration is in progress when
+/// the watch looks, so a watch that promoted without finishing it (mutation
+/// `idle_skips_migration`) loses the keys past the cursor.
+#[test]
+fn idle_watch_finishes_the_migration_and_promotes() {
+    let n = if cfg!(miri) { 3_000 } else { 100_000 };
+    let map = one_shard_migrating(n);
+    let len = map.len() as u64;
+    let before = map.stats();
+    assert!(before.migrating && before.dirty_capacity > 0, "{before}");
+    let now = Instant::now();
+    let rule = super::idle::Rule {
+        quiet: Duration::ZERO,
+        min_bytes: 0,
+    };
+    let rounds = idle_looks(&map, rule, now, 100_000).expect("the shard settles");
+    let after = map.stats();
+    println!("settled after {rounds} looks: {before} -> {after}");
+    assert!(rounds >= 2, "the first look only starts the quiet period");
+    assert_eq!(after.dirty_capacity, 0, "{after}");
+    assert!(!after.migrating);
+    assert!(after.promotions > before.promotions, "{after}");
+    assert_eq!(map.len() as u64, len);
+    for k in 0..len {
+        assert_eq!(
+            map.get_cloned(&k),
+            Some(k),
+            "key {k} after the idle promotion"
+        );
+    }
+    // Every key now answers from the read tier: lookups no longer miss it.
+    let misses = map.stats().misses;
+    assert_eq!(misses, 0, "{}", map.stats());
+}
+
+/// The watch leaves a shard alone while operations take its lock, until it has been quiet for
+/// the rule's whole period, and never promotes a small shard's tier (under `min_bytes`).
+#[test]
+fn idle_watch_waits_for_quiet_and_skips_small_maps() {
+    let n = if cfg!(miri) { 3_000 } else { 50_000 };
+    let map = one_shard_migrating(n);
+    let rule = super::idle::Rule {
+        quiet: Duration::from_secs(1),
+        min_bytes: 0,
+    };
+    let t0 = Instant::now();
+    let sec = |s: f64| t0 + Duration::from_secs_f64(s);
+    let has_dirty = |m: &SyncMap<u64, u64>| m.stats().dirty_capacity > 0;
+    // First look: starts the quiet period.
+    assert_eq!(idle_looks(&map, rule, sec(0.0), 1), None);
+    // A write takes the lock: the period starts again at the next look.
+    map.insert(u64::MAX, 1);
+    assert_eq!(idle_looks(&map, rule, sec(2.0), 1), None);
+    assert!(
+        has_dirty(&map),
+        "promoted although written to since the last look"
+    );
+    assert_eq!(idle_looks(&map, rule, sec(2.5), 1), None);
+    assert!(has_dirty(&map), "promoted after half the quiet period");
+    // Quiet for the whole period: the watch finishes the migration and promotes.
+    assert!(idle_looks(&map, rule, sec(3.1), 100_000).is_some());
+    assert!(!has_dirty(&map), "{}", map.stats());
+    assert_eq!(map.get_cloned(&u64::MAX), Some(1));
+
+    // A small map's tiers stay as they are with the background reclaimer's rule.
+    let small: SyncMap<u64, u64> = (0..100)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|k| (k, k))
+        .collect();
+    small.insert(1_000, 1);
+    assert!(has_dirty(&small), "{}", small.stats());
+    assert_eq!(
+        idle_looks(&small, super::idle::RULE, sec(100.0), 3),
+        Some(1)
+    );
+    assert!(has_dirty(&small), "{}", small.stats());
+}

@@ -17,6 +17,7 @@ mod dirty_promotion;
 mod drop_burial;
 mod get_or_insert;
 mod grave;
+mod idle;
 mod insert_promotion;
 mod iter;
 mod iter_clear;
