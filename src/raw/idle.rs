@@ -115,6 +115,13 @@ impl<K, V> IdleWatch<K, V> {
         })
     }
 
+    /// White-box tests that step the watch themselves, as the reclaimer's thread does once
+    /// `arm` listed it: marks it as listed, so that `detach` waits for their looks.
+    #[cfg(test)]
+    pub(crate) fn mark_listed(&self) {
+        self.ever_listed.store(true, Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ArrayPtr<K, V>> {
         // Nothing panics with the lock held but a key's or value's `Drop`, run by a step's
         // graveyard service after the pointer was last written: the pointer is consistent.
@@ -163,6 +170,14 @@ impl<K: Send + 'static, V: Send + 'static> IdleWatch<K, V> {
 
 impl<K: Send + 'static, V: Send + 'static> Idle for IdleWatch<K, V> {
     fn step(&self, guard: &Guard) -> bool {
+        self.step_with(guard, RULE)
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> IdleWatch<K, V> {
+    /// One look at every shard with `rule` (`Idle::step` with the reclaimer's rule); whether
+    /// to keep the watch listed.
+    pub(crate) fn step_with(&self, guard: &Guard, rule: Rule) -> bool {
         let mut at = self.lock();
         if at.0.is_null() {
             // The map is gone or used exclusively: off the list (`arm` lists it again).
@@ -175,7 +190,7 @@ impl<K: Send + 'static, V: Send + 'static> Idle for IdleWatch<K, V> {
         let mut i = 0;
         while i < array_slice::<K, V>(at.0).len() {
             let shards = array_slice::<K, V>(at.0);
-            match shards[i].idle_step(guard, RULE, now, until) {
+            match shards[i].idle_step(guard, rule, now, until) {
                 Look::Settled => i += 1,
                 Look::Watching => {
                     watching = true;

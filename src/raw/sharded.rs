@@ -453,6 +453,12 @@ impl<K, V> RawMap<K, V> {
         self.reattach_idle();
     }
 
+    /// The map's idle watch (white-box tests).
+    #[cfg(test)]
+    pub(crate) fn idle_watch(&self) -> Arc<IdleWatch<K, V>> {
+        self.idle.clone()
+    }
+
     /// Gives the idle watch the shard array again after an exclusive use (`shards_mut`
     /// detached it).
     fn reattach_idle(&mut self) {

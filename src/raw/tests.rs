@@ -628,3 +628,71 @@ fn idle_watch_waits_for_quiet_and_skips_small_maps() {
     );
     assert!(has_dirty(&small), "{}", small.stats());
 }
+
+/// A map dropped while its idle watch finishes its migration on another thread (as the
+/// background reclaimer does, holding the watch through its own `Arc`): the drop waits for the
+/// watch's look in progress (`IdleWatch::detach`), frees the shards, and the watch's next look
+/// finds them gone and asks to be taken off the list. The thread looks in a tight loop with no
+/// quiet period, so it is working on the shard (migration steps under its lock) when the drop
+/// comes; the test checks that it was (the drop found a look in progress or the watch still
+/// busy) and, under Miri, that nothing touched the freed shards.
+#[test]
+fn a_map_dropped_while_its_watch_works_is_detached_first() {
+    // Several rounds: the drop lands at a different point of the watch's work each time.
+    for round in 0..if cfg!(miri) { 1 } else { 4 } {
+        drop_while_the_watch_works(round);
+    }
+}
+
+fn drop_while_the_watch_works(round: usize) {
+    let n = if cfg!(miri) { 600 } else { 200_000 };
+    let map = one_shard_migrating(n);
+    let watch = map.raw().idle_watch();
+    watch.mark_listed();
+    let started = Arc::new(AtomicBool::new(false));
+    let looker = {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            let rule = super::idle::Rule {
+                quiet: Duration::ZERO,
+                min_bytes: 0,
+            };
+            let mut looks = 0usize;
+            loop {
+                let guard = crossbeam_epoch::pin();
+                looks += 1;
+                if looks == 2 {
+                    started.store(true, SeqCst);
+                }
+                if !watch.step_with(&guard, rule) {
+                    return looks;
+                }
+            }
+        })
+    };
+    while !started.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    // Drop while the watch holds the shard's lock (a migration step), unless it finished
+    // first.
+    let shard = &map.raw().shards()[0];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut caught_working = false;
+    while Instant::now() < deadline {
+        if crate::facade::try_lock(&shard.dirty).is_none() {
+            caught_working = true;
+            break;
+        }
+        if shard.dirty().tier.is_none() {
+            break;
+        }
+    }
+    let promoted_before_drop = !caught_working && map.stats().dirty_capacity == 0;
+    drop(map);
+    let looks = looker.join().expect("the watch's thread");
+    println!(
+        "round {round}: {looks} looks; dropped while the watch held the lock: \
+         {caught_working}; promoted before the drop: {promoted_before_drop}"
+    );
+    assert!(looks >= 2);
+}
