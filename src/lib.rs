@@ -103,8 +103,10 @@
 //!   thread (`tiermap-reclaim`, one per process, parked when no map has work) within about
 //!   20 ms once every guard pinned before is dropped, with no further call on the map; then
 //!   free pages go back to the operating system (`malloc_trim` on glibc), so the process's RSS
-//!   falls. [`memory`] has the details and the opt-outs (`TIERMAP_BACKGROUND_RECLAIM=0`,
-//!   `TIERMAP_RETURN_TO_OS=0`).
+//!   falls. The same thread promotes the dirty tier of a map that no operation has written to
+//!   for a second (a map filled, then left alone, gives its older table back instead of
+//!   keeping both until enough misses come). [`memory`] has the details and the opt-outs
+//!   (`TIERMAP_BACKGROUND_RECLAIM=0`, `TIERMAP_RETURN_TO_OS=0`).
 //! * When `drop(map)` returns, every key and value the map ever held has been dropped.
 //! * [`SyncMap::clear_and_release`] frees everything before returning, to the operating system
 //!   too (see its docs for when a guard delays that); [`SyncMap::stats`] reports live and
