@@ -119,6 +119,7 @@ impl<K, V> IdleWatch<K, V> {
     /// `arm` listed it: marks it as listed, so that `detach` waits for their looks.
     #[cfg(test)]
     pub(crate) fn mark_listed(&self) {
+        // Relaxed: as in `arm` (the test's later `drop` of the map is on this thread).
         self.ever_listed.store(true, Relaxed);
     }
 
@@ -271,10 +272,9 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             if done {
                 self.promote(&mut st, guard);
                 // The reclaimer returns the old table's pages to the operating system once
-                // the graveyard has freed it (`Reclaim::shrank`).
-                self.shared
-                    .idle_release
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                // the graveyard has freed it (`Reclaim::shrank`). Relaxed: a hint for that
+                // trim; nothing is published through it.
+                self.shared.idle_release.store(true, Relaxed);
             }
             let retired = std::mem::take(&mut st.retired);
             let budget = st.budget;
