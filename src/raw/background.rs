@@ -297,12 +297,7 @@ fn run() {
         let unwatched = look_at_idle(&watched);
         drop(watched);
         if !unwatched.is_empty() {
-            let mut reg = registry();
-            for d in &unwatched {
-                if let Some(i) = reg.watched.iter().position(|w| Weak::ptr_eq(w, d)) {
-                    reg.watched.swap_remove(i);
-                }
-            }
+            unlist(&mut registry().watched, &unwatched);
         }
         if maps.is_empty() {
             // Only idle watches: look again in `IDLE_TICK`, or as soon as a graveyard registers.
@@ -344,16 +339,20 @@ fn run() {
         // owner, not kept alive by this thread.
         drop(maps);
         if !done.is_empty() {
-            let mut reg = registry();
-            // Exactly one entry per finished graveyard: a retirer that listed it again after
-            // `unregister` cleared its flag has added a second entry, which must stay.
-            for d in &done {
-                if let Some(i) = reg.maps.iter().position(|w| Weak::ptr_eq(w, d)) {
-                    reg.maps.swap_remove(i);
-                }
-            }
+            unlist(&mut registry().maps, &done);
         }
         std::thread::sleep(TICK);
+    }
+}
+
+/// Takes one entry per item of `done` off `list`: exactly one, because a map that listed itself
+/// again after the thread cleared its flag (`Reclaim::unregister`, `IdleWatch::step`) has added
+/// a second entry, which must stay.
+fn unlist<T: ?Sized>(list: &mut Vec<Weak<T>>, done: &[Weak<T>]) {
+    for d in done {
+        if let Some(i) = list.iter().position(|w| Weak::ptr_eq(w, d)) {
+            list.swap_remove(i);
+        }
     }
 }
 
