@@ -280,9 +280,15 @@ fn run() {
         }
     }
     let promoted = filled_at.elapsed();
-    // The trim follows the free at the reclaimer's next tick.
-    std::thread::sleep(Duration::from_millis(100));
-    let after = rss();
+    // The trim follows the free at the reclaimer's next tick: wait for RSS to fall by what the
+    // map stopped holding (at most another second).
+    let idle_freed = full.held_bytes as i64 - idle.held_bytes as i64;
+    let target = peak - (RETURNED * idle_freed as f64) as i64;
+    let mut after = rss();
+    while after > target && filled_at.elapsed() < promoted + DEADLINE {
+        std::thread::sleep(POLL);
+        after = rss();
+    }
     rows.push(Row {
         name: "E SyncMap: fill, then idle (not a release)",
         baseline: base,
@@ -306,7 +312,6 @@ fn run() {
     );
     // What the promotions retired (the older read tables) comes back to the operating system,
     // not only to the allocator's free lists.
-    let idle_freed = full.held_bytes as i64 - idle.held_bytes as i64;
     assert!(
         idle_freed > 0 && (peak - after) as f64 >= RETURNED * idle_freed as f64,
         "E: the idle promotions freed {:.1} MiB, RSS fell {:.1} MiB (want >= {:.0}% of it)",
