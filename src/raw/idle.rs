@@ -19,9 +19,11 @@
 //! difference: a promotion by the watch is the promotion a miss would have made.
 //!
 //! The map registers its watch (`IdleWatch::arm`) when an operation observes a shard with a
-//! dirty tier (every migration start is observed); the reclaimer looks at each watched map
-//! every tick, and drops it from its list once no shard has a dirty tier. Loom builds never
-//! start the reclaimer; the models call `Shard::idle_step` themselves.
+//! dirty tier and a read table of [`IDLE_MIN_BYTES`] or more (every migration start is
+//! observed); the reclaimer looks at each watched map every tick, and drops it from its list
+//! once no such shard is left. The map's exclusive paths (`drop`, `drain`, the pool's reset)
+//! detach the watch first (`IdleWatch::detach`). Loom builds never start the reclaimer; the
+//! models call `Shard::idle_step` themselves (`SyncMap::loom_idle_steps`).
 
 use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
