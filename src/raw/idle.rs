@@ -15,8 +15,10 @@
 //!
 //! What it costs: a shard promoted while idle starts a new migration at its next new key (one
 //! copy of the shard, spread over the following slow operations, as after any promotion), so
-//! a shard pays at most one extra copy per [`IDLE_AFTER`] of quiet. Reads never see a
-//! difference: a promotion by the watch is the promotion a miss would have made.
+//! a shard pays at most one extra copy per quiet period; a shard written to again soon after
+//! the watch promoted it has its period doubled (see [`SOON`]), so that a map written in
+//! batches every few seconds is not copied after every batch. Reads never see a difference: a
+//! promotion by the watch is the promotion a miss would have made.
 //!
 //! The map registers its watch (`IdleWatch::arm`) when an operation observes a shard with a
 //! dirty tier and a read table of [`IDLE_MIN_BYTES`] or more (every migration start is
@@ -46,6 +48,17 @@ pub(crate) const IDLE_MIN_BYTES: usize = 64 << 10;
 /// Migration work units (see `Shard::migration_work`) per locked step of the watch: about a
 /// tenth of a millisecond under the lock, so a writer that comes back waits no longer.
 pub(crate) const IDLE_CHUNK: usize = 4096;
+
+/// The most times the watch doubles the quiet period it asks of one shard (`IDLE_AFTER` up to
+/// 64 s): see [`SOON`].
+const MAX_BACKOFF: u32 = 6;
+
+/// A shard written to again within this many of its quiet periods after the watch promoted it
+/// has its quiet period doubled (up to [`MAX_BACKOFF`] times); one written to later has it
+/// halved. A map that gets a batch of writes every few seconds is then promoted by the watch
+/// a few times, not after every batch (each promotion costs the shard a copy at its next new
+/// key), while one written to rarely keeps the one-second period.
+const SOON: u32 = 4;
 
 /// Time one look at a map may spend finishing migrations (each shard that needs one still gets
 /// one [`IDLE_CHUNK`] per look): the longest a `drop` of the map waits for a look in progress,
@@ -248,12 +261,21 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         }
         match st.idle_since {
             Some(since) if st.idle_mark == st.locked_ops => {
-                if now.saturating_duration_since(since) < rule.quiet {
+                if now.saturating_duration_since(since) < rule.quiet * (1 << st.idle_backoff) {
                     return Look::Watching;
                 }
             }
             _ => {
-                // Written to since the last look (or never looked at): quiet from now on.
+                // Written to since the last look (or never looked at): quiet from now on. If
+                // the watch promoted this shard, adjust the period it asks (see `SOON`).
+                if let Some(at) = st.idle_promoted_at.take() {
+                    let period = rule.quiet * (1 << st.idle_backoff);
+                    st.idle_backoff = if now.saturating_duration_since(at) < period * SOON {
+                        (st.idle_backoff + 1).min(MAX_BACKOFF)
+                    } else {
+                        st.idle_backoff.saturating_sub(1)
+                    };
+                }
                 st.idle_mark = st.locked_ops;
                 st.idle_since = Some(now);
                 return Look::Watching;
@@ -273,6 +295,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             let done = st.cursor >= read.table.capacity();
             if done {
                 self.promote(&mut st, guard);
+                st.idle_promoted_at = Some(now);
                 // The reclaimer returns the old table's pages to the operating system once
                 // the graveyard has freed it (`Reclaim::shrank`). Relaxed: a hint for that
                 // trim; nothing is published through it.

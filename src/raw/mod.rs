@@ -336,6 +336,10 @@ pub(crate) struct LockedState<K, V> {
     /// The idle watch's last look: `locked_ops` then, and when it first saw that value.
     idle_mark: u32,
     idle_since: Option<std::time::Instant>,
+    /// When the idle watch last promoted this shard (until the next write is seen), and how
+    /// many times it doubled the quiet period it asks of it (`raw::idle::SOON`).
+    idle_promoted_at: Option<std::time::Instant>,
+    idle_backoff: u32,
 }
 
 impl<K, V> LockedState<K, V> {
@@ -357,6 +361,8 @@ impl<K, V> LockedState<K, V> {
             locked_ops: 0,
             idle_mark: 0,
             idle_since: None,
+            idle_promoted_at: None,
+            idle_backoff: 0,
         }
     }
 }

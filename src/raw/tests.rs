@@ -696,3 +696,52 @@ fn drop_while_the_watch_works(round: usize) {
     );
     assert!(looks >= 2);
 }
+
+/// A shard written to again soon after the watch promoted it has its quiet period doubled (so
+/// that a map written in batches every few seconds is not copied after every batch), and one
+/// written to long after has it halved again. Times are the looks' own (`now`), not the clock's.
+#[test]
+fn idle_watch_backs_off_from_a_shard_written_soon_after_its_promotion() {
+    let n = if cfg!(miri) { 3_000 } else { 50_000 };
+    let map = one_shard_migrating(n);
+    let rule = super::idle::Rule {
+        quiet: Duration::from_secs(1),
+        min_bytes: 0,
+    };
+    let t0 = Instant::now();
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    let has_dirty = |m: &SyncMap<u64, u64>| m.stats().dirty_capacity > 0;
+    let mut key = u64::MAX;
+    let mut write = |m: &SyncMap<u64, u64>| {
+        m.insert(key, key);
+        key -= 1;
+        assert!(has_dirty(m), "a new key starts a migration: {}", m.stats());
+    };
+    // Quiet for the one-second period: promoted.
+    assert_eq!(idle_looks(&map, rule, at(0.0), 1), None);
+    assert!(idle_looks(&map, rule, at(1.1), 100_000).is_some());
+    assert!(!has_dirty(&map));
+    // Written 0.4 s after: the period doubles, so 1.1 s of quiet is not enough any more.
+    write(&map);
+    assert_eq!(idle_looks(&map, rule, at(1.5), 1), None);
+    assert_eq!(idle_looks(&map, rule, at(2.6), 1), None);
+    assert!(
+        has_dirty(&map),
+        "promoted after 1.1 s with a doubled period"
+    );
+    assert!(idle_looks(&map, rule, at(3.6), 100_000).is_some());
+    assert!(
+        !has_dirty(&map),
+        "not promoted after 2.1 s: {}",
+        map.stats()
+    );
+    // Written 16 s after (more than 4 periods of 2 s): the period halves back to 1 s.
+    write(&map);
+    assert_eq!(idle_looks(&map, rule, at(20.0), 1), None);
+    assert!(idle_looks(&map, rule, at(21.1), 100_000).is_some());
+    assert!(
+        !has_dirty(&map),
+        "not promoted after 1.1 s: {}",
+        map.stats()
+    );
+}
