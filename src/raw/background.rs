@@ -17,8 +17,9 @@
 //! * **The idle watch.** Maps whose shards hold a dirty tier list their idle watch too
 //!   (`raw::idle`): each tick looks at their shards, and one whose lock no operation took for a
 //!   second has its migration finished and its dirty tier promoted, so that a map left alone
-//!   after its writes gives its older table back. While only watches are listed, the thread
-//!   wakes every [`IDLE_TICK`].
+//!   after its writes gives its older table back. The watches are looked at every
+//!   [`IDLE_TICK`] (not at every tick), and while only watches are listed the thread wakes
+//!   that often.
 //! * **Giving memory back.** Freed memory stays in the allocator's free lists; glibc's malloc
 //!   returns it to the operating system only from the top of the heap. Once at least
 //!   [`TRIM_BYTES`] were freed and a map whose garbage is now all freed has shrunk to half of
@@ -270,6 +271,10 @@ type Listed = (Vec<Arc<dyn Reclaim>>, Vec<Arc<dyn Idle>>);
 
 /// The thread's loop.
 fn run() {
+    // When the idle watches were last looked at: at most every `IDLE_TICK`, even while garbage
+    // makes the thread tick every `TICK` (a look `try_lock`s each watched shard, and a shard
+    // written to continuously needs no look more often than its quiet period can end).
+    let mut looked: Option<std::time::Instant> = None;
     loop {
         let (maps, watched): Listed = {
             let mut reg = registry();
@@ -294,7 +299,13 @@ fn run() {
                 reg.watched.iter().filter_map(Weak::upgrade).collect(),
             )
         };
-        let unwatched = look_at_idle(&watched);
+        let due = looked.is_none_or(|t| t.elapsed() >= IDLE_TICK);
+        let unwatched = if due && !watched.is_empty() {
+            looked = Some(std::time::Instant::now());
+            look_at_idle(&watched)
+        } else {
+            Vec::new()
+        };
         drop(watched);
         if !unwatched.is_empty() {
             unlist(&mut registry().watched, &unwatched);

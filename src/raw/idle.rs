@@ -22,10 +22,10 @@
 //!
 //! The map registers its watch (`IdleWatch::arm`) when an operation observes a shard with a
 //! dirty tier and a read table of [`IDLE_MIN_BYTES`] or more (every migration start is
-//! observed); the reclaimer looks at each watched map every tick, and drops it from its list
-//! once no such shard is left. The map's exclusive paths (`drop`, `drain`, the pool's reset)
-//! detach the watch first (`IdleWatch::detach`). Loom builds never start the reclaimer; the
-//! models call `Shard::idle_step` themselves (`SyncMap::loom_idle_steps`).
+//! observed); the reclaimer looks at each watched map every `IDLE_TICK` (100 ms), and drops it
+//! from its list once no such shard is left. The map's exclusive paths (`drop`, `drain`, the
+//! pool's reset) detach the watch first (`IdleWatch::detach`). Loom builds never start the
+//! reclaimer; the models call `Shard::idle_step` themselves (`SyncMap::loom_idle_steps`).
 
 use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
