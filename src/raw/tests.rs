@@ -585,19 +585,26 @@ fn idle_watch_finishes_the_migration_and_promotes() {
     assert_eq!(misses, 0, "{}", map.stats());
 }
 
+/// The idle watch's rule with a one-second quiet period, for maps of any size.
+const QUIET_1S: super::idle::Rule = super::idle::Rule {
+    quiet: Duration::from_secs(1),
+    min_bytes: 0,
+};
+
+/// Whether the map has a dirty tier in some shard.
+fn has_dirty(m: &SyncMap<u64, u64>) -> bool {
+    m.stats().dirty_capacity > 0
+}
+
 /// The watch leaves a shard alone while operations take its lock, until it has been quiet for
 /// the rule's whole period, and never promotes a small shard's tier (under `min_bytes`).
 #[test]
 fn idle_watch_waits_for_quiet_and_skips_small_maps() {
     let n = if cfg!(miri) { 3_000 } else { 50_000 };
     let map = one_shard_migrating(n);
-    let rule = super::idle::Rule {
-        quiet: Duration::from_secs(1),
-        min_bytes: 0,
-    };
+    let rule = QUIET_1S;
     let t0 = Instant::now();
     let sec = |s: f64| t0 + Duration::from_secs_f64(s);
-    let has_dirty = |m: &SyncMap<u64, u64>| m.stats().dirty_capacity > 0;
     // First look: starts the quiet period.
     assert_eq!(idle_looks(&map, rule, sec(0.0), 1), None);
     // A write takes the lock: the period starts again at the next look.
@@ -704,13 +711,9 @@ fn drop_while_the_watch_works(round: usize) {
 fn idle_watch_backs_off_from_a_shard_written_soon_after_its_promotion() {
     let n = if cfg!(miri) { 3_000 } else { 50_000 };
     let map = one_shard_migrating(n);
-    let rule = super::idle::Rule {
-        quiet: Duration::from_secs(1),
-        min_bytes: 0,
-    };
+    let rule = QUIET_1S;
     let t0 = Instant::now();
     let at = |s: f64| t0 + Duration::from_secs_f64(s);
-    let has_dirty = |m: &SyncMap<u64, u64>| m.stats().dirty_capacity > 0;
     let mut key = u64::MAX;
     let mut write = |m: &SyncMap<u64, u64>| {
         m.insert(key, key);
