@@ -79,6 +79,19 @@ pub(crate) const RULE: Rule = Rule {
     min_bytes: IDLE_MIN_BYTES,
 };
 
+/// What the watch remembers of a shard between its looks (under the shard's lock, in
+/// `LockedState`).
+#[derive(Default)]
+pub(crate) struct WatchState {
+    /// `LockedState::locked_ops` at the last look, and when the watch first saw that value.
+    mark: u32,
+    since: Option<Instant>,
+    /// When the watch last promoted the shard (until the next write is seen), and how many
+    /// times it doubled the quiet period it asks of it (see [`SOON`]).
+    promoted_at: Option<Instant>,
+    backoff: u32,
+}
+
 /// What one look of the watch found in a shard.
 pub(crate) enum Look<K, V> {
     /// No dirty tier (or one not worth promoting): nothing to watch.
@@ -256,35 +269,37 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             return Look::Split(st.successors);
         }
         if st.tier.is_none() || self.read(guard).bytes() < rule.min_bytes {
-            st.idle_since = None;
+            st.watch.since = None;
             return Look::Settled;
         }
-        match st.idle_since {
-            Some(since) if st.idle_mark == st.locked_ops => {
-                if now.saturating_duration_since(since) < rule.quiet * (1 << st.idle_backoff) {
+        // The quiet period this shard is asked for (see `SOON`).
+        let period = rule.quiet * (1 << st.watch.backoff);
+        match st.watch.since {
+            Some(since) if st.watch.mark == st.locked_ops => {
+                if now.saturating_duration_since(since) < period {
                     return Look::Watching;
                 }
             }
             _ => {
                 // Written to since the last look (or never looked at): quiet from now on. If
                 // the watch promoted this shard, adjust the period it asks (see `SOON`).
-                if let Some(at) = st.idle_promoted_at.take() {
-                    let period = rule.quiet * (1 << st.idle_backoff);
-                    st.idle_backoff = if now.saturating_duration_since(at) < period * SOON {
-                        (st.idle_backoff + 1).min(MAX_BACKOFF)
+                if let Some(at) = st.watch.promoted_at.take() {
+                    st.watch.backoff = if now.saturating_duration_since(at) < period * SOON {
+                        (st.watch.backoff + 1).min(MAX_BACKOFF)
                     } else {
-                        st.idle_backoff.saturating_sub(1)
+                        st.watch.backoff.saturating_sub(1)
                     };
                 }
-                st.idle_mark = st.locked_ops;
-                st.idle_since = Some(now);
+                st.watch.mark = st.locked_ops;
+                st.watch.since = Some(now);
                 return Look::Watching;
             }
         }
         loop {
             let read = self.read(guard);
-            // Deliberately wrong for the loom models (promotes a dirty tier that lacks the
-            // read tier's keys past the cursor); never built otherwise.
+            // Deliberately wrong for the unit test `idle_watch_finishes_the_migration_and_promotes`
+            // (promotes a dirty tier that lacks the read tier's keys past the cursor); never
+            // built otherwise.
             #[cfg(tiermap_mutation = "idle_skips_migration")]
             {
                 st.cursor = read.table.capacity();
@@ -295,7 +310,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             let done = st.cursor >= read.table.capacity();
             if done {
                 self.promote(&mut st, guard);
-                st.idle_promoted_at = Some(now);
+                st.watch.promoted_at = Some(now);
                 // The reclaimer returns the old table's pages to the operating system once
                 // the graveyard has freed it (`Reclaim::shrank`). Relaxed: a hint for that
                 // trim; nothing is published through it.
@@ -318,7 +333,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             match crate::facade::try_lock(&self.dirty) {
                 // Still quiet, and still this migration: go on.
                 Some(again)
-                    if again.locked_ops == again.idle_mark
+                    if again.locked_ops == again.watch.mark
                         && again.tier.is_some()
                         && !again.frozen =>
                 {

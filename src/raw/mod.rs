@@ -333,13 +333,8 @@ pub(crate) struct LockedState<K, V> {
     /// Locked operations of the map's own that ended here (`end_locked`), wrapping: the idle
     /// watch (`Shard::idle_step`) compares it between two looks to tell a quiet shard.
     locked_ops: u32,
-    /// The idle watch's last look: `locked_ops` then, and when it first saw that value.
-    idle_mark: u32,
-    idle_since: Option<std::time::Instant>,
-    /// When the idle watch last promoted this shard (until the next write is seen), and how
-    /// many times it doubled the quiet period it asks of it (`raw::idle::SOON`).
-    idle_promoted_at: Option<std::time::Instant>,
-    idle_backoff: u32,
+    /// What the idle watch remembers of this shard between its looks.
+    watch: idle::WatchState,
 }
 
 impl<K, V> LockedState<K, V> {
@@ -359,10 +354,7 @@ impl<K, V> LockedState<K, V> {
             successors: ptr::null_mut(),
             slots: arena::SlotCache::new(),
             locked_ops: 0,
-            idle_mark: 0,
-            idle_since: None,
-            idle_promoted_at: None,
-            idle_backoff: 0,
+            watch: idle::WatchState::default(),
         }
     }
 }

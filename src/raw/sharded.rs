@@ -186,8 +186,8 @@ pub(crate) struct RawMap<K, V> {
     /// metrics publisher hook in here). Read hits look only at their shard's flag.
     observer: arc_swap::ArcSwapOption<Observer>,
     /// The map's handle for the background reclaimer's idle watch (`raw::idle`): listed when
-    /// an operation observes a shard with a dirty tier; detached before any exclusive use of
-    /// the shards.
+    /// an operation observes a shard worth watching (`Shard::worth_watching`); detached before
+    /// any exclusive use of the shards.
     idle: Arc<IdleWatch<K, V>>,
     /// Owns the shard arrays (`root`, `frozen`).
     _owns: PhantomData<Box<[Shard<K, V>]>>,
