@@ -55,9 +55,10 @@ pub(crate) enum State<V> {
 /// [`Entry::destroy`] or [`Entry::into_parts`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
-    /// The key's mixed hash: tables tag slots with part of it, and a migration places the
-    /// entry by it without calling the user's `Hash` again (a probe whose tag matches compares
-    /// the key directly: see `Table::find`).
+    /// The bits of the key's mixed hash that the tables use (`hashbits::KEPT`, the rest zero):
+    /// tables tag slots with part of them, and a migration places the entry by them without
+    /// calling the user's `Hash` again (a probe whose tag matches compares the key directly:
+    /// see `Table::find`).
     pub(crate) hash: u64,
     // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
     // that no other entry holds.
@@ -148,7 +149,7 @@ impl<K, V> Entry<K, V> {
         unsafe {
             e.write(Entry {
                 key,
-                hash,
+                hash: hash & super::hashbits::KEPT,
                 value: AtomicPtr::new(v),
                 witness: Witness::new(),
             })

@@ -41,6 +41,7 @@ pub(crate) mod entry;
 mod filter;
 pub(crate) mod grave;
 mod guarded;
+pub(crate) mod hashbits;
 pub(crate) mod idle;
 mod maintain;
 #[cfg(feature = "rayon")]
@@ -182,8 +183,8 @@ impl<K, V> Tier<K, V> {
         size_of::<Self>() + self.table.heap_bytes() + self.fresh.len() * size_of::<AtomicUsize>()
     }
 
-    /// The filter bit of `hash`: (word, mask). Bits 0.. of the mixed hash (the table's slot
-    /// index comes from the top bits, the slot tag from bits 16..32).
+    /// The filter bit of `hash`: (word, mask). Bits 0.. of the mixed hash, which nothing else
+    /// uses (`hashbits`): every key this filter records is one `insert_fresh` hashed.
     #[inline]
     fn fresh_bit(&self, hash: u64) -> (usize, usize) {
         let bits = self.fresh.len() * usize::BITS as usize;

@@ -1,8 +1,8 @@
 //! The map as `S` shards (a power of two, 1 to `MAX_SHARDS`): each [`Shard`] is a whole
 //! two-tier engine (read tier, dirty tier, lock, miss clock, migration, promotion, compaction,
-//! graveyard, entry arena) for the keys whose mixed hash has its index in bits 32.. (bits that
-//! neither the table's home slot, which comes from the top bits, nor the slot tag, bits 16..32,
-//! nor the fresh-key filter, the low bits, of a shard's tables depend on).
+//! graveyard, entry arena) for the keys whose mixed hash has its index in bits 32.. (the
+//! lowest of the bits an entry keeps, which the tables' home slots, from the top bits, hardly
+//! depend on; see `raw::hashbits`).
 //!
 //! An operation on one key is the operation of its shard, unchanged. What spans shards is
 //! here: `clear` (linearizable across shards, I6 in `docs/DESIGN.md`), the counts, the
@@ -10,6 +10,8 @@
 //! resets of `MapPool` and `into_iter`.
 
 use std::borrow::Borrow;
+
+use super::hashbits::shard_index;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
@@ -115,7 +117,7 @@ fn untag_array<K, V>(p: *mut Shard<K, V>) -> (*mut Shard<K, V>, usize) {
 /// of the same map.
 pub(crate) fn successor<'a, K, V>(array: *mut Shard<K, V>, hash: u64) -> &'a Shard<K, V> {
     let shards = array_slice(array);
-    &shards[(hash >> 32) as usize & (shards.len() - 1)]
+    &shards[shard_index(hash, shards.len() - 1)]
 }
 
 /// What `RawMap::clear_from` did.
@@ -322,7 +324,7 @@ impl<K, V> RawMap<K, V> {
     #[inline]
     pub(crate) fn shard(&self, hash: u64) -> &Shard<K, V> {
         let (first, mask) = untag_array(self.root());
-        let i = (hash >> 32) as usize & mask;
+        let i = shard_index(hash, mask);
         // SAFETY: `root` holds a published array of `mask + 1` shards (a power of two, see
         // `tag_array`), alive while `self` is borrowed (see `shards`); `i <= mask`.
         unsafe { &*first.add(i) }
@@ -335,10 +337,10 @@ impl<K, V> RawMap<K, V> {
     }
 
     /// The hash the engine uses for a user hash: spread so that weak hashers still fill the
-    /// tables and the shards evenly (see `table::mix`).
+    /// tables and the shards evenly (see `hashbits::mix`).
     #[inline]
     pub(crate) fn mix(hash: u64) -> u64 {
-        super::table::mix(hash)
+        super::hashbits::mix(hash)
     }
 
     /// Keys present: the sum of the shards' counts (each exact when no write is in flight), and
@@ -511,7 +513,7 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
             // SAFETY: entries reachable from the tiers are alive while we hold the lock and
             // `guard` (I3).
             let entry = unsafe { &*e };
-            let i = (entry.hash >> 32) as usize & mask;
+            let i = shard_index(entry.hash, mask);
             counts[i].1 += 1;
             if matches!(entry.load(), super::entry::State::Live(_)) {
                 counts[i].0 += 1;

@@ -41,6 +41,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::entry::{entry_bytes, Entry};
 use super::filter::KeyFilter;
+use super::hashbits::{home, tag16, MAX_SLOTS};
 use crate::facade::{AtomicPtr, AtomicUsize, GROUP_SLOTS};
 
 use super::zeroed::zeroed_slice;
@@ -66,11 +67,11 @@ pub(crate) fn fits_tag(addr: usize) -> bool {
     addr & TAG_MASK == 0
 }
 
-/// The slot tag of a (mixed) hash: bits 16..32 of the hash. The slot index comes from the top
-/// bits (see `home`), so the tag tells apart keys that share a probe neighbourhood.
+/// The slot tag of a (mixed) hash, in place: `hashbits::tag16`. The home slot comes from the
+/// top bits (see `hashbits`), so the tag tells apart keys that share a probe neighbourhood.
 #[inline]
 fn tag_of(hash: u64) -> usize {
-    ((hash >> 16) as usize) << TAG_SHIFT & TAG_MASK
+    (tag16(hash) as usize) << TAG_SHIFT & TAG_MASK
 }
 
 /// The entry pointer of a slot word, with tag and `OWNED` bit cleared (full provenance kept).
@@ -81,14 +82,6 @@ fn untag<K, V>(p: *mut Entry<K, V>) -> *mut Entry<K, V> {
 
 /// Smallest table, in slots.
 pub(crate) const MIN_SLOTS: usize = 8;
-
-/// Spreads a user hash so that weak hashers (identity hashes of small integers) still fill the
-/// table evenly: the slot index is taken from the high bits of the product.
-#[inline]
-pub(crate) fn mix(hash: u64) -> u64 {
-    let h = hash ^ (hash >> 32);
-    h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
 
 /// A table of tagged entry pointers. See the module docs.
 pub(crate) struct Table<K, V> {
@@ -173,7 +166,7 @@ impl<K, V> Table<K, V> {
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        ((hash as u128 * self.capacity() as u128) >> 64) as usize
+        home(hash, self.capacity())
     }
 
     /// Hints the CPU to fetch what `insert_unique` of an entry of hash `hash` will touch first
@@ -566,7 +559,12 @@ impl<K, V> Table<K, V> {
         } else if slots <= GROUP_SLOTS {
             slots.max(MIN_SLOTS.min(GROUP_SLOTS)).next_power_of_two()
         } else {
-            slots.div_ceil(GROUP_SLOTS) * GROUP_SLOTS
+            let cap = slots.div_ceil(GROUP_SLOTS) * GROUP_SLOTS;
+            assert!(
+                cap <= MAX_SLOTS,
+                "tiermap: capacity overflow ({cap} slots in one table)"
+            );
+            cap
         }
     }
 

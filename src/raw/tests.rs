@@ -352,12 +352,13 @@ fn concurrent_writers_through_the_split() {
 }
 
 /// A hash (as the tables use it) whose home slot in a table of `cap` slots is `home`, with
-/// `salt` in the bits that the slot tag and the key filter take (16 and up), so that entries
-/// of one home differ in tag.
+/// `salt` in the bits that the slot tag and the key filter take (the low bits of the top 32,
+/// `hashbits`), so that entries of one home differ in tag.
 fn hash_at(home: usize, cap: usize, salt: u64) -> u64 {
-    let base = ((home as u128) << 64).div_ceil(cap as u128) as u64;
-    let h = base + (salt << 16);
-    assert_eq!(((h as u128 * cap as u128) >> 64) as usize, home);
+    let base = ((home as u64) << 32).div_ceil(cap as u64);
+    let width = (1u64 << 32) / cap as u64;
+    let h = ((base + salt % width) << 32) | (salt & 0xFFFF_FFFF);
+    assert_eq!(super::hashbits::home(h, cap), home);
     h
 }
 
