@@ -48,7 +48,7 @@ use crate::facade::{lock, AtomicPtr, Mutex};
 
 /// Slots in a map's first block: a small map pays for a few entries, not a page.
 const FIRST_SLOTS: usize = 16;
-/// Largest block, in bytes: 2,048 entries of 32 bytes. A larger block would cost fewer
+/// Largest block, in bytes: 2,730 entries of 24 bytes (`u64 -> u64`). A larger block would cost fewer
 /// allocations, but a block stays as long as one of its slots holds an entry, so the block size
 /// bounds what a few surviving entries can keep (the background reclaimer's `malloc_trim`
 /// returns the pages of released blocks to the operating system).

@@ -1,7 +1,8 @@
 //! Entries and their value cells.
 //!
-//! An [`Entry`] holds one key and an atomic pointer to its current value. The pointer encodes the
-//! entry's state:
+//! An [`Entry`] holds one key and an atomic *value word*: a pointer to its current value, which
+//! encodes the entry's state, and (on 64-bit targets) in the word's top 16 bits, bits 48..64 of
+//! the key's mixed hash (see "The hash bits" below). The pointer:
 //!
 //! | pointer            | state     | meaning                                                    |
 //! |--------------------|-----------|------------------------------------------------------------|
@@ -12,6 +13,15 @@
 //! Transitions: live -> live (store, CAS), live -> deleted (remove), deleted -> live (store,
 //! revive), deleted -> expunged (migration, under the dirty lock). Nothing leaves `expunged`: a
 //! key whose read-tier entry is expunged is re-inserted as a new entry in the dirty tier.
+//!
+//! **The hash bits.** A migration places an entry in another table by the top 32 bits of its
+//! key's mixed hash (`raw::hashbits`), without hashing the key again. Bits 32..48 are the slot
+//! tag, which every slot holding the entry carries; bits 48..64 ride in the value word's top 16
+//! bits, which user-space pointers on x86-64 and AArch64 leave zero (as the slot tag does:
+//! every pointer the word takes is checked). They are set when the entry is created and every
+//! store and compare-and-swap keeps them ([`Entry::load`] and the other accessors hand out the
+//! pointer without them), so an entry costs no hash field: 24 bytes for `u64 -> u64` instead
+//! of 32. Targets with narrower pointers keep the top 32 bits in a field.
 //!
 //! A value lives in its own allocation (at least one byte, so that two values never share an
 //! address and a compare-and-swap on the pointer cannot confuse them) and is retired through
@@ -31,14 +41,41 @@ use crate::facade::AtomicPtr;
 use super::witness::Witness;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
-/// The address used as the `expunged` marker. It is never dereferenced; a static's address is
-/// never returned by the allocator, so it cannot collide with a value.
-static EXPUNGED_MARKER: u8 = 0;
+/// The value word's bits that hold bits 48..64 of the key's mixed hash (none on targets with
+/// narrower pointers, which keep the hash in a field).
+#[cfg(target_pointer_width = "64")]
+const HASH_IN_WORD: usize = 0xFFFF << 48;
+#[cfg(not(target_pointer_width = "64"))]
+const HASH_IN_WORD: usize = 0;
+
+/// Whether `addr` leaves the word's hash bits free (checked for every pointer the word takes).
+#[inline]
+fn fits_word(addr: usize) -> bool {
+    addr & HASH_IN_WORD == 0
+}
+
+/// The pointer of a value word (hash bits cleared, provenance kept).
+#[inline]
+fn strip<V>(w: *mut V) -> *mut V {
+    w.map_addr(|a| a & !HASH_IN_WORD)
+}
+
+/// The value word of pointer `p` (a value, null or [`expunged()`]) with hash bits `bits`.
+#[inline]
+fn word<V>(p: *mut V, bits: usize) -> *mut V {
+    p.map_addr(|a| a | bits)
+}
+
+/// The address of the `expunged` marker: in the first page, which no allocation ever takes
+/// (it stays unmapped so that null dereferences fault), so it cannot collide with a value. It
+/// is never dereferenced. A constant, so that [`Entry::load`] compares with an immediate
+/// operand (the address of a static, as until 2026-12, took one more instruction to form).
+const EXPUNGED_ADDR: usize = 8;
 
 /// The `expunged` marker as a value pointer.
 #[inline]
 pub(crate) fn expunged<V>() -> *mut V {
-    ptr::addr_of!(EXPUNGED_MARKER).cast_mut().cast()
+    ptr::without_provenance_mut(EXPUNGED_ADDR)
 }
 
 /// The state read from an entry.
@@ -55,13 +92,13 @@ pub(crate) enum State<V> {
 /// [`Entry::destroy`] or [`Entry::into_parts`].
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
-    /// The bits of the key's mixed hash that the tables use (`hashbits::KEPT`, the rest zero):
-    /// tables tag slots with part of them, and a migration places the entry by them without
-    /// calling the user's `Hash` again (a probe whose tag matches compares the key directly:
-    /// see `Table::find`).
-    pub(crate) hash: u64,
-    // Invariant: null, `expunged()`, this entry's inline slot, or a pointer from `alloc_value`
-    // that no other entry holds.
+    /// Targets without room in the value word: the bits of the key's mixed hash that the
+    /// tables use (`hashbits::KEPT`, the rest zero).
+    #[cfg(not(target_pointer_width = "64"))]
+    hash: u64,
+    // Invariant: the value word. Its pointer is null, `expunged()`, this entry's inline slot,
+    // or a pointer from `alloc_value` that no other entry holds; its `HASH_IN_WORD` bits are
+    // bits 48..64 of the key's mixed hash from creation on (every store keeps them).
     value: AtomicPtr<V>,
     /// Loom builds: lets the models see a read of the key or of the inline value through a
     /// slot published without release (see `raw::witness::Witness`).
@@ -149,8 +186,9 @@ impl<K, V> Entry<K, V> {
         unsafe {
             e.write(Entry {
                 key,
+                #[cfg(not(target_pointer_width = "64"))]
                 hash: hash & super::hashbits::KEPT,
-                value: AtomicPtr::new(v),
+                value: AtomicPtr::new(word(v, hash as usize & HASH_IN_WORD)),
                 witness: Witness::new(),
             })
         };
@@ -232,11 +270,44 @@ impl<K, V> Entry<K, V> {
         }
     }
 
+    /// The bits of the key's mixed hash that the tables use (`hashbits::KEPT`; the rest zero),
+    /// given `tag16`, the tag of a slot that holds this entry (bits 32..48; ignored where the
+    /// entry keeps them itself).
+    ///
+    /// Relaxed: the hash bits of the word never change after the entry's creation, which
+    /// happens-before any access through a table (the slot's release store).
     #[inline]
-    fn decode(p: *mut V) -> State<V> {
+    pub(crate) fn kept_hash(&self, tag16: u16) -> u64 {
+        #[cfg(target_pointer_width = "64")]
+        {
+            let hash = (self.hash_bits() as u64) | (u64::from(tag16) << 32);
+            debug_assert_eq!(hash & !super::hashbits::KEPT, 0);
+            hash
+        }
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            let _ = tag16;
+            self.hash
+        }
+    }
+
+    /// The value word's hash bits (see [`Entry::kept_hash`] for the ordering).
+    #[inline]
+    fn hash_bits(&self) -> usize {
+        if HASH_IN_WORD == 0 {
+            0
+        } else {
+            self.value.load(std::sync::atomic::Ordering::Relaxed).addr() & HASH_IN_WORD
+        }
+    }
+
+    /// The state a value word encodes.
+    #[inline]
+    fn decode(w: *mut V) -> State<V> {
+        let p = strip(w);
         if p.is_null() {
             State::Deleted
-        } else if p == expunged() {
+        } else if p.addr() == EXPUNGED_ADDR {
             State::Expunged
         } else {
             State::Live(p)
@@ -270,9 +341,10 @@ impl<K, V> Entry<K, V> {
     /// the caller, which may hand out a reference to it.
     #[inline]
     pub(crate) fn try_store(&self, new: *mut V) -> Result<Option<*mut V>, ()> {
+        debug_assert!(fits_word(new.addr()));
         let mut cur = self.value.load(Acquire);
         loop {
-            if cur == expunged() {
+            if strip(cur) == expunged() {
                 return Err(());
             }
             #[cfg(not(tiermap_mutation = "relaxed_value_store"))]
@@ -281,8 +353,15 @@ impl<K, V> Entry<K, V> {
             // otherwise.
             #[cfg(tiermap_mutation = "relaxed_value_store")]
             let success = Acquire;
-            match self.value.compare_exchange_weak(cur, new, success, Acquire) {
-                Ok(old) => return Ok(if old.is_null() { None } else { Some(old) }),
+            let bits = cur.addr() & HASH_IN_WORD;
+            match self
+                .value
+                .compare_exchange_weak(cur, word(new, bits), success, Acquire)
+            {
+                Ok(old) => {
+                    let old = strip(old);
+                    return Ok(if old.is_null() { None } else { Some(old) });
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -297,17 +376,22 @@ impl<K, V> Entry<K, V> {
         // Deliberately too weak for the loom models; never built otherwise.
         #[cfg(tiermap_mutation = "relaxed_revive")]
         let success = Acquire;
-        match self
-            .value
-            .compare_exchange(ptr::null_mut(), new, success, Acquire)
-        {
+        debug_assert!(fits_word(new.addr()));
+        let bits = self.hash_bits();
+        match self.value.compare_exchange(
+            word(ptr::null_mut(), bits),
+            word(new, bits),
+            success,
+            Acquire,
+        ) {
             Ok(_) => Ok(()),
             Err(actual) => Err(Self::decode(actual)),
         }
     }
 
     /// Replaces `current` (a live pointer read from this entry) by `new` (a value pointer or
-    /// null). Fails if the entry no longer holds `current`.
+    /// null). Fails if the entry no longer holds `current`. (The hash bits are read first: a
+    /// word holding `current` holds them too.)
     ///
     /// Orderings as in [`Entry::try_store`].
     #[inline]
@@ -317,7 +401,12 @@ impl<K, V> Entry<K, V> {
         // Deliberately too weak for the loom models; never built otherwise.
         #[cfg(tiermap_mutation = "relaxed_cas_publish")]
         let success = Acquire;
-        match self.value.compare_exchange(current, new, success, Acquire) {
+        debug_assert!(fits_word(new.addr()));
+        let bits = self.hash_bits();
+        match self
+            .value
+            .compare_exchange(word(current, bits), word(new, bits), success, Acquire)
+        {
             Ok(_) => Ok(()),
             Err(actual) => Err(Self::decode(actual)),
         }
@@ -328,14 +417,16 @@ impl<K, V> Entry<K, V> {
     pub(crate) fn try_delete(&self) -> Option<*mut V> {
         let mut cur = self.value.load(Acquire);
         loop {
-            if cur.is_null() || cur == expunged() {
+            let p = strip(cur);
+            if p.is_null() || p == expunged() {
                 return None;
             }
+            let deleted = word(ptr::null_mut(), cur.addr() & HASH_IN_WORD);
             match self
                 .value
-                .compare_exchange_weak(cur, ptr::null_mut(), AcqRel, Acquire)
+                .compare_exchange_weak(cur, deleted, AcqRel, Acquire)
             {
-                Ok(old) => return Some(old),
+                Ok(_) => return Some(p),
                 Err(actual) => cur = actual,
             }
         }
@@ -353,20 +444,22 @@ impl<K, V> Entry<K, V> {
         // below: the caller learns only that the entry was live and copies the entry pointer
         // (if it is deleted meanwhile, it is copied as a deleted entry, as when the CAS fails
         // just before the removal).
-        let p = self.value.load(std::sync::atomic::Ordering::Relaxed);
+        let w = self.value.load(std::sync::atomic::Ordering::Relaxed);
+        let p = strip(w);
         if !p.is_null() && p != expunged() {
             return false;
         }
+        let bits = w.addr() & HASH_IN_WORD;
         loop {
             match self.value.compare_exchange(
-                ptr::null_mut(),
-                expunged(),
+                word(ptr::null_mut(), bits),
+                word(expunged(), bits),
                 AcqRel,
                 std::sync::atomic::Ordering::Relaxed,
             ) {
                 Ok(_) => return true,
-                Err(p) if p == expunged() => return true,
-                Err(p) if !p.is_null() => return false,
+                Err(w) if strip(w) == expunged() => return true,
+                Err(w) if !strip(w).is_null() => return false,
                 Err(_) => continue,
             }
         }
@@ -374,7 +467,8 @@ impl<K, V> Entry<K, V> {
 
     /// Takes the value out of an entry the caller owns exclusively.
     pub(crate) fn take_exclusive(&mut self) -> Option<*mut V> {
-        let p = self.value.swap(ptr::null_mut(), AcqRel);
+        let bits = self.hash_bits();
+        let p = strip(self.value.swap(word(ptr::null_mut(), bits), AcqRel));
         if p.is_null() || p == expunged() {
             None
         } else {
@@ -470,6 +564,7 @@ pub(crate) fn value_size<V>() -> usize {
 }
 
 /// Moves `value` to its own heap allocation.
+#[inline]
 pub(crate) fn alloc_value<V>(value: V) -> *mut V {
     let layout = value_layout::<V>();
     // SAFETY: `layout` has a non-zero size.
@@ -477,9 +572,22 @@ pub(crate) fn alloc_value<V>(value: V) -> *mut V {
     if p.is_null() {
         alloc::handle_alloc_error(layout);
     }
+    if !fits_word(p.addr()) {
+        unfit_value(p.cast(), layout);
+    }
     // SAFETY: `p` is a fresh allocation with `V`'s alignment and at least its size.
     unsafe { p.write(value) };
     p
+}
+
+/// Frees a value allocation whose address does not leave the value word's hash bits free
+/// (never seen: see the module docs) and panics.
+#[cold]
+#[inline(never)]
+fn unfit_value(p: *mut u8, layout: Layout) -> ! {
+    // SAFETY: `alloc_value` just allocated `p` with `layout`; it holds nothing yet.
+    unsafe { alloc::dealloc(p, layout) };
+    panic!("tiermap: the allocator returned an address above 2^48; values cannot be stored");
 }
 
 /// Drops and frees a value allocation.

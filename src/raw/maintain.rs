@@ -197,7 +197,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             return;
         }
         let expunged = &mut st.expunged;
-        st.cursor = read.table.scan(st.cursor, budget, |i, e| {
+        st.cursor = read.table.scan(st.cursor, budget, |i, e, tag| {
             // SAFETY: entries reachable from the read tier are alive while we hold the lock and
             // `guard` (I3: only retirement through the epoch frees them).
             if unsafe { &*e }.expunge_if_deleted() {
@@ -206,12 +206,14 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             } else {
                 // The stored pointer itself, not one derived from a reference: the dirty tier
                 // may be the one that frees the entry later.
-                d.table.insert_unique(e);
+                // SAFETY: as above.
+                let hash = unsafe { &*e }.kept_hash(tag);
+                d.table.insert_unique(e, hash);
                 // Deliberately wrong for the loom models (the new table's key filter loses
                 // the migrated keys, so once it is promoted their lookups miss); never built
                 // otherwise.
                 #[cfg(tiermap_mutation = "filter_skips_copies")]
-                d.table.forget_in_filter(e);
+                d.table.forget_in_filter(hash);
             }
         });
     }

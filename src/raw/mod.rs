@@ -641,7 +641,7 @@ impl<K, V> Shard<K, V> {
             // SAFETY: `&mut self`: no reader; the tiers own what I3 says.
             unsafe {
                 let tier = Box::from_raw(t);
-                tier.table.for_each_raw(|i, e, owned| {
+                tier.table.for_each_raw(|i, e, owned, _| {
                     if owned || i >= upto {
                         if let (key, Some(value)) = Entry::into_parts(e, &self.grave.arena) {
                             out.push((key, value));
@@ -1255,7 +1255,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
             State::Deleted | State::Expunged => unreachable!("a new entry is live"),
         };
         d.note_fresh(hash);
-        d.table.insert_unique(e);
+        d.table.insert_unique(e, hash);
         // Relaxed: counters; see `Gen::live`. `entries` changes only under the dirty lock (here
         // and in `promote`), so a load and a store suffice; `live` also falls lock-free.
         d.gen.live.fetch_add(1, Relaxed);
@@ -1298,7 +1298,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
     {
         let (e, gen) = self.lookup(hash, key, guard, true)?;
         let old = e.try_delete()?;
-        Some(self.after_remove(e, gen, old, guard))
+        Some(self.after_remove(e, gen, old, hash, guard))
     }
 
     /// Retires a value the caller unlinked with its CAS and counts the key as gone in `gen`,
@@ -1312,9 +1312,16 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
         unsafe { &*old }
     }
 
-    fn after_remove<'g>(&self, e: &Entry<K, V>, gen: &Gen, old: *mut V, guard: &'g Guard) -> &'g V {
+    fn after_remove<'g>(
+        &self,
+        e: &Entry<K, V>,
+        gen: &Gen,
+        old: *mut V,
+        hash: u64,
+        guard: &'g Guard,
+    ) -> &'g V {
         let v = self.unlinked(e, gen, old, guard);
-        self.after_delete(self.read(guard), e.hash, guard);
+        self.after_delete(self.read(guard), hash, guard);
         v
     }
 
@@ -1484,7 +1491,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                         return None;
                     }
                     if e.replace_exact(p, ptr::null_mut()).is_ok() {
-                        return Some(self.after_remove(e, gen, p, guard));
+                        return Some(self.after_remove(e, gen, p, hash, guard));
                     }
                 }
                 State::Deleted | State::Expunged => return None,

@@ -149,19 +149,20 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                     }
                 }
             };
-            match self.attempt(e, gen, &mut f, &mut back, guard) {
+            match self.attempt(e, gen, hash, &mut f, &mut back, guard) {
                 Attempt::Done(c) => return c,
                 Attempt::Expunged => continue,
             }
         }
     }
 
-    /// Runs `f` on the entry `e` (of generation `gen`) until its operation is applied, or the
-    /// entry turns out expunged.
+    /// Runs `f` on the entry `e` (of generation `gen`, its key's mixed hash `hash`) until its
+    /// operation is applied, or the entry turns out expunged.
     fn attempt<'g>(
         &self,
         e: &'g Entry<K, V>,
         gen: &'g Gen,
+        hash: u64,
         f: &mut impl FnMut(Option<&V>, Option<V>) -> Op<V>,
         back: &mut Option<V>,
         guard: &'g Guard,
@@ -197,7 +198,7 @@ impl<K: Send + 'static, V: Send + 'static> Shard<K, V> {
                         }
                         Op::Remove => match e.replace_exact(p, ptr::null_mut()) {
                             Ok(()) => {
-                                let old = self.after_remove(e, gen, p, guard);
+                                let old = self.after_remove(e, gen, p, hash, guard);
                                 return Attempt::Done(Computed::Removed(old));
                             }
                             Err(now) => now,

@@ -507,25 +507,27 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         }
         let n = split_shards();
         let mask = n - 1;
-        let mut parts: Vec<Vec<*mut super::entry::Entry<K, V>>> = vec![Vec::new(); n];
+        // Each entry with the hash bits its tables use (what the entry and its slot keep).
+        let mut parts: Vec<Vec<(*mut super::entry::Entry<K, V>, u64)>> = vec![Vec::new(); n];
         let mut counts = vec![(0isize, 0isize); n];
-        let mut take = |e: *mut super::entry::Entry<K, V>| {
+        let mut take = |e: *mut super::entry::Entry<K, V>, tag: u16| {
             // SAFETY: entries reachable from the tiers are alive while we hold the lock and
             // `guard` (I3).
             let entry = unsafe { &*e };
-            let i = shard_index(entry.hash, mask);
+            let hash = entry.kept_hash(tag);
+            let i = shard_index(hash, mask);
             counts[i].1 += 1;
             if matches!(entry.load(), super::entry::State::Live(_)) {
                 counts[i].0 += 1;
             }
-            parts[i].push(e);
+            parts[i].push((e, hash));
         };
         let dirty = st.tier.as_deref();
         let cursor = if dirty.is_some() { st.cursor } else { 0 };
-        read.table.for_each_raw(|i, e, owned| {
+        read.table.for_each_raw(|i, e, owned, tag| {
             // Before the cursor: copied to the dirty tier (live) or expunged (tagged).
             if !owned && i >= cursor {
-                take(e);
+                take(e, tag);
             }
         });
         // Seeded bug for the loom models (never built otherwise): leave the dirty tier's keys
@@ -533,9 +535,9 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
         #[cfg(tiermap_mutation = "split_skips_dirty")]
         let dirty = dirty.filter(|_| false);
         if let Some(d) = dirty {
-            d.table.for_each_raw(|_, e, owned| {
+            d.table.for_each_raw(|_, e, owned, tag| {
                 debug_assert!(!owned, "a dirty tier tags nothing");
-                take(e);
+                take(e, tag);
             });
         }
         let id = read.gen.id;
@@ -549,8 +551,8 @@ impl<K: Send + 'static, V: Send + 'static> RawMap<K, V> {
                     entries: crate::facade::AtomicIsize::new(total),
                 });
                 let tier = Tier::boxed(entries.len() * 4 / 3 + 1, gen);
-                for e in entries {
-                    tier.table.insert_unique(e);
+                for (e, hash) in entries {
+                    tier.table.insert_unique(e, hash);
                 }
                 old.split_part(tier, self.reclaimer.sibling())
             })

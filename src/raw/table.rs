@@ -74,6 +74,23 @@ fn tag_of(hash: u64) -> usize {
     (tag16(hash) as usize) << TAG_SHIFT & TAG_MASK
 }
 
+/// The tag a slot word carries (bits 32..48 of its entry's hash; 0 where slots carry none).
+#[inline]
+fn tag_in<K, V>(w: *mut Entry<K, V>) -> u16 {
+    ((w.addr() & TAG_MASK) >> TAG_SHIFT) as u16
+}
+
+/// The hash bits a table uses of the entry in slot word `w` (non-null): its tag and what the
+/// entry keeps (`Entry::kept_hash`).
+///
+/// # Safety
+/// `w`'s entry is alive (as for any slot the caller may read).
+#[inline]
+unsafe fn hash_in<K, V>(w: *mut Entry<K, V>) -> u64 {
+    // SAFETY: per the caller.
+    unsafe { &*untag(w) }.kept_hash(tag_in(w))
+}
+
 /// The entry pointer of a slot word, with tag and `OWNED` bit cleared (full provenance kept).
 #[inline]
 fn untag<K, V>(p: *mut Entry<K, V>) -> *mut Entry<K, V> {
@@ -85,7 +102,8 @@ pub(crate) const MIN_SLOTS: usize = 8;
 
 /// A table of tagged entry pointers. See the module docs.
 pub(crate) struct Table<K, V> {
-    // Invariant: each slot is null or an entry pointer, tagged with `tag_of(entry.hash)` and
+    // Invariant: each slot is null or an entry pointer, tagged with `tag_of(hash)` (`hash` the
+    // mixed hash of the entry's key) and
     // possibly with `OWNED`; `slots.len()` is the capacity.
     //
     // A raw pointer to the first of `cap` slots (a leaked `Box<[_]>`), not the box itself:
@@ -245,12 +263,11 @@ impl<K, V> Table<K, V> {
         }
     }
 
-    /// Inserts an entry whose key the table does not hold. Dirty table only, under the lock.
-    pub(crate) fn insert_unique(&self, entry: *mut Entry<K, V>) {
+    /// Inserts an entry whose key the table does not hold, and whose key's mixed hash is
+    /// `hash` (only the bits `hashbits::KEPT` matter: a migration passes what the entry and
+    /// its slot keep). Dirty table only, under the lock.
+    pub(crate) fn insert_unique(&self, entry: *mut Entry<K, V>, hash: u64) {
         debug_assert!(self.len() < self.capacity(), "table full");
-        // SAFETY: the caller passes a live entry (fresh, or read from the read tier under the
-        // lock and the guard).
-        let hash = unsafe { (*entry).hash };
         debug_assert!(fits_tag(entry.addr()));
         let tagged = entry.map_addr(|a| a | tag_of(hash));
         let mut i = self.home(hash);
@@ -374,7 +391,8 @@ impl<K, V> Table<K, V> {
                         continue;
                     }
                 }
-                self.insert_unique(untag(e));
+                // SAFETY: `src`'s entries are alive while the caller holds the lock and a guard.
+                self.insert_unique(untag(e), unsafe { hash_in(e) });
             }
             if placed > 0 {
                 // Load and store, as in `insert_unique` (only the lock holder writes these).
@@ -395,9 +413,7 @@ impl<K, V> Table<K, V> {
     /// Clears the key filter's bits of `entry` (and of whatever shares them): the loom
     /// mutation `filter_skips_copies` only.
     #[cfg(tiermap_mutation = "filter_skips_copies")]
-    pub(crate) fn forget_in_filter(&self, entry: *mut Entry<K, V>) {
-        // SAFETY: as in `insert_unique`, the caller passes a live entry.
-        let hash = unsafe { (*entry).hash };
+    pub(crate) fn forget_in_filter(&self, hash: u64) {
         self.filter.forget(self.home(hash), hash);
     }
 
@@ -415,12 +431,13 @@ impl<K, V> Table<K, V> {
     #[cfg(all(debug_assertions, not(miri)))]
     pub(crate) fn owned_count(&self) -> usize {
         let mut n = 0;
-        self.for_each_raw(|_, _, owned| n += usize::from(owned));
+        self.for_each_raw(|_, _, owned, _| n += usize::from(owned));
         n
     }
 
-    /// Visits slots from `start`, calling `f(index, entry)` for each occupied one (with the
-    /// entry pointer as stored, untagged, so that it keeps the allocation's full provenance),
+    /// Visits slots from `start`, calling `f(index, entry, tag)` for each occupied one (with the
+    /// entry pointer as stored, untagged, so that it keeps the allocation's full provenance, and
+    /// the slot's tag for `Entry::kept_hash`),
     /// and stops after about `budget` units of work (an occupied slot or a skipped empty group
     /// costs one unit, an empty slot in a used group a sixteenth). Returns the index to resume
     /// from (`capacity()` when done).
@@ -428,7 +445,7 @@ impl<K, V> Table<K, V> {
         &self,
         start: usize,
         budget: usize,
-        mut f: impl FnMut(usize, *mut Entry<K, V>),
+        mut f: impl FnMut(usize, *mut Entry<K, V>, u16),
     ) -> usize {
         /// How far ahead of the visited slot its entry is prefetched.
         #[cfg(not(tiermap_loom))]
@@ -462,7 +479,7 @@ impl<K, V> Table<K, V> {
                 if e.is_null() {
                     work += 1;
                 } else {
-                    f(i, untag(e));
+                    f(i, untag(e), tag_in(e));
                     work += 16;
                 }
                 i += 1;
@@ -471,8 +488,9 @@ impl<K, V> Table<K, V> {
         i
     }
 
-    /// Iterates occupied slots in index order, yielding `(index, entry, owned_tag)`.
-    pub(crate) fn for_each_raw(&self, mut f: impl FnMut(usize, *mut Entry<K, V>, bool)) {
+    /// Iterates occupied slots in index order, yielding `(index, entry, owned_tag, tag)` (`tag`
+    /// for `Entry::kept_hash`).
+    pub(crate) fn for_each_raw(&self, mut f: impl FnMut(usize, *mut Entry<K, V>, bool, u16)) {
         let glen = self.group_len();
         for (c, used) in self.used.iter().enumerate() {
             if used.load(Relaxed) == 0 {
@@ -481,7 +499,7 @@ impl<K, V> Table<K, V> {
             for i in c * glen..(c + 1) * glen {
                 let e = self.slot(i).load(Relaxed);
                 if !e.is_null() {
-                    f(i, untag(e), e.addr() & OWNED != 0);
+                    f(i, untag(e), e.addr() & OWNED != 0, tag_in(e));
                 }
             }
         }

@@ -403,8 +403,8 @@ fn a_clone_keeps_every_entry_findable() {
             let home = (n as usize * 7919 + 200) % (cap - 200) + 150;
             in_src.push(entry(hash_at(home, cap, n + 20), 1_000 + n));
         }
-        for &(e, _, _) in &in_src {
-            src.insert_unique(e);
+        for &(e, h, _) in &in_src {
+            src.insert_unique(e, h);
         }
         // The dirty table, with fresh keys already in it at homes of the cluster and of single
         // keys, so that copies find their slot taken.
@@ -416,8 +416,8 @@ fn a_clone_keeps_every_entry_findable() {
                 1_000_000 + n as u64,
             ));
         }
-        for &(e, _, _) in &fresh {
-            dst.insert_unique(e);
+        for &(e, h, _) in &fresh {
+            dst.insert_unique(e, h);
         }
         // Where each entry sits in `src`: copied once the cursor is past it.
         let at: Vec<usize> = in_src
@@ -748,4 +748,12 @@ fn idle_watch_backs_off_from_a_shard_written_soon_after_its_promotion() {
         "not promoted after 1.1 s: {}",
         map.stats()
     );
+}
+
+/// An entry keeps no hash field on 64-bit targets (bits 48..64 ride in its value word, bits
+/// 32..48 in its slots' tags): key, value word and the inline value, 24 bytes for `u64 -> u64`.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn an_entry_of_u64_to_u64_takes_24_bytes() {
+    assert_eq!(super::entry::entry_bytes::<u64, u64>(true), 24);
 }

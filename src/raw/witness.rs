@@ -7,7 +7,7 @@
 /// read by [`Witness::check`] each time a thread reaches that object through a published
 /// pointer.
 ///
-/// The plain fields of an entry (its key, hash, an inline value) and of a tier (its table's
+/// The plain fields of an entry (its key, an inline value) and of a tier (its table's
 /// slot array and size) are ordinary memory, invisible to loom: a reader that reached them through a
 /// pointer loaded without the happens-before edge of a release/acquire pair would read them
 /// silently. With the witness, loom reports that read as a "Causality violation" (the object's
