@@ -27,7 +27,7 @@ all=(relaxed_value_load no_recheck retire_before_publish skip_expunged_check fre
      relaxed_value_store relaxed_revive relaxed_cas_publish relaxed_promote_publish relaxed_clear_publish relaxed_dirty_publish
      expire_borrows_yard expire_all rmw_blind_store filter_no_recheck skip_read_probe_unchecked
      no_clear_check clear_shard_by_shard filter_after_publish filter_skips_copies
-     split_no_forward split_no_residual split_relaxed_root split_skips_dirty clone_drops_entry idle_skips_migration
+     split_no_forward split_no_residual split_relaxed_root split_skips_dirty clone_drops_entry idle_skips_migration word_drops_hash_bits
      pool_claim_shares_cell pool_release_free_first pool_unlink_late pool_exit_keeps_cell pool_spill_trusts_hint)
 if [ $# -gt 0 ]; then mutations=("$@"); else mutations=("${all[@]}"); fi
 
@@ -77,7 +77,8 @@ declare -A models=(
 )
 # Mutations caught by a unit test (name:test filter), run in a normal build.
 declare -A unit=([expire_all]="expiry_frees_only_what_was_retired_before_the_deferral"
-                 [idle_skips_migration]="idle_watch_finishes_the_migration_and_promotes")
+                 [idle_skips_migration]="idle_watch_finishes_the_migration_and_promotes"
+                 [word_drops_hash_bits]="the_value_word_keeps_the_hash_bits")
 survivors=0
 summary=()
 for m in "${mutations[@]}"; do

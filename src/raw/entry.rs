@@ -354,6 +354,13 @@ impl<K, V> Entry<K, V> {
             #[cfg(tiermap_mutation = "relaxed_value_store")]
             let success = Acquire;
             let bits = cur.addr() & HASH_IN_WORD;
+            // Deliberately wrong (the stored word loses the hash bits, so a later migration
+            // misplaces the entry); never built otherwise.
+            #[cfg(tiermap_mutation = "word_drops_hash_bits")]
+            let bits = {
+                let _ = bits;
+                0
+            };
             match self
                 .value
                 .compare_exchange_weak(cur, word(new, bits), success, Acquire)

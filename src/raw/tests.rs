@@ -757,3 +757,64 @@ fn idle_watch_backs_off_from_a_shard_written_soon_after_its_promotion() {
 fn an_entry_of_u64_to_u64_takes_24_bytes() {
     assert_eq!(super::entry::entry_bytes::<u64, u64>(true), 24);
 }
+
+/// Every transition of an entry's value word keeps the hash bits it carries (bits 48..64 of the
+/// key's mixed hash, which a migration needs to place the entry): store, delete, revive, exact
+/// replacement (to a value and to deleted), expunge, and the exclusive take. A transition that
+/// dropped them would leave a live entry that a later migration puts at the wrong home slot
+/// (mutation `word_drops_hash_bits`: `try_store` without them).
+#[test]
+fn the_value_word_keeps_the_hash_bits_through_every_transition() {
+    use super::arena::SlotCache;
+    use super::entry::{alloc_value, free_value, Entry, State};
+    use super::hashbits::{tag16, KEPT};
+
+    let arena = Entry::<u64, u64>::arena();
+    let mut cache = SlotCache::new();
+    for hash in [u64::MAX, 0xA5A5_5A5A_0F0F_F0F0, 0x8000_0001_0000_0000, KEPT] {
+        let e = Entry::create(hash, 7u64, 1u64, &arena, &mut cache);
+        // SAFETY: just created, and only this test uses it until it is freed below.
+        let entry = unsafe { &*e };
+        let kept = || entry.kept_hash(tag16(hash));
+        let live = |want: u64| match entry.load() {
+            // SAFETY: values stored below stay allocated until the end of the iteration.
+            State::Live(p) => assert_eq!(unsafe { *p }, want),
+            _ => panic!("not live"),
+        };
+        assert_eq!(kept(), hash & KEPT);
+        let two = alloc_value(2u64);
+        let first = entry
+            .try_store(two)
+            .expect("not expunged")
+            .expect("was live");
+        live(2);
+        assert_eq!(kept(), hash & KEPT, "after a store");
+        let three = alloc_value(3u64);
+        assert!(entry.replace_exact(two, three).is_ok());
+        live(3);
+        assert_eq!(kept(), hash & KEPT, "after an exact replacement");
+        assert_eq!(entry.try_delete(), Some(three));
+        assert!(matches!(entry.load(), State::Deleted));
+        assert_eq!(kept(), hash & KEPT, "after a delete");
+        let four = alloc_value(4u64);
+        assert!(entry.try_revive(four).is_ok());
+        live(4);
+        assert_eq!(kept(), hash & KEPT, "after a revive");
+        assert!(entry.replace_exact(four, std::ptr::null_mut()).is_ok());
+        assert_eq!(kept(), hash & KEPT, "after an exact replacement to deleted");
+        assert!(entry.expunge_if_deleted());
+        assert!(entry.is_expunged());
+        assert_eq!(kept(), hash & KEPT, "after the expunge");
+        // SAFETY: the test owns the entry exclusively and frees each value once: `first` is the
+        // inline slot (freed with the entry), the others are cells no entry holds any more.
+        unsafe {
+            assert!(!entry.owns_cell(first));
+            for p in [two, three, four] {
+                free_value(p);
+            }
+            let (key, value) = Entry::into_parts(e, &arena);
+            assert_eq!((key, value), (7, None));
+        }
+    }
+    arena.unreserve(&mut cache);
+}
