@@ -134,10 +134,21 @@ pub(crate) const fn entries_need_drop<K, V>() -> bool {
 }
 
 /// The layout of an entry allocation and the offset of its inline value slot (0 if none).
+///
+/// A zero-sized inline value takes no room: its slot is the entry's own address (offset 0,
+/// the layout aligned for `V` too). That address is unique to the entry, as an inline slot's
+/// must be (no value cell, a separate allocation of at least a byte, can have it; a slot at the
+/// entry's end could be the next block's first byte), so `u64` keys with `()` values take 16
+/// bytes, not 24.
 #[inline]
 fn entry_layout<K, V>() -> (Layout, usize) {
     let base = Layout::new::<Entry<K, V>>();
-    if inline::<V>() {
+    if inline::<V>() && std::mem::size_of::<V>() == 0 {
+        let layout = base
+            .align_to(std::mem::align_of::<V>())
+            .expect("entry layout");
+        (layout.pad_to_align(), 0)
+    } else if inline::<V>() {
         let (layout, offset) = base.extend(value_layout::<V>()).expect("entry layout");
         (layout.pad_to_align(), offset)
     } else {
@@ -174,7 +185,7 @@ impl<K, V> Entry<K, V> {
         }
         let v = if inline::<V>() {
             // SAFETY: `offset` is inside the slot (of `entry_layout`) and aligned for `V`
-            // (Layout::extend).
+            // (Layout::extend; for a zero-sized `V`, offset 0 of a slot aligned for it).
             let v = unsafe { e.cast::<u8>().add(offset) }.cast::<V>();
             // SAFETY: as above; the slot is fresh.
             unsafe { v.write(value) };

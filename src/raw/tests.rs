@@ -756,6 +756,39 @@ fn idle_watch_backs_off_from_a_shard_written_soon_after_its_promotion() {
 #[cfg(target_pointer_width = "64")]
 fn an_entry_of_u64_to_u64_takes_24_bytes() {
     assert_eq!(super::entry::entry_bytes::<u64, u64>(true), 24);
+    // A zero-sized value takes no room (its inline slot is the entry's own address).
+    assert_eq!(super::entry::entry_bytes::<u64, ()>(true), 16);
+}
+
+/// A map of zero-sized values (a set): each entry's inline value is the entry's own address.
+/// Replacing (each replacement is a one-byte cell), removing and reviving values, then
+/// migrating the entries, keeps every key; a cell taken for the inline value would never be
+/// freed (a leak, which Miri and LSan report), the inline value taken for a cell would be freed
+/// (a crash).
+#[test]
+fn zero_sized_values_live_in_their_entry() {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    struct Unit;
+    let map: SyncMap<u64, Unit> = SyncMap::new();
+    let n = if cfg!(miri) { 200 } else { 5_000 };
+    for k in 0..n {
+        assert!(map.insert(k, Unit).is_none());
+    }
+    for k in 0..n {
+        assert_eq!(map.insert(k, Unit).as_deref(), Some(&Unit));
+        if k % 3 == 0 {
+            assert_eq!(map.remove(&k).as_deref(), Some(&Unit));
+            assert!(map.insert(k, Unit).is_none());
+        }
+    }
+    for k in n..2 * n {
+        map.insert(k, Unit);
+    }
+    assert_eq!(map.len() as u64, 2 * n);
+    for k in 0..2 * n {
+        assert_eq!(map.get(&k).as_deref(), Some(&Unit), "key {k}");
+    }
+    assert_eq!(map.stats().len as u64, 2 * n);
 }
 
 /// Every transition of an entry's value word keeps the hash bits it carries (bits 48..64 of the
