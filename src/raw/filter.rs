@@ -6,13 +6,13 @@
 //! 3/4, 8 at load 1/2), allocated zeroed with the table. A key sets two bits of one word (a
 //! *blocked* Bloom filter: one cache line per lookup, whatever the bit count): the word of its
 //! home slot (slot / 16, so the lookup needs no second product: the home slot is computed for
-//! the probe anyway), the two bits from bits 36..42 and 42..48 of the mixed hash
-//! (`hashbits::filter_bits`: bits an entry keeps, so that a migration can set them). Not from
-//! its top bits: they pick the home slot, so the keys of one word share them (tried: 99.9 %
-//! false positives); not from its lowest bits, which a weak hasher leaves zero for keys that
-//! are multiples of a power of two (tried: 61 % for multiples of 2^40). Until 2026-12 they were
-//! bits 20..26 and 26..32, as good for tables below 2^20 slots per shard; past that, the home
-//! slot's bits reach 42..48 and the second bit varies less within a word. False positives at load 1/2
+//! the probe anyway), the two bits from the top twelve bits of the hash's top 32 multiplied by
+//! an odd constant (`hashbits::filter_bits`: bits an entry keeps, so that a migration can set
+//! them; the product spreads structured keys, which the top bits taken directly do not). Not
+//! from the top bits as they are: they pick the home slot, so the keys of one word share them
+//! (tried: 99.9 % false positives); not from the lowest bits, which a weak hasher leaves zero
+//! for keys that are multiples of a power of two (tried: 61 % for multiples of 2^40). Until
+//! 2026-12 they were bits 20..26 and 26..32, which an entry no longer keeps. False positives at load 1/2
 //! and 3/4: about 5 % and 10 % (`tests::absent_hashes_are_mostly_rejected`). 8 bits per slot
 //! gave 1.7 % and 3.3 %, and no measurable speed over 4, for 1.2 more bytes per entry
 //! (BENCHMARKS.md, "Engine v2, the seventh stop").
